@@ -1,0 +1,504 @@
+"""The circuit breaker: an explicit state machine with aiobreaker's accounting.
+
+Two parts, each doing one job:
+
+* A `transitions` machine holds the state (closed, open, half_open). Every
+  change of state is one of its triggers, an illegal trigger raises, and the
+  machine owns all timing: the open -> half_open move is scheduled with
+  `loop.call_later`, so logs and health checks show half_open on time.
+* An `aiobreaker.CircuitBreaker` counts consecutive failures while closed.
+  Its exclude list classifies outcomes with `resilience.errors.classify`,
+  and its listener fires the machine's `trip` trigger. aiobreaker's own
+  open -> half-open timing mixes `utcnow()` and `now()`, so it is never
+  consulted: outcomes are replayed into it only while the machine is closed,
+  and the machine pushes every state change back into it, so the two agree.
+
+Half-open probes are gated by counted permits (Resilience4j's model): at
+most `half_open_max_calls` run at once, each bounded by `probe_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import aiobreaker
+from aiobreaker.state import CircuitBreakerError, CircuitBreakerState
+from transitions import Machine
+
+from resilience.errors import CircuitOpen, ErrorClass, ProviderError, classify
+from resilience.events import emit
+
+T = TypeVar("T")
+
+CLOSED: Final = "closed"
+OPEN: Final = "open"
+HALF_OPEN: Final = "half_open"
+STATES: Final = (CLOSED, OPEN, HALF_OPEN)
+
+# trigger name, source states, destination
+_TRANSITIONS: Final = (
+    ("trip", CLOSED, OPEN),
+    ("half_open", OPEN, HALF_OPEN),
+    ("close", HALF_OPEN, CLOSED),
+    ("reopen", HALF_OPEN, OPEN),
+    ("force_open", "*", OPEN),
+    ("force_closed", "*", CLOSED),
+    ("reset", "*", CLOSED),
+)
+
+_AIOBREAKER_STATE: Final = {
+    CLOSED: CircuitBreakerState.CLOSED,
+    OPEN: CircuitBreakerState.OPEN,
+    HALF_OPEN: CircuitBreakerState.HALF_OPEN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a breaker trips and how it recovers.
+
+    It trips on `failure_threshold` consecutive failures, or when the failure
+    rate over the last `window_s` seconds reaches `failure_rate` once at least
+    `min_calls` calls were seen in that window. With `slow_call_s` set, a
+    successful call slower than that still counts as a failure (its result is
+    returned). After `cooldown_s` it lets `half_open_max_calls` probes through;
+    `success_threshold` probe successes close it, and a probe failure reopens
+    it with the cooldown multiplied by `cooldown_multiplier`, up to
+    `cooldown_max_s`.
+    """
+
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    window_s: float = 60.0
+    min_calls: int = 20
+    slow_call_s: float | None = None
+    cooldown_s: float = 30.0
+    cooldown_multiplier: float = 2.0
+    cooldown_max_s: float = 300.0
+    half_open_max_calls: int = 1
+    success_threshold: int = 1
+    probe_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("failure_threshold", "min_calls", "half_open_max_calls", "success_threshold"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BreakerPolicy.{name} must be at least 1")
+        if not 0.0 < self.failure_rate <= 1.0:
+            raise ValueError("BreakerPolicy.failure_rate must be in (0, 1]")
+        for name in ("window_s", "cooldown_s", "cooldown_max_s", "probe_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"BreakerPolicy.{name} must be positive")
+        if self.slow_call_s is not None and not self.slow_call_s > 0:
+            raise ValueError("BreakerPolicy.slow_call_s must be positive or None")
+        if self.cooldown_multiplier < 1.0:
+            raise ValueError("BreakerPolicy.cooldown_multiplier must be at least 1")
+        if self.cooldown_max_s < self.cooldown_s:
+            raise ValueError("BreakerPolicy.cooldown_max_s must be at least cooldown_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of state, as passed to `Breaker.subscribe` callbacks and logged."""
+
+    provider: str
+    source: str
+    dest: str
+    trigger: str
+    reason: str
+    at: float
+    """Loop time of the change."""
+    failures: int
+    calls: int
+    failure_rate: float
+    cooldown_s: float | None
+    correlation_id: str | None
+
+
+class SlowCall(Exception):
+    """Recorded (never raised to callers) when a call outlasts `slow_call_s`."""
+
+
+@dataclass(slots=True)
+class Ticket:
+    """Admission to one call. Outcomes from a ticket of an earlier epoch are ignored."""
+
+    epoch: int
+    probe: bool
+    correlation_id: str | None = None
+
+
+@dataclass(slots=True)
+class _Window:
+    """Outcomes of the last `span` seconds, with running totals."""
+
+    span: float
+    entries: deque[tuple[float, bool]] = field(default_factory=deque)
+    calls: int = 0
+    failures: int = 0
+
+    def add(self, now: float, failed: bool) -> None:
+        self.entries.append((now, failed))
+        self.calls += 1
+        self.failures += failed
+        self.prune(now)
+
+    def prune(self, now: float) -> None:
+        horizon = now - self.span
+        entries = self.entries
+        while entries and entries[0][0] <= horizon:
+            _, failed = entries.popleft()
+            self.calls -= 1
+            self.failures -= failed
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.calls = self.failures = 0
+
+    @property
+    def rate(self) -> float:
+        return self.failures / self.calls if self.calls else 0.0
+
+
+class _Model:
+    """The object the `transitions` machine attaches `state` and `trigger` to."""
+
+    state: str
+    trigger: Callable[..., bool]
+
+
+class _Replayed(Exception):
+    """A finished call's outcome, replayed into aiobreaker for accounting."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+
+
+def _replay(outcome: BaseException | None) -> None:
+    if outcome is not None:
+        raise _Replayed(outcome)
+
+
+def _not_a_failure(exc: BaseException) -> bool:
+    original = exc.original if isinstance(exc, _Replayed) else exc
+    return classify(original) is not ErrorClass.FAILURE
+
+
+class _Listener(aiobreaker.CircuitBreakerListener):  # type: ignore[misc]
+    def __init__(self, owner: Breaker) -> None:
+        self._owner = owner
+
+    def failure(self, breaker: Any, exception: BaseException) -> None:
+        self._owner._on_counted(failed=True)
+
+    def success(self, breaker: Any) -> None:
+        self._owner._on_counted(failed=False)
+
+    def state_change(self, breaker: Any, old: Any, new: Any) -> None:
+        self._owner._on_aiobreaker_state(new.state)
+
+
+class Breaker:
+    """A circuit breaker for one provider.
+
+    Use `call` to run a coroutine through it, or `acquire` + `execute` when a
+    guard needs to do work (rate limiting, budgeting) between admission and
+    the call. `state` is one of "closed", "open", "half_open".
+    """
+
+    def __init__(self, name: str, policy: BreakerPolicy | None = None) -> None:
+        self.name = name
+        self.policy = policy or BreakerPolicy()
+        self._model = _Model()
+        self._machine = Machine(
+            model=self._model,
+            states=list(STATES),
+            transitions=[list(t) for t in _TRANSITIONS],
+            initial=CLOSED,
+            auto_transitions=False,
+        )
+        self._aio = aiobreaker.CircuitBreaker(
+            fail_max=self.policy.failure_threshold,
+            exclude=[_not_a_failure],
+            listeners=[_Listener(self)],
+            name=name,
+        )
+        self._window = _Window(self.policy.window_s)
+        self._epoch = 0
+        self._cooldown = self.policy.cooldown_s
+        self._open_until = 0.0
+        self._forced = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._probes = 0
+        self._probe_successes = 0
+        self._syncing = False
+        self._pending: tuple[str, str] | None = None
+        self._correlation_id: str | None = None
+        self._subscribers: list[Callable[[Transition], None]] = []
+
+    def __repr__(self) -> str:
+        return f"Breaker({self.name!r}, state={self.state!r})"
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._model.state
+
+    @property
+    def aiobreaker_state(self) -> str:
+        """aiobreaker's view of the state; always equal to `state`."""
+        current = self._aio.current_state
+        return next(k for k, v in _AIOBREAKER_STATE.items() if v is current)
+
+    @property
+    def consecutive_failures(self) -> int:
+        return int(self._aio.fail_counter)
+
+    @property
+    def cooldown_s(self) -> float:
+        """The cooldown the next (or current) open period uses."""
+        return self._cooldown
+
+    @property
+    def probes_in_flight(self) -> int:
+        return self._probes
+
+    def retry_after_s(self) -> float:
+        """Seconds until a call could be admitted; 0.0 when closed."""
+        state = self._model.state
+        if state == CLOSED:
+            return 0.0
+        if state == OPEN:
+            if self._forced:
+                return self.policy.cooldown_s
+            return max(0.0, self._open_until - asyncio.get_running_loop().time())
+        return self.policy.probe_timeout_s
+
+    def subscribe(self, callback: Callable[[Transition], None]) -> None:
+        """Call `callback` after every transition (Resilience4j-style events)."""
+        self._subscribers.append(callback)
+
+    # -- calling -----------------------------------------------------------
+
+    async def call(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        correlation_id: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run `fn(*args, **kwargs)` through the breaker, or raise `CircuitOpen`."""
+        ticket = self.acquire(correlation_id)
+        if ticket is None:
+            raise CircuitOpen(self.name, self.retry_after_s())
+        return await self.execute(ticket, fn, *args, **kwargs)
+
+    def acquire(self, correlation_id: str | None = None) -> Ticket | None:
+        """Admit one call, or return None when the breaker rejects it.
+
+        Returning None instead of raising keeps the reject path free of
+        exception machinery, so rejecting costs less than calling.
+        """
+        state = self._model.state
+        if state == CLOSED:
+            return Ticket(self._epoch, False, correlation_id)
+        if state == HALF_OPEN and self._probes < self.policy.half_open_max_calls:
+            self._probes += 1
+            return Ticket(self._epoch, True, correlation_id)
+        return None
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back a ticket whose call never ran (no outcome is recorded)."""
+        if ticket.probe and ticket.epoch == self._epoch:
+            self._probes -= 1
+
+    async def execute(
+        self, ticket: Ticket, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """Run an admitted call and record its outcome."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            if ticket.probe:
+                deadline = asyncio.timeout(self.policy.probe_timeout_s)
+                try:
+                    async with deadline:
+                        result = await fn(*args, **kwargs)
+                except TimeoutError as exc:
+                    if not deadline.expired():
+                        raise
+                    limit = self.policy.probe_timeout_s
+                    raise ProviderError(f"{self.name}: probe exceeded {limit}s") from exc
+            else:
+                result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            self.release(ticket)
+            raise
+        except Exception as exc:
+            self._record(ticket, exc)
+            raise
+        slow = self.policy.slow_call_s
+        if slow is not None and loop.time() - started > slow:
+            self._record(ticket, SlowCall(f"{self.name}: call took longer than {slow}s"))
+        else:
+            self._record(ticket, None)
+        return result
+
+    # -- manual control ----------------------------------------------------
+
+    def force_open(self, reason: str) -> None:
+        """Open and stay open (no scheduled half-open) until `force_closed` or `reset`."""
+        self._forced = True
+        self._fire("force_open", reason)
+        emit("breaker.override", provider=self.name, action="force_open", reason=reason)
+
+    def force_closed(self, reason: str) -> None:
+        """Close now, whatever the state, clearing the counts."""
+        self._fire("force_closed", reason)
+        emit("breaker.override", provider=self.name, action="force_closed", reason=reason)
+
+    def reset(self, reason: str = "reset") -> None:
+        """Close and forget everything: counts, window and cooldown growth."""
+        self._fire("reset", reason)
+        emit("breaker.override", provider=self.name, action="reset", reason=reason)
+
+    # -- recording ---------------------------------------------------------
+
+    def _record(self, ticket: Ticket, outcome: BaseException | None) -> None:
+        if ticket.epoch != self._epoch:
+            return  # the breaker changed state while this call ran
+        self._correlation_id = ticket.correlation_id
+        if not ticket.probe:
+            try:
+                self._aio.call(_replay, outcome)
+            except (_Replayed, CircuitBreakerError):
+                pass
+            self._flush_pending()
+            return
+        self._probes -= 1
+        if outcome is not None and not _not_a_failure(outcome):
+            self._fire("reopen", f"probe failed: {type(outcome).__name__}")
+            return
+        self._probe_successes += 1
+        if self._probe_successes >= self.policy.success_threshold:
+            self._fire("close", f"{self._probe_successes} probe(s) succeeded")
+
+    def _on_counted(self, *, failed: bool) -> None:
+        """aiobreaker counted a closed-state outcome: keep the rate window."""
+        window = self._window
+        window.add(asyncio.get_running_loop().time(), failed)
+        if (
+            failed
+            and self._pending is None
+            and window.calls >= self.policy.min_calls
+            and window.rate >= self.policy.failure_rate
+        ):
+            self._pending = ("trip", f"failure rate {window.rate:.2f} over {window.calls} calls")
+            self._syncing = True
+            try:
+                self._aio.open()
+            finally:
+                self._syncing = False
+
+    def _on_aiobreaker_state(self, new: CircuitBreakerState) -> None:
+        if self._syncing or self._pending is not None:
+            return
+        if new is CircuitBreakerState.OPEN and self._model.state == CLOSED:
+            threshold = self.policy.failure_threshold
+            self._pending = ("trip", f"{threshold} consecutive failures")
+
+    def _flush_pending(self) -> None:
+        # Fired after aiobreaker returns, so the machine never runs inside it.
+        if self._pending is not None:
+            trigger, reason = self._pending
+            self._pending = None
+            self._fire(trigger, reason)
+
+    # -- the machine -------------------------------------------------------
+
+    def _fire(self, trigger: str, reason: str) -> None:
+        source = self._model.state
+        failures, calls, rate = self.consecutive_failures, self._window.calls, self._window.rate
+        self._model.trigger(trigger)  # raises MachineError on an illegal edge
+        dest = self._model.state
+        self._epoch += 1
+        self._enter(dest, trigger)
+        cooldown = self._cooldown if dest == OPEN and not self._forced else None
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            now = math.nan  # manual control from outside a loop
+        change = Transition(
+            self.name,
+            source,
+            dest,
+            trigger,
+            reason,
+            now,
+            failures,
+            calls,
+            rate,
+            cooldown,
+            self._correlation_id,
+        )
+        self._correlation_id = None
+        emit(
+            "breaker.transition",
+            provider=self.name,
+            **{"from": source, "to": dest},
+            trigger=trigger,
+            reason=reason,
+            failures=failures,
+            calls=calls,
+            failure_rate=round(rate, 4),
+            cooldown_s=cooldown,
+            correlation_id=change.correlation_id,
+        )
+        for callback in self._subscribers:
+            callback(change)
+
+    def _enter(self, dest: str, trigger: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._probes = 0
+        self._probe_successes = 0
+        if dest == OPEN:
+            if trigger == "reopen":
+                grown = self._cooldown * self.policy.cooldown_multiplier
+                self._cooldown = min(grown, self.policy.cooldown_max_s)
+            if trigger != "force_open":
+                self._forced = False
+                loop = asyncio.get_running_loop()
+                self._open_until = loop.time() + self._cooldown
+                self._timer = loop.call_later(self._cooldown, self._cooldown_over)
+        elif dest == CLOSED:
+            self._forced = False
+            self._cooldown = self.policy.cooldown_s
+            self._window.clear()
+        self._sync_aiobreaker(dest)
+
+    def _cooldown_over(self) -> None:
+        self._timer = None
+        self._fire("half_open", f"cooldown of {self._cooldown:g}s elapsed")
+
+    def _sync_aiobreaker(self, dest: str) -> None:
+        # Closing always goes through aiobreaker: it is what zeroes its counter.
+        if dest != CLOSED and self._aio.current_state is _AIOBREAKER_STATE[dest]:
+            return
+        self._syncing = True
+        try:
+            if dest == OPEN:
+                self._aio.open()
+            elif dest == HALF_OPEN:
+                self._aio.half_open()
+            else:
+                self._aio.close()
+        finally:
+            self._syncing = False
