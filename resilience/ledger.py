@@ -1,0 +1,119 @@
+"""Where a `Budget` keeps its running totals.
+
+`LedgerStore` is deliberately tiny so that shared stores can implement it:
+the one hard requirement is that `try_add` checks every limit and adds to
+every key as a single atomic step (a SQL transaction, a Redis Lua script).
+`InMemoryLedger` serves one process; it never awaits inside `try_add`, which
+makes the step atomic under asyncio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from resilience.clock import Clock, wall_time
+
+EPSILON = 1e-9
+"""Slack when comparing dollars to a limit, so 100 reservations of 0.01 fit in 1.00."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodLimit:
+    """The limits that apply to one period's key, e.g. "openai:day:2026-11-28".
+
+    None means no limit of that kind. `expires_at` (epoch seconds) is when the
+    store may drop the key: the period's end plus a retention margin.
+    """
+
+    key: str
+    usd: float | None
+    requests: int | None
+    expires_at: float
+
+
+class LedgerStore(Protocol):
+    """Running dollar and request totals per period key."""
+
+    async def try_add(self, limits: Sequence[PeriodLimit], usd: float, requests: int) -> bool:
+        """Atomically add to every key if no limit would be crossed; else change nothing."""
+        ...
+
+    async def add(self, keys: Sequence[str], usd: float, requests: int) -> None:
+        """Add a delta without checking limits. Negative deltas refund."""
+        ...
+
+    async def totals(self, key: str) -> tuple[float, int]:
+        """The (usd, requests) charged to `key`; (0.0, 0) if it is unknown."""
+        ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    usd: float
+    requests: int
+    expires_at: float
+
+
+class InMemoryLedger:
+    """A `LedgerStore` in a dict, for a single process.
+
+    Expired keys are dropped opportunistically, on the first call after the
+    earliest expiry. A delta `add`ed to a key no `try_add` has introduced
+    lives `default_ttl_s` from then, so stray keys cannot pile up forever.
+    """
+
+    def __init__(self, *, clock: Clock = wall_time, default_ttl_s: float = 2 * 86_400.0) -> None:
+        self._clock = clock
+        self._default_ttl_s = default_ttl_s
+        self._entries: dict[str, _Entry] = {}
+        self._next_expiry = math.inf
+
+    async def try_add(self, limits: Sequence[PeriodLimit], usd: float, requests: int) -> bool:
+        self._sweep()
+        for limit in limits:
+            used_usd, used_requests = self._totals(limit.key)
+            if limit.usd is not None and used_usd + usd > limit.usd + EPSILON:
+                return False
+            if limit.requests is not None and used_requests + requests > limit.requests:
+                return False
+        for limit in limits:
+            entry = self._entry(limit.key, limit.expires_at)
+            entry.usd += usd
+            entry.requests += requests
+        return True
+
+    async def add(self, keys: Sequence[str], usd: float, requests: int) -> None:
+        self._sweep()
+        expires_at = self._clock() + self._default_ttl_s
+        for key in keys:
+            entry = self._entry(key, expires_at)
+            entry.usd += usd
+            entry.requests += requests
+
+    async def totals(self, key: str) -> tuple[float, int]:
+        self._sweep()
+        return self._totals(key)
+
+    def _totals(self, key: str) -> tuple[float, int]:
+        entry = self._entries.get(key)
+        return (0.0, 0) if entry is None else (entry.usd, entry.requests)
+
+    def _entry(self, key: str, expires_at: float) -> _Entry:
+        """The key's entry, created if missing; an existing expiry is never shortened."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(0.0, 0, expires_at)
+        elif expires_at > entry.expires_at:
+            entry.expires_at = expires_at
+        self._next_expiry = min(self._next_expiry, entry.expires_at)
+        return entry
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        if now < self._next_expiry:
+            return
+        self._entries = {k: e for k, e in self._entries.items() if e.expires_at > now}
+        self._next_expiry = min((e.expires_at for e in self._entries.values()), default=math.inf)
