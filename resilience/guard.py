@@ -1,0 +1,188 @@
+"""The guard: one pipeline that every provider call goes through.
+
+Each attempt, in order (Polly-style composition):
+
+1. the breaker: an open breaker rejects at once, before anything waits;
+2. the request bucket, then the token bucket (`units`);
+3. admission by the breaker (a half-open probe permit, if half-open);
+4. the budget: `cost` is reserved, or `BudgetExceeded` is raised;
+5. the call, timed and recorded by the breaker.
+
+Retries (on `backoff`) wrap the whole attempt, so every retry goes through
+the buckets and the breaker again. A 429 pauses both buckets until its
+Retry-After. After the call the budget is settled: a value with a
+`cost_usd` attribute replaces the estimate (and its `tokens` are recorded);
+a failure with a known outcome (the provider answered) is refunded; an
+unknown outcome (a timeout, a dropped connection, a cancellation) keeps its
+estimate charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from backoff.types import Details
+
+from resilience.breaker import OPEN, Breaker, BreakerPolicy
+from resilience.bucket import TokenBucket
+from resilience.budget import Budget
+from resilience.errors import CircuitOpen, ErrorClass, ProviderError, classify
+from resilience.events import emit
+from resilience.retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[..., Awaitable[Any]]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    units: float
+    cost: float
+    correlation_id: str
+
+
+def _outcome_known(exc: BaseException) -> bool:
+    """Did the provider answer? Only then do we know it did not bill us."""
+    return isinstance(exc, ProviderError) and exc.status is not None
+
+
+class Guard:
+    """Breaker, buckets, retries and budget around one provider.
+
+    `requests` limits calls per second and `tokens` limits `units` per second;
+    either may be None. `max_wait_s` bounds how long a call waits for a bucket
+    before failing fast with `RateLimited` (None waits as long as it takes).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        breaker: BreakerPolicy | Breaker | None = None,
+        requests: TokenBucket | None = None,
+        tokens: TokenBucket | None = None,
+        retry: RetryPolicy | None = None,
+        budget: Budget | None = None,
+        *,
+        max_wait_s: float | None = None,
+    ) -> None:
+        self.name = name
+        self.breaker = breaker if isinstance(breaker, Breaker) else Breaker(name, breaker)
+        self.requests = requests
+        self.tokens = tokens
+        self.retry = retry or RetryPolicy()
+        self.budget = budget
+        self.max_wait_s = max_wait_s
+        self._ids = itertools.count(1)
+        self._retrying = self.retry.wrap(self._attempt, self._on_backoff)
+
+    def __repr__(self) -> str:
+        return f"Guard({self.name!r}, breaker={self.breaker.state!r})"
+
+    def new_correlation_id(self) -> str:
+        return f"{self.name}-{next(self._ids)}"
+
+    async def call(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        units: float = 1,
+        cost: float = 0.0,
+        correlation_id: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run `fn(*args, **kwargs)` through the guard and return its value.
+
+        Raises `CircuitOpen`, `RateLimited` or `BudgetExceeded` when the guard
+        refuses, or the provider's last error when retries end.
+        """
+        cid = correlation_id or self.new_correlation_id()
+        if self.breaker.state == OPEN:
+            raise CircuitOpen(self.name, self.breaker.retry_after_s())
+        call = _Call(fn, args, kwargs, units, cost, cid)
+        result: T = await self._retrying(call)
+        return result
+
+    def decorate(
+        self, *, units: float = 1, cost: float = 0.0
+    ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+        """Decorator form: `@guard.decorate(cost=0.002)` (or plain `@guard`)."""
+
+        def decorator(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+            @functools.wraps(fn)
+            async def guarded(*args: Any, **kwargs: Any) -> T:
+                return await self.call(fn, *args, units=units, cost=cost, **kwargs)
+
+            return guarded
+
+        return decorator
+
+    def __call__(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        return self.decorate()(fn)
+
+    async def _attempt(self, call: _Call) -> Any:
+        breaker = self.breaker
+        if breaker.state == OPEN:
+            raise CircuitOpen(self.name, breaker.retry_after_s())
+        if self.requests is not None:
+            await self.requests.acquire(1, self.max_wait_s)
+        if self.tokens is not None:
+            await self.tokens.acquire(call.units, self.max_wait_s)
+        ticket = breaker.acquire(call.correlation_id)
+        if ticket is None:
+            raise CircuitOpen(self.name, breaker.retry_after_s())
+        budget = self.budget
+        if budget is None:
+            try:
+                return await breaker.execute(ticket, call.fn, *call.args, **call.kwargs)
+            except ProviderError as exc:
+                self._pause_on_429(exc)
+                raise
+        try:
+            reservation = await budget.reserve(self.name, call.cost)
+        except BaseException:
+            breaker.release(ticket)
+            raise
+        try:
+            result = await breaker.execute(ticket, call.fn, *call.args, **call.kwargs)
+        except BaseException as exc:
+            if isinstance(exc, ProviderError):
+                self._pause_on_429(exc)
+            error_class = "cancelled" if isinstance(exc, asyncio.CancelledError) else classify(exc)
+            if _outcome_known(exc):
+                await budget.release(reservation, error_class=error_class)
+            else:
+                await budget.keep(reservation, error_class=error_class)
+            raise
+        actual: float | None = getattr(result, "cost_usd", None)
+        await budget.settle(reservation, actual, tokens=getattr(result, "tokens", 0))
+        return result
+
+    def _pause_on_429(self, exc: ProviderError) -> None:
+        if exc.retry_after_s is None or classify(exc) is not ErrorClass.RATE_LIMITED:
+            return
+        until = asyncio.get_running_loop().time() + exc.retry_after_s
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.pause_until(until)
+
+    def _on_backoff(self, details: Details) -> None:
+        call: _Call = details["args"][0]
+        exc = details.get("exception")
+        error = exc if isinstance(exc, BaseException) else None
+        emit(
+            "guard.retry",
+            provider=self.name,
+            correlation_id=call.correlation_id,
+            attempt=details["tries"],
+            wait_s=round(details["wait"], 6),
+            error=type(error).__name__,
+            error_class=classify(error) if error is not None else None,
+        )

@@ -1,0 +1,172 @@
+"""The router: MOCK, REAL or HYBRID per capability, with degraded fallback.
+
+* MOCK never touches the real implementation.
+* REAL raises the typed error (`CircuitOpen`, `RateLimited`,
+  `BudgetExceeded`, or the provider's last error), which carries when to
+  try again.
+* HYBRID serves the deterministic mock whenever the real path would raise one
+  of those, and says why in `Routed.reason`. The breaker machine drives it:
+  while the breaker is open the mock is served without touching the guard.
+  Caller errors (a bad request) and configuration errors (a bad key) are
+  raised even in HYBRID: a mock would hide a bug that needs a person.
+
+A value the mock served has `path == "mock"`; callers persist that, so
+degraded results can be redone once the real provider is healthy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, Literal, TypeVar
+
+from resilience.breaker import OPEN
+from resilience.errors import BudgetExceeded, CircuitOpen, ErrorClass, RateLimited, classify
+from resilience.events import emit
+from resilience.guard import Guard
+
+T = TypeVar("T")
+
+Path = Literal["real", "mock"]
+
+
+class ServiceMode(StrEnum):
+    MOCK = "mock"
+    REAL = "real"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed(Generic[T]):
+    """A routed call's value, which path produced it, and why that path.
+
+    `reason` is None for a real result, "mode" when MOCK mode chose the mock,
+    otherwise one of "circuit_open", "rate_limited", "budget", "quota" or
+    "retries_exhausted".
+    """
+
+    value: T
+    path: Path
+    reason: str | None
+
+    @property
+    def degraded(self) -> bool:
+        return self.path == "mock"
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    real: Callable[..., Awaitable[Any]]
+    mock: Callable[..., Awaitable[Any]]
+    guard: Guard
+
+
+def fallback_reason(exc: BaseException) -> str | None:
+    """The HYBRID fallback reason for an error, or None if it must be raised."""
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if isinstance(exc, BudgetExceeded):
+        return "budget"
+    error_class = classify(exc)
+    if error_class is ErrorClass.QUOTA:
+        return "quota"
+    if error_class is ErrorClass.RATE_LIMITED:
+        return "rate_limited"
+    if error_class is ErrorClass.FAILURE:
+        return "retries_exhausted"
+    return None
+
+
+class Router:
+    """Routes each capability to its real or mock implementation by mode."""
+
+    def __init__(self, mode: ServiceMode | str = ServiceMode.HYBRID) -> None:
+        self._mode = ServiceMode(mode)
+        self._routes: dict[str, _Route] = {}
+
+    @property
+    def mode(self) -> ServiceMode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: ServiceMode | str) -> None:
+        self._mode = ServiceMode(mode)
+
+    def register(
+        self,
+        capability: str,
+        *,
+        real: Callable[..., Awaitable[Any]],
+        mock: Callable[..., Awaitable[Any]],
+        guard: Guard,
+    ) -> None:
+        if capability in self._routes:
+            raise ValueError(f"capability {capability!r} is already registered")
+        self._routes[capability] = _Route(real, mock, guard)
+
+    def guard(self, capability: str) -> Guard:
+        return self._route(capability).guard
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return tuple(self._routes)
+
+    async def call(
+        self,
+        capability: str,
+        /,
+        *args: Any,
+        units: float = 1,
+        cost: float = 0.0,
+        correlation_id: str | None = None,
+        **kwargs: Any,
+    ) -> Routed[Any]:
+        route = self._route(capability)
+        mode = self._mode
+        if mode is ServiceMode.MOCK:
+            return Routed(await route.mock(*args, **kwargs), "mock", "mode")
+        guard = route.guard
+        cid = correlation_id or guard.new_correlation_id()
+        if mode is ServiceMode.HYBRID and guard.breaker.state == OPEN:
+            return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
+        try:
+            value = await guard.call(
+                route.real, *args, units=units, cost=cost, correlation_id=cid, **kwargs
+            )
+        except Exception as exc:
+            reason = fallback_reason(exc) if mode is ServiceMode.HYBRID else None
+            if reason is None:
+                raise
+            return await self._fallback(route, capability, reason, cid, args, kwargs, exc)
+        return Routed(value, "real", None)
+
+    async def _fallback(
+        self,
+        route: _Route,
+        capability: str,
+        reason: str,
+        correlation_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        error: BaseException | None = None,
+    ) -> Routed[Any]:
+        value = await route.mock(*args, **kwargs)
+        emit(
+            "fallback.served",
+            provider=route.guard.name,
+            capability=capability,
+            reason=reason,
+            correlation_id=correlation_id,
+            error=type(error).__name__ if error is not None else None,
+        )
+        return Routed(value, "mock", reason)
+
+    def _route(self, capability: str) -> _Route:
+        try:
+            return self._routes[capability]
+        except KeyError:
+            known = ", ".join(sorted(self._routes)) or "none"
+            raise KeyError(f"unknown capability {capability!r} (registered: {known})") from None

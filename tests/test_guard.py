@@ -1,0 +1,175 @@
+"""The guard composes breaker, buckets, retries and budget; each attempt passes all."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from resilience import (
+    BreakerPolicy,
+    Budget,
+    BudgetExceeded,
+    Guard,
+    ProviderError,
+    RateLimited,
+    RetryPolicy,
+    TokenBucket,
+)
+from resilience.testing import run_virtual
+from tests.conftest import Events
+
+
+@dataclass
+class Billed:
+    text: str
+    cost_usd: float
+    tokens: int
+
+
+def quiet_breaker() -> BreakerPolicy:
+    return BreakerPolicy(failure_threshold=1000, min_calls=1000)
+
+
+def test_every_retry_goes_through_the_request_bucket_again() -> None:
+    calls: list[float] = []
+
+    async def flaky() -> str:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) < 3:
+            raise ProviderError("down", status=503)
+        return "ok"
+
+    async def main() -> str:
+        requests = TokenBucket(1, 0.5)  # one call every 2 s
+        retry = RetryPolicy(base_delay_s=0.0, max_delay_s=0.0, rng=random.Random(0))
+        return await Guard("p", quiet_breaker(), requests=requests, retry=retry).call(flaky)
+
+    assert run_virtual(main()) == "ok"
+    assert calls == pytest.approx([0.0, 2.0, 4.0])
+
+
+def test_units_come_from_the_token_bucket() -> None:
+    async def echo(x: int) -> int:
+        return x
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        guard = Guard("p", tokens=TokenBucket(1000, 100))
+        times = []
+        for _ in range(3):
+            await guard.call(echo, 1, units=600)
+            times.append(loop.time())
+        return times
+
+    assert run_virtual(main()) == pytest.approx([0.0, 2.0, 8.0])
+
+
+def test_max_wait_fails_fast_with_rate_limited() -> None:
+    async def echo() -> str:
+        return "ok"
+
+    async def main() -> float:
+        guard = Guard("p", requests=TokenBucket(1, 0.1), max_wait_s=1.0)
+        await guard.call(echo)
+        with pytest.raises(RateLimited) as caught:
+            await guard.call(echo)
+        return caught.value.retry_after_s
+
+    assert run_virtual(main()) == pytest.approx(10.0)
+
+
+def test_a_429_pauses_both_buckets_until_retry_after() -> None:
+    calls: list[float] = []
+
+    async def limited() -> str:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            raise ProviderError("rate limited", status=429, retry_after_s=5.0)
+        return "ok"
+
+    async def main() -> tuple[float, float]:
+        requests, tokens = TokenBucket(100, 100), TokenBucket(1000, 1000)
+        retry = RetryPolicy(base_delay_s=0.0, max_delay_s=0.0, rng=random.Random(0))
+        guard = Guard("p", quiet_breaker(), requests=requests, tokens=tokens, retry=retry)
+        await guard.call(limited)
+        return requests.paused_until, tokens.paused_until
+
+    assert run_virtual(main()) == (pytest.approx(5.0), pytest.approx(5.0))
+    assert calls[1] >= 5.0
+
+
+def test_budget_settles_actual_cost_and_refunds_known_failures() -> None:
+    async def billed() -> Billed:
+        return Billed("hi", cost_usd=0.25, tokens=40)
+
+    async def rejected() -> None:
+        raise ProviderError("bad request", status=400)
+
+    async def main() -> tuple[float, float]:
+        budget = Budget(daily_usd=10.0)
+        guard = Guard("p", budget=budget)
+        await guard.call(billed, cost=1.0)
+        after_success, _ = await budget.spent("day")
+        with pytest.raises(ProviderError):
+            await guard.call(rejected, cost=5.0)
+        after_failure, _ = await budget.spent("day")
+        return after_success, after_failure
+
+    assert run_virtual(main()) == (pytest.approx(0.25), pytest.approx(0.25))
+
+
+def test_unknown_outcomes_keep_their_estimate() -> None:
+    async def hangs_up() -> None:
+        raise TimeoutError("read timed out")
+
+    async def main() -> float:
+        budget = Budget(daily_usd=10.0)
+        retry = RetryPolicy(max_attempts=2, rng=random.Random(0))
+        guard = Guard("p", quiet_breaker(), retry=retry, budget=budget)
+        with pytest.raises(TimeoutError):
+            await guard.call(hangs_up, cost=1.5)
+        spent, _ = await budget.spent("day")
+        return spent
+
+    assert run_virtual(main()) == pytest.approx(3.0)  # two attempts, both unknown
+
+
+def test_budget_refusal_never_calls_the_provider() -> None:
+    called = 0
+
+    async def expensive() -> str:
+        nonlocal called
+        called += 1
+        return "ok"
+
+    async def main() -> float:
+        guard = Guard("p", budget=Budget(hourly_usd=1.0))
+        await guard.call(expensive, cost=0.75)
+        with pytest.raises(BudgetExceeded) as caught:
+            await guard.call(expensive, cost=0.5)
+        return caught.value.retry_after_s
+
+    assert run_virtual(main()) == pytest.approx(3600.0)
+    assert called == 1
+
+
+def test_decorator_form_and_correlation_ids_in_retry_lines(events: Events) -> None:
+    guard = Guard("emb", quiet_breaker(), retry=RetryPolicy(base_delay_s=0.0, rng=random.Random(0)))
+    attempts = 0
+
+    @guard
+    async def embed(text: str) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ProviderError("blip", status=502)
+        return text.upper()
+
+    assert run_virtual(embed("abc")) == "ABC"
+    (retry_line,) = events.of("guard.retry")
+    assert retry_line["provider"] == "emb"
+    assert retry_line["correlation_id"] == "emb-1"
+    assert retry_line["error_class"] == "failure"
