@@ -1,0 +1,346 @@
+"""Breakwater's settings, read from environment variables.
+
+Provider names are parameters, so `resilience` stays free of any particular
+provider. Every problem is reported at once, each naming its variable and
+what it accepts, and a misspelt BREAKWATER_* name is an error: a limit the
+user believes is set but is silently ignored is worse than a failed start.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from resilience.breaker import BreakerPolicy
+from resilience.errors import ConfigError
+from resilience.events import DEFAULT_LOG_PATH
+
+PREFIX: Final = "BREAKWATER_"
+SERVICE_MODES: Final = ("mock", "real", "hybrid")
+DEFAULT_SERVICE_MODE: Final = "hybrid"
+DEFAULT_MAX_ATTEMPTS: Final = 4
+
+GLOBAL_VARIABLES: Final[tuple[tuple[str, str], ...]] = (
+    (
+        "SERVICE_MODE",
+        "How calls are served: mock (mock responses only), real (providers only) or "
+        f"hybrid (providers, with mock fallback); default {DEFAULT_SERVICE_MODE}",
+    ),
+    (
+        "BREAKWATER_LOG",
+        f"Where JSON-lines events are written, a file path or - for standard error; "
+        f"default {DEFAULT_LOG_PATH}",
+    ),
+    ("BREAKWATER_DB", "Database URL where Breakwater keeps its state; unset: none"),
+)
+"""The known names that belong to no provider, with their meanings.
+
+Add new global variables here: this table is what the typo check and
+`describe_variables` know about.
+"""
+
+_SECRET_MARKERS: Final = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+"""A variable whose name contains one of these never has its value put in a message."""
+
+_DEFAULT_POLICY: Final = BreakerPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """One provider's limits, retries and breaker overrides.
+
+    None means no limit, or for the breaker fields, keep `BreakerPolicy`'s default.
+    """
+
+    rpm: int | None = None
+    tpm: int | None = None
+    daily_budget_usd: float | None = None
+    hourly_budget_usd: float | None = None
+    daily_requests: int | None = None
+    hourly_requests: int | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_wait_s: float | None = None
+    failure_threshold: int | None = None
+    cooldown_s: float | None = None
+    cooldown_max_s: float | None = None
+    half_open_max_calls: int | None = None
+
+    def breaker_policy(self) -> BreakerPolicy:
+        """`BreakerPolicy()` with the overrides that are set.
+
+        Raises ValueError for combinations BreakerPolicy rejects; `load_config`
+        never returns settings that do.
+        """
+        overrides = {
+            name: value for name in _BREAKER_OVERRIDES if (value := getattr(self, name)) is not None
+        }
+        return replace(BreakerPolicy(), **overrides)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `load_config` read. `db_url` is left out of the repr: URLs carry passwords."""
+
+    service_mode: str = DEFAULT_SERVICE_MODE
+    """One of SERVICE_MODES, lower case."""
+    log_path: str | None = None
+    db_url: str | None = field(default=None, repr=False)
+    providers: dict[str, ProviderSettings] = field(default_factory=dict)
+    """Settings per provider, keyed by the names passed to `load_config`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One ProviderSettings field as an environment variable."""
+
+    attr: str
+    parse: Callable[[str], int | float | None]
+    """The value, or None when the (stripped, non-empty) text is not acceptable."""
+    expected: str
+    meaning: str
+    default: str
+    """What leaving the variable unset means."""
+
+
+def _positive_int(text: str) -> int | None:
+    if not (text.isascii() and text.isdigit()):
+        return None  # int() would also take "+5", "1_000", " 5" and non-ASCII digits
+    value = int(text)
+    return value if value > 0 else None
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _positive_number(text: str) -> float | None:
+    value = _finite(text)
+    return value if value is not None and value > 0 else None
+
+
+def _seconds_or_zero(text: str) -> float | None:
+    value = _finite(text)
+    return value if value is not None and value >= 0 else None
+
+
+_INTEGER: Final = "a positive integer"
+_NUMBER: Final = "a positive number"
+
+_NO_LIMIT: Final = "unset: no limit"
+
+_PROVIDER_FIELDS: Final = (
+    _Field("rpm", _positive_int, _INTEGER, "requests per minute (token bucket)", _NO_LIMIT),
+    _Field("tpm", _positive_int, _INTEGER, "tokens per minute (token bucket)", _NO_LIMIT),
+    _Field("daily_budget_usd", _positive_number, _NUMBER, "US dollars per UTC day", _NO_LIMIT),
+    _Field("hourly_budget_usd", _positive_number, _NUMBER, "US dollars per hour", _NO_LIMIT),
+    _Field("daily_requests", _positive_int, _INTEGER, "calls per UTC day", _NO_LIMIT),
+    _Field("hourly_requests", _positive_int, _INTEGER, "calls per hour", _NO_LIMIT),
+    _Field(
+        "max_attempts",
+        _positive_int,
+        _INTEGER,
+        "attempts per call, the first included",
+        f"default {DEFAULT_MAX_ATTEMPTS}",
+    ),
+    _Field(
+        "max_wait_s",
+        _seconds_or_zero,
+        "a number of seconds, 0 or more",
+        "seconds a call may wait for a rate-limit token, 0 to fail at once",
+        "unset: the rate limiter's default",
+    ),
+    _Field(
+        "failure_threshold",
+        _positive_int,
+        _INTEGER,
+        "consecutive failures that open the breaker",
+        f"default {_DEFAULT_POLICY.failure_threshold}",
+    ),
+    _Field(
+        "cooldown_s",
+        _positive_number,
+        _NUMBER,
+        "seconds the breaker stays open before it lets probes through",
+        f"default {_DEFAULT_POLICY.cooldown_s:g}",
+    ),
+    _Field(
+        "cooldown_max_s",
+        _positive_number,
+        _NUMBER,
+        "longest cooldown as failed probes multiply it (at least the cooldown)",
+        f"default {_DEFAULT_POLICY.cooldown_max_s:g}",
+    ),
+    _Field(
+        "half_open_max_calls",
+        _positive_int,
+        _INTEGER,
+        "probe calls let through at once while half-open",
+        f"default {_DEFAULT_POLICY.half_open_max_calls}",
+    ),
+)
+
+_BREAKER_OVERRIDES: Final = (
+    "failure_threshold",
+    "cooldown_s",
+    "cooldown_max_s",
+    "half_open_max_calls",
+)
+
+
+def variable_name(provider: str, setting: str) -> str:
+    """BREAKWATER_<PROVIDER>_<SETTING>, non-alphanumerics in the provider becoming "_"."""
+    return f"{PREFIX}{re.sub('[^A-Za-z0-9]', '_', provider).upper()}_{setting.upper()}"
+
+
+def _provider_names(providers: Sequence[str]) -> dict[str, list[str]]:
+    """Each provider's variable names; two providers may not share a name."""
+    if isinstance(providers, str):
+        raise TypeError("providers must be a sequence of names, not one string")
+    names: dict[str, list[str]] = {}
+    owners: dict[str, str] = {}
+    for provider in dict.fromkeys(providers):
+        prefix = variable_name(provider, "")
+        if prefix in owners:
+            raise ConfigError(
+                f"providers {owners[prefix]!r} and {provider!r} would both be configured "
+                f"by {prefix}* variables; rename one"
+            )
+        owners[prefix] = provider
+        names[provider] = [variable_name(provider, f.attr) for f in _PROVIDER_FIELDS]
+    return names
+
+
+def _shown(name: str, raw: str) -> str:
+    if any(marker in name.upper() for marker in _SECRET_MARKERS):
+        return f"{name} (value hidden)"
+    return f"{name}={raw!r}"
+
+
+def _value(environ: Mapping[str, str], name: str) -> str | None:
+    """The stripped value; empty counts as unset, as `VAR=` in a shell or .env file means."""
+    text = environ.get(name, "").strip()
+    return text or None
+
+
+def _distance(a: str, b: str) -> int:
+    """Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`."""
+    before: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            edits = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                edits = min(edits, before[j - 2] + 1)
+            current.append(edits)
+        before, previous = previous, current
+    return previous[-1]
+
+
+def _allowance(known: str) -> int:
+    """Edits that still read as a misspelling: one off a short suffix, two off a longer one."""
+    return 1 if len(known) - len(PREFIX) <= 4 else 2
+
+
+def _unknown_names(environ: Mapping[str, str], provider_names: dict[str, list[str]]) -> list[str]:
+    """Problems for BREAKWATER_* names that are not known but look meant to be.
+
+    A name under a configured provider's prefix is in our namespace, so any
+    unknown one there is a mistake. Elsewhere only names a typo away from a
+    known one are: variables for providers this process does not configure,
+    or for other tools, are left alone. A name that differs from a known one
+    only in case is reported too: the OS would not match it.
+    """
+    groups = [[name for name, _ in GLOBAL_VARIABLES], *provider_names.values()]
+    known = {name for group in groups for name in group}
+    prefixes = {variable_name(p, ""): names for p, names in provider_names.items()}
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if name in known or not upper.startswith(PREFIX):
+            continue
+        close = sorted((d, k) for k in known if (d := _distance(upper, k)) <= _allowance(k))
+        owners = [prefix for prefix in prefixes if upper.startswith(prefix)]
+        if close:
+            hint = f"; did you mean {close[0][1]}?"
+            valid = next(group for group in groups if close[0][1] in group)
+        elif owners:
+            hint = "."
+            valid = prefixes[max(owners, key=len)]
+        else:
+            continue
+        problems.append(f"{name} is not a known variable{hint} Valid names: {', '.join(valid)}")
+    return problems
+
+
+def _breaker_conflict(environ: Mapping[str, str], provider: str, error: ValueError) -> str:
+    """Name the variables behind a combination BreakerPolicy rejected."""
+    message = str(error)
+    involved = []
+    for attr in _BREAKER_OVERRIDES:
+        if re.search(rf"\b{attr}\b", message):
+            name = variable_name(provider, attr)
+            raw = _value(environ, name)
+            default = getattr(_DEFAULT_POLICY, attr)
+            involved.append(_shown(name, raw) if raw else f"{name} (unset, default {default:g})")
+    return f"{' and '.join(involved)} are not valid together: {message}"
+
+
+def load_config(environ: Mapping[str, str], providers: Sequence[str]) -> Config:
+    """Read SERVICE_MODE, BREAKWATER_LOG, BREAKWATER_DB and each provider's variables.
+
+    `environ` is usually `os.environ`; `providers` are the names the
+    application routes to. Raises ConfigError listing every problem found.
+    """
+    provider_names = _provider_names(providers)
+    problems = _unknown_names(environ, provider_names)
+    mode = _value(environ, "SERVICE_MODE")
+    if mode is not None and mode.lower() not in SERVICE_MODES:
+        choices = ", ".join(SERVICE_MODES)
+        problems.append(f"{_shown('SERVICE_MODE', mode)} is not valid: expected one of {choices}")
+    settings: dict[str, ProviderSettings] = {}
+    for provider in provider_names:
+        values: dict[str, Any] = {}
+        invalid = False
+        for spec in _PROVIDER_FIELDS:
+            name = variable_name(provider, spec.attr)
+            raw = _value(environ, name)
+            if raw is None:
+                continue
+            parsed = spec.parse(raw)
+            if parsed is None:
+                problems.append(f"{_shown(name, raw)} is not valid: expected {spec.expected}")
+                invalid = True
+            else:
+                values[spec.attr] = parsed
+        settings[provider] = ProviderSettings(**values)
+        if not invalid:
+            try:
+                settings[provider].breaker_policy()
+            except ValueError as error:
+                problems.append(_breaker_conflict(environ, provider, error))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return Config(
+        service_mode=(mode or DEFAULT_SERVICE_MODE).lower(),
+        log_path=_value(environ, "BREAKWATER_LOG"),
+        db_url=_value(environ, "BREAKWATER_DB"),
+        providers=settings,
+    )
+
+
+def describe_variables(providers: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, meaning) for every variable `load_config` reads, globals first."""
+    described = list(GLOBAL_VARIABLES)
+    for provider in _provider_names(providers):
+        for spec in _PROVIDER_FIELDS:
+            meaning = f"{provider}: {spec.meaning}; {spec.expected}; {spec.default}"
+            described.append((variable_name(provider, spec.attr), meaning))
+    return described
