@@ -123,13 +123,16 @@ class SlowCall(Exception):
     """Recorded (never raised to callers) when a call outlasts `slow_call_s`."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Ticket:
-    """Admission to one call. Outcomes from a ticket of an earlier epoch are ignored."""
+    """Admission to a call. Outcomes from a ticket of an earlier epoch are ignored.
+
+    Every call admitted in one epoch gets the same ticket: all it says is when
+    (which epoch) and how (as a probe or not) the call was let in.
+    """
 
     epoch: int
     probe: bool
-    correlation_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -229,6 +232,7 @@ class Breaker:
         )
         self._window = _Window(self.policy.window_s)
         self._epoch = 0
+        self._ticket = Ticket(0, probe=False)
         self._cooldown = self.policy.cooldown_s
         self._open_until = 0.0
         self._forced = False
@@ -294,12 +298,12 @@ class Breaker:
         **kwargs: Any,
     ) -> T:
         """Run `fn(*args, **kwargs)` through the breaker, or raise `CircuitOpen`."""
-        ticket = self.acquire(correlation_id)
+        ticket = self.acquire()
         if ticket is None:
             raise CircuitOpen(self.name, self.retry_after_s())
-        return await self.execute(ticket, fn, *args, **kwargs)
+        return await self.execute(ticket, fn, args, kwargs, correlation_id)
 
-    def acquire(self, correlation_id: str | None = None) -> Ticket | None:
+    def acquire(self) -> Ticket | None:
         """Admit one call, or return None when the breaker rejects it.
 
         Returning None instead of raising keeps the reject path free of
@@ -307,10 +311,10 @@ class Breaker:
         """
         state = self._model.state
         if state == CLOSED:
-            return Ticket(self._epoch, False, correlation_id)
+            return self._ticket
         if state == HALF_OPEN and self._probes < self.policy.half_open_max_calls:
             self._probes += 1
-            return Ticket(self._epoch, True, correlation_id)
+            return self._ticket
         return None
 
     def release(self, ticket: Ticket) -> None:
@@ -319,11 +323,20 @@ class Breaker:
             self._probes -= 1
 
     async def execute(
-        self, ticket: Ticket, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+        self,
+        ticket: Ticket,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
     ) -> T:
-        """Run an admitted call and record its outcome."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        """Run `fn(*args, **kwargs)`, admitted by `ticket`, and record its outcome.
+
+        `correlation_id` is what a transition caused by this call is logged with.
+        """
+        kwargs = kwargs or {}
+        slow = self.policy.slow_call_s
+        started = asyncio.get_running_loop().time() if slow is not None else 0.0
         try:
             if ticket.probe:
                 deadline = asyncio.timeout(self.policy.probe_timeout_s)
@@ -341,13 +354,13 @@ class Breaker:
             self.release(ticket)
             raise
         except Exception as exc:
-            self._record(ticket, exc)
+            self._record(ticket, exc, correlation_id)
             raise
-        slow = self.policy.slow_call_s
-        if slow is not None and loop.time() - started > slow:
-            self._record(ticket, SlowCall(f"{self.name}: call took longer than {slow}s"))
+        if slow is not None and asyncio.get_running_loop().time() - started > slow:
+            slow_call = SlowCall(f"{self.name}: call took longer than {slow}s")
+            self._record(ticket, slow_call, correlation_id)
         else:
-            self._record(ticket, None)
+            self._record(ticket, None, correlation_id)
         return result
 
     # -- manual control ----------------------------------------------------
@@ -370,17 +383,24 @@ class Breaker:
 
     # -- recording ---------------------------------------------------------
 
-    def _record(self, ticket: Ticket, outcome: BaseException | None) -> None:
+    def _record(
+        self, ticket: Ticket, outcome: BaseException | None, correlation_id: str | None
+    ) -> None:
         if ticket.epoch != self._epoch:
             return  # the breaker changed state while this call ran
-        self._correlation_id = ticket.correlation_id
         if not ticket.probe:
+            if outcome is None and self._aio.fail_counter == 0:
+                # aiobreaker would only zero a zero counter: record the success directly.
+                self._on_counted(failed=False)
+                return
+            self._correlation_id = correlation_id
             try:
                 self._aio.call(_replay, outcome)
             except (_Replayed, CircuitBreakerError):
                 pass
             self._flush_pending()
             return
+        self._correlation_id = correlation_id
         self._probes -= 1
         if outcome is not None and not _not_a_failure(outcome):
             self._fire("reopen", f"probe failed: {type(outcome).__name__}")
@@ -428,6 +448,7 @@ class Breaker:
         self._model.trigger(trigger)  # raises MachineError on an illegal edge
         dest = self._model.state
         self._epoch += 1
+        self._ticket = Ticket(self._epoch, probe=dest == HALF_OPEN)
         self._enter(dest, trigger)
         cooldown = self._cooldown if dest == OPEN and not self._forced else None
         try:

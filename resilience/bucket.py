@@ -75,11 +75,13 @@ class TokenBucket:
 
     def try_acquire(self, n: float = 1) -> bool:
         """Take `n` units if they are there now and nobody is queued. Never waits."""
-        self._check(n)
+        if not 0 < n <= self.capacity:
+            self._check(n)
         now = asyncio.get_running_loop().time()
         if self._waiters or now < self._paused_until:
             return False
-        self._refill(now)
+        if now != self._stamp:
+            self._refill(now)
         if self._level + _EPSILON >= n:
             self._level = max(0.0, self._level - n)
             return True

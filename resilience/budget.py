@@ -16,6 +16,7 @@ can share one budget; `usage` keeps the human-readable breakdown.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from typing import Literal, NoReturn
 from resilience.clock import Clock, wall_time
 from resilience.errors import BudgetExceeded, ConfigError
 from resilience.events import emit
-from resilience.ledger import EPSILON, InMemoryLedger, LedgerStore, PeriodLimit
+from resilience.ledger import EPSILON, InMemoryLedger, LedgerStore, PeriodLimit, Totals
 from resilience.usage import UsageLog
 
 PeriodKind = Literal["hour", "day"]
@@ -62,7 +63,7 @@ class BudgetLimits:
         return self.daily_usd, self.daily_requests
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Reservation:
     """An estimated charge awaiting its outcome. Settle, release or keep it exactly once.
 
@@ -117,6 +118,17 @@ class Budget:
         self.usage = UsageLog(clock=clock) if usage is None else usage
         self._ids = itertools.count(1)
         self._open: set[int] = set()
+        # The current hour's periods and limits, rebuilt only when the hour turns.
+        self._hour: tuple[float, float, tuple[Period, ...], list[PeriodLimit]] | None = None
+        # Per period kind: the usd and request totals below which no alert can fire.
+        lowest = levels[0] if levels else math.inf
+        self._alert_floors = {
+            kind: tuple(
+                math.inf if limit is None else lowest * limit - EPSILON
+                for limit in self._limits.of(kind)
+            )
+            for kind in _PERIOD_S
+        }
         # period key -> (period end, {(limit kind, threshold)} already alerted)
         self._alerted: dict[str, tuple[float, set[tuple[LimitKind, float]]]] = {}
 
@@ -135,12 +147,13 @@ class Budget:
         if not cost >= 0 or requests < 0:
             raise ValueError(f"cost and requests must be >= 0, got {cost!r} and {requests!r}")
         now = self._clock()
-        periods = (self._period("hour", now), self._period("day", now))
-        if not await self._ledger.try_add([self._limit(p) for p in periods], cost, requests):
+        periods, limits = self._current(now)
+        totals = await self._ledger.try_add(limits, cost, requests)
+        if totals is None:
             await self._refuse(provider, cost, requests, periods, now)
         reservation = Reservation(next(self._ids), provider, cost, requests, periods)
         self._open.add(reservation.id)
-        await self._check_alerts(provider, periods)
+        self._check_alerts(provider, periods, totals)
         return reservation
 
     async def settle(
@@ -152,18 +165,25 @@ class Budget:
         self._close(reservation)
         cost = reservation.cost if actual_cost is None else actual_cost
         if cost != reservation.cost:
-            await self._ledger.add(reservation.keys, cost - reservation.cost, 0)
+            totals = await self._ledger.add(reservation.keys, cost - reservation.cost, 0)
+            self._check_alerts(reservation.provider, reservation.periods, totals)
         self.usage.record(
-            reservation.provider, requests=reservation.requests, tokens=tokens, cost_usd=cost
+            reservation.provider,
+            requests=reservation.requests,
+            tokens=tokens,
+            cost_usd=cost,
+            at=reservation.periods[0].start,
         )
-        await self._check_alerts(reservation.provider, reservation.periods)
 
     async def release(self, reservation: Reservation, *, error_class: str) -> None:
         """The provider answered with an error, so nothing was billed: refund it all."""
         self._close(reservation)
         await self._ledger.add(reservation.keys, -reservation.cost, -reservation.requests)
         self.usage.record(
-            reservation.provider, requests=reservation.requests, error_class=error_class
+            reservation.provider,
+            requests=reservation.requests,
+            error_class=error_class,
+            at=reservation.periods[0].start,
         )
 
     async def keep(self, reservation: Reservation, *, error_class: str) -> None:
@@ -174,11 +194,22 @@ class Budget:
             requests=reservation.requests,
             cost_usd=reservation.cost,
             error_class=error_class,
+            at=reservation.periods[0].start,
         )
 
     async def spent(self, period: PeriodKind) -> tuple[float, int]:
         """The (usd, requests) charged so far in the current hour or day."""
-        return await self._ledger.totals(self._period(period, self._clock()).key)
+        periods, _ = self._current(self._clock())
+        return await self._ledger.totals(periods[0 if period == "hour" else 1].key)
+
+    def _current(self, now: float) -> tuple[tuple[Period, ...], list[PeriodLimit]]:
+        """The current (hour, day) periods and their limits, cached for the hour."""
+        cached = self._hour
+        if cached is None or not cached[0] <= now < cached[1]:
+            periods = (self._period("hour", now), self._period("day", now))
+            cached = (periods[0].start, periods[0].end, periods, [self._limit(p) for p in periods])
+            self._hour = cached
+        return cached[2], cached[3]
 
     def _period(self, kind: PeriodKind, now: float) -> Period:
         length = _PERIOD_S[kind]
@@ -222,16 +253,19 @@ class Budget:
         retry_after_s = max(ends, default=now) - now
         raise BudgetExceeded(provider, retry_after_s, f"{self.scope}: " + "; ".join(reached))
 
-    async def _check_alerts(self, provider: str, periods: Iterable[Period]) -> None:
-        for period in periods:
+    def _check_alerts(
+        self, provider: str, periods: Iterable[Period], totals: Iterable[Totals]
+    ) -> None:
+        floors = self._alert_floors
+        for period, (used_usd, used_requests) in zip(periods, totals, strict=True):
+            usd_floor, requests_floor = floors[period.kind]
+            if used_usd < usd_floor and used_requests < requests_floor:
+                continue  # almost every call: below the lowest alert level
             usd_limit, requests_limit = self._limits.of(period.kind)
-            if usd_limit is None and requests_limit is None:
-                continue
-            used_usd, used_requests = await self._ledger.totals(period.key)
-            usages: list[tuple[LimitKind, float, float | None]] = [
+            usages: tuple[tuple[LimitKind, float, float | None], ...] = (
                 ("usd", used_usd, usd_limit),
                 ("requests", used_requests, requests_limit),
-            ]
+            )
             for limit_kind, used, limit in usages:
                 if limit is None:
                     continue

@@ -23,7 +23,6 @@ import asyncio
 import functools
 import itertools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from backoff.types import Details
@@ -33,19 +32,9 @@ from resilience.bucket import TokenBucket
 from resilience.budget import Budget
 from resilience.errors import CircuitOpen, ErrorClass, ProviderError, classify
 from resilience.events import emit
-from resilience.retry import RetryPolicy
+from resilience.retry import RetryPolicy, is_retryable
 
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class _Call:
-    fn: Callable[..., Awaitable[Any]]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    units: float
-    cost: float
-    correlation_id: str
 
 
 def _outcome_known(exc: BaseException) -> bool:
@@ -80,7 +69,7 @@ class Guard:
         self.budget = budget
         self.max_wait_s = max_wait_s
         self._ids = itertools.count(1)
-        self._retrying = self.retry.wrap(self._attempt, self._on_backoff)
+        self._retrying = self.retry.after_first_failure(self._attempt, self._on_backoff)
 
     def __repr__(self) -> str:
         return f"Guard({self.name!r}, breaker={self.breaker.state!r})"
@@ -106,9 +95,16 @@ class Guard:
         cid = correlation_id or self.new_correlation_id()
         if self.breaker.state == OPEN:
             raise CircuitOpen(self.name, self.breaker.retry_after_s())
-        call = _Call(fn, args, kwargs, units, cost, cid)
-        result: T = await self._retrying(call)
-        return result
+        try:
+            result: T = await self._attempt(fn, args, kwargs, units, cost, cid)
+        except Exception as exc:
+            if self.retry.max_attempts == 1 or not is_retryable(exc):
+                raise
+            first = exc
+        else:
+            return result
+        retried: T = await self._retrying(fn, args, kwargs, units, cost, cid, replay=[first])
+        return retried
 
     def decorate(
         self, *, units: float = 1, cost: float = 0.0
@@ -127,31 +123,41 @@ class Guard:
     def __call__(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         return self.decorate()(fn)
 
-    async def _attempt(self, call: _Call) -> Any:
+    async def _attempt(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        units: float,
+        cost: float,
+        cid: str,
+    ) -> Any:
         breaker = self.breaker
         if breaker.state == OPEN:
             raise CircuitOpen(self.name, breaker.retry_after_s())
-        if self.requests is not None:
-            await self.requests.acquire(1, self.max_wait_s)
-        if self.tokens is not None:
-            await self.tokens.acquire(call.units, self.max_wait_s)
-        ticket = breaker.acquire(call.correlation_id)
+        # try_acquire first: most calls find tokens and need no coroutine to wait.
+        requests, tokens = self.requests, self.tokens
+        if requests is not None and not requests.try_acquire(1):
+            await requests.acquire(1, self.max_wait_s)
+        if tokens is not None and not tokens.try_acquire(units):
+            await tokens.acquire(units, self.max_wait_s)
+        ticket = breaker.acquire()
         if ticket is None:
             raise CircuitOpen(self.name, breaker.retry_after_s())
         budget = self.budget
         if budget is None:
             try:
-                return await breaker.execute(ticket, call.fn, *call.args, **call.kwargs)
+                return await breaker.execute(ticket, fn, args, kwargs, cid)
             except ProviderError as exc:
                 self._pause_on_429(exc)
                 raise
         try:
-            reservation = await budget.reserve(self.name, call.cost)
+            reservation = await budget.reserve(self.name, cost)
         except BaseException:
             breaker.release(ticket)
             raise
         try:
-            result = await breaker.execute(ticket, call.fn, *call.args, **call.kwargs)
+            result = await breaker.execute(ticket, fn, args, kwargs, cid)
         except BaseException as exc:
             if isinstance(exc, ProviderError):
                 self._pause_on_429(exc)
@@ -174,13 +180,12 @@ class Guard:
                 bucket.pause_until(until)
 
     def _on_backoff(self, details: Details) -> None:
-        call: _Call = details["args"][0]
         exc = details.get("exception")
         error = exc if isinstance(exc, BaseException) else None
         emit(
             "guard.retry",
             provider=self.name,
-            correlation_id=call.correlation_id,
+            correlation_id=details["args"][5],
             attempt=details["tries"],
             wait_s=round(details["wait"], 6),
             error=type(error).__name__,

@@ -16,6 +16,9 @@ from typing import Protocol
 
 from resilience.clock import Clock, wall_time
 
+Totals = tuple[float, int]
+"""(usd, requests) charged to one key."""
+
 EPSILON = 1e-9
 """Slack when comparing dollars to a limit, so 100 reservations of 0.01 fit in 1.00."""
 
@@ -37,12 +40,18 @@ class PeriodLimit:
 class LedgerStore(Protocol):
     """Running dollar and request totals per period key."""
 
-    async def try_add(self, limits: Sequence[PeriodLimit], usd: float, requests: int) -> bool:
-        """Atomically add to every key if no limit would be crossed; else change nothing."""
+    async def try_add(
+        self, limits: Sequence[PeriodLimit], usd: float, requests: int
+    ) -> list[Totals] | None:
+        """Atomically add to every key if no limit would be crossed; else change nothing.
+
+        Returns the new totals, one per limit, or None when refused. Returning
+        them saves a shared store a second round trip to check alerts.
+        """
         ...
 
-    async def add(self, keys: Sequence[str], usd: float, requests: int) -> None:
-        """Add a delta without checking limits. Negative deltas refund."""
+    async def add(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]:
+        """Add a delta without checking limits (negative deltas refund); return new totals."""
         ...
 
     async def totals(self, key: str) -> tuple[float, int]:
@@ -60,9 +69,10 @@ class _Entry:
 class InMemoryLedger:
     """A `LedgerStore` in a dict, for a single process.
 
-    Expired keys are dropped opportunistically, on the first call after the
-    earliest expiry. A delta `add`ed to a key no `try_add` has introduced
-    lives `default_ttl_s` from then, so stray keys cannot pile up forever.
+    Expired keys are dropped opportunistically: on `add` and `totals`, and on
+    every 1,024th `try_add`, once the earliest expiry has passed. A delta
+    `add`ed to a key no `try_add` has introduced lives `default_ttl_s` from
+    then, so stray keys cannot pile up forever.
     """
 
     def __init__(self, *, clock: Clock = wall_time, default_ttl_s: float = 2 * 86_400.0) -> None:
@@ -70,34 +80,44 @@ class InMemoryLedger:
         self._default_ttl_s = default_ttl_s
         self._entries: dict[str, _Entry] = {}
         self._next_expiry = math.inf
+        self._ops = 0
 
-    async def try_add(self, limits: Sequence[PeriodLimit], usd: float, requests: int) -> bool:
-        self._sweep()
+    async def try_add(
+        self, limits: Sequence[PeriodLimit], usd: float, requests: int
+    ) -> list[Totals] | None:
+        self._ops += 1
+        if self._ops & 1023 == 0:  # the clock is read once per 1,024 reservations
+            self._sweep()
         for limit in limits:
             used_usd, used_requests = self._totals(limit.key)
             if limit.usd is not None and used_usd + usd > limit.usd + EPSILON:
-                return False
+                return None
             if limit.requests is not None and used_requests + requests > limit.requests:
-                return False
+                return None
+        totals = []
         for limit in limits:
             entry = self._entry(limit.key, limit.expires_at)
             entry.usd += usd
             entry.requests += requests
-        return True
+            totals.append((entry.usd, entry.requests))
+        return totals
 
-    async def add(self, keys: Sequence[str], usd: float, requests: int) -> None:
+    async def add(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]:
         self._sweep()
         expires_at = self._clock() + self._default_ttl_s
+        totals = []
         for key in keys:
             entry = self._entry(key, expires_at)
             entry.usd += usd
             entry.requests += requests
+            totals.append((entry.usd, entry.requests))
+        return totals
 
-    async def totals(self, key: str) -> tuple[float, int]:
+    async def totals(self, key: str) -> Totals:
         self._sweep()
         return self._totals(key)
 
-    def _totals(self, key: str) -> tuple[float, int]:
+    def _totals(self, key: str) -> Totals:
         entry = self._entries.get(key)
         return (0.0, 0) if entry is None else (entry.usd, entry.requests)
 
@@ -108,7 +128,8 @@ class InMemoryLedger:
             entry = self._entries[key] = _Entry(0.0, 0, expires_at)
         elif expires_at > entry.expires_at:
             entry.expires_at = expires_at
-        self._next_expiry = min(self._next_expiry, entry.expires_at)
+        if entry.expires_at < self._next_expiry:
+            self._next_expiry = entry.expires_at
         return entry
 
     def _sweep(self) -> None:

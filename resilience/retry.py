@@ -18,7 +18,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import backoff
 from backoff.types import Details
@@ -85,13 +85,26 @@ class RetryPolicy:
                 return
             exc = yield delay
 
-    def wrap(
+    def after_first_failure(
         self,
         attempt: Callable[..., Awaitable[T]],
         on_backoff: Callable[[Details], None] | None = None,
     ) -> Callable[..., Awaitable[T]]:
-        """Return `attempt` retried under this policy (build once, call many times)."""
+        """Build (once) the function that retries `attempt` after its first try failed.
+
+        The caller makes the first try itself and, when it fails with a
+        retryable error, calls the result as `retried(*args, replay=[error])`.
+        backoff receives that error as its own first try, so it waits, counts
+        and gives up exactly as if it had run it, and the success path pays
+        nothing for retry machinery it did not need.
+        """
         rng = self.rng if self.rng is not None else random.Random()
+
+        async def replay_then_attempt(*args: Any, replay: list[BaseException]) -> T:
+            if replay:
+                raise replay.pop()
+            return await attempt(*args)
+
         retried: Callable[..., Awaitable[T]] = backoff.on_exception(
             self.delays,
             Exception,
@@ -101,5 +114,5 @@ class RetryPolicy:
             on_backoff=[on_backoff] if on_backoff is not None else [],
             logger=None,
             rng=rng,
-        )(attempt)
+        )(replay_then_attempt)
         return retried

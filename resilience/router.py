@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from resilience.breaker import OPEN
 from resilience.errors import BudgetExceeded, CircuitOpen, ErrorClass, RateLimited, classify
@@ -37,8 +37,7 @@ class ServiceMode(StrEnum):
     HYBRID = "hybrid"
 
 
-@dataclass(frozen=True, slots=True)
-class Routed(Generic[T]):
+class Routed(NamedTuple, Generic[T]):
     """A routed call's value, which path produced it, and why that path.
 
     `reason` is None for a real result, "mode" when MOCK mode chose the mock,

@@ -49,6 +49,7 @@ class UsageLog:
         self.retention_s = retention_s
         self._clock = clock
         self._buckets: dict[str, dict[int, _Bucket]] = {}
+        self._swept_hour = -1  # retention only needs checking once per hour
 
     def record(
         self,
@@ -58,17 +59,29 @@ class UsageLog:
         tokens: int = 0,
         cost_usd: float = 0.0,
         error_class: str | None = None,
+        at: float | None = None,
     ) -> None:
-        """Add one outcome to the provider's bucket for the current hour."""
+        """Add one outcome to the provider's bucket for the hour of `at` (default: now).
+
+        The budget passes the time its reservation was made, so a call is
+        counted in the hour it started, like its charge in the ledger.
+        """
         if requests < 0 or tokens < 0 or not cost_usd >= 0:
             raise ValueError(
                 f"usage must be non-negative, got requests={requests!r}, "
                 f"tokens={tokens!r}, cost_usd={cost_usd!r}"
             )
-        now = self._clock()
-        self._forget(now)
+        now = self._clock() if at is None else at
         hour_start = int(now // HOUR_S) * HOUR_S
-        bucket = self._buckets.setdefault(provider, {}).setdefault(hour_start, _Bucket())
+        if hour_start != self._swept_hour:
+            self._forget(now)
+            self._swept_hour = hour_start
+        hours = self._buckets.get(provider)
+        if hours is None:
+            hours = self._buckets[provider] = {}
+        bucket = hours.get(hour_start)
+        if bucket is None:
+            bucket = hours[hour_start] = _Bucket()
         bucket.requests += requests
         bucket.tokens += tokens
         bucket.cost_usd += cost_usd

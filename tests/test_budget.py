@@ -402,7 +402,7 @@ def test_ledger_fits_a_hundred_cents_in_a_dollar() -> None:
     limits = [PeriodLimit("k", usd=1.0, requests=None, expires_at=T0 + 60)]
 
     async def scenario() -> list[bool]:
-        return [await ledger.try_add(limits, 0.01, 1) for _ in range(101)]
+        return [await ledger.try_add(limits, 0.01, 1) is not None for _ in range(101)]
 
     admitted = run_virtual(scenario())
     assert admitted == [True] * 100 + [False]
