@@ -10,16 +10,20 @@ import pytest
 from hypothesis import HealthCheck, settings
 from loguru import logger
 
-settings.register_profile("dev", deadline=None, max_examples=60)
-settings.register_profile(
-    "ci",
-    deadline=None,
-    max_examples=60,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+# `tests` runs each property 60 times; `chaos` (nox -s chaos) runs it 1,000 times.
+# In CI every run is derandomized and keeps no example database, so a failure
+# there replays exactly on the next run.
+_IN_CI = bool(os.environ.get("CI"))
+_CI: dict[str, Any] = {"derandomize": True, "database": None} if _IN_CI else {}
+for _name, _examples in (("dev", 60), ("chaos", 1000)):
+    settings.register_profile(
+        _name,
+        max_examples=_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        **_CI,
+    )
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 class Events:

@@ -1,0 +1,50 @@
+"""Developer sessions. `nox` alone runs what CI runs: lint, typecheck, tests, chaos."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests", "chaos"]
+nox.options.error_on_missing_interpreters = True
+
+PACKAGES = ["resilience", "providers", "state", "simulations"]
+
+
+def install(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the four packages."""
+    install(session)
+    session.run("mypy", "--strict", *PACKAGES)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole pytest suite."""
+    install(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The Hypothesis property tests, with many more examples than `tests` runs."""
+    install(session)
+    session.run("pytest", "-m", "hypothesis", *session.posargs, env={"HYPOTHESIS_PROFILE": "chaos"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Per-call overhead of the guard beside aiobreaker, aiolimiter and backoff."""
+    install(session)
+    session.run("python", "-m", "simulations.bench.overhead", *session.posargs)
