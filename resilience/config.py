@@ -9,17 +9,23 @@ user believes is set but is silently ignored is worse than a failed start.
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from resilience.breaker import BreakerPolicy
+from resilience.bucket import TokenBucket
+from resilience.budget import Budget
 from resilience.errors import ConfigError
 from resilience.events import DEFAULT_LOG_PATH
+from resilience.guard import Guard
+from resilience.retry import RetryPolicy
+from resilience.router import ServiceMode
 
 PREFIX: Final = "BREAKWATER_"
-SERVICE_MODES: Final = ("mock", "real", "hybrid")
+SERVICE_MODES: Final = tuple(mode.value for mode in ServiceMode)
 DEFAULT_SERVICE_MODE: Final = "hybrid"
 DEFAULT_MAX_ATTEMPTS: Final = 4
 
@@ -78,6 +84,35 @@ class ProviderSettings:
             name: value for name in _BREAKER_OVERRIDES if (value := getattr(self, name)) is not None
         }
         return replace(BreakerPolicy(), **overrides)
+
+    def guard(self, name: str, *, rng: random.Random | None = None) -> Guard:
+        """A `Guard` for provider `name` with these limits, retries and breaker.
+
+        RPM and TPM become token buckets that hold one minute's allowance and
+        refill continuously; budgets become one `Budget` scoped to the provider.
+        """
+        requests = _per_minute(self.rpm, f"{name}.requests")
+        tokens = _per_minute(self.tpm, f"{name}.tokens")
+        limits = (
+            self.daily_budget_usd,
+            self.hourly_budget_usd,
+            self.daily_requests,
+            self.hourly_requests,
+        )
+        budget = Budget(*limits, scope=name) if any(v is not None for v in limits) else None
+        return Guard(
+            name,
+            self.breaker_policy(),
+            requests=requests,
+            tokens=tokens,
+            retry=RetryPolicy(max_attempts=self.max_attempts, rng=rng),
+            budget=budget,
+            max_wait_s=self.max_wait_s,
+        )
+
+
+def _per_minute(limit: int | None, name: str) -> TokenBucket | None:
+    return None if limit is None else TokenBucket(limit, limit / 60.0, name=name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +189,7 @@ _PROVIDER_FIELDS: Final = (
         _seconds_or_zero,
         "a number of seconds, 0 or more",
         "seconds a call may wait for a rate-limit token, 0 to fail at once",
-        "unset: the rate limiter's default",
+        "unset: wait as long as it takes",
     ),
     _Field(
         "failure_threshold",

@@ -29,9 +29,14 @@ from resilience import (
     ServiceMode,
     Transition,
 )
+from resilience.config import load_config
+from resilience.errors import ConfigError
 from resilience.events import close_logging, configure_logging, emit
 from resilience.logreport import analyze, render, report_file
 from resilience.testing import run_virtual
+
+PROVIDERS: Final = ("openai", "llamaparse")
+"""The providers whose BREAKWATER_<PROVIDER>_* variables are checked at start."""
 
 DEMO_LOG: Final = "breakwater-demo.log.jsonl"
 """Where the demo logs when neither --log nor BREAKWATER_LOG says otherwise."""
@@ -174,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 0
+    try:
+        load_config(os.environ, PROVIDERS)
+    except ConfigError as exc:
+        print(f"breakwater: configuration error\n{exc}", file=sys.stderr)
+        return 2
     code: int = args.run(args)
     return code
 

@@ -111,3 +111,15 @@ def test_console_module_runs_the_demo(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "half_open -> closed" in done.stdout
     assert ("closed", "open") in logged_edges(log)
+
+
+def test_a_bad_variable_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BREAKWATER_OPENAI_RPM", "lots")
+    log = tmp_path / "never.jsonl"
+    assert main(["demo", "--log", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert "BREAKWATER_OPENAI_RPM='lots'" in err
+    assert "positive integer" in err
+    assert not log.exists()

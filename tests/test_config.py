@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import astuple, replace
 from typing import Any
@@ -17,6 +18,7 @@ from resilience.config import (
     variable_name,
 )
 from resilience.errors import ConfigError
+from resilience.testing import run_virtual
 
 
 def config_error(environ: dict[str, str], providers: tuple[str, ...] = ("openai",)) -> str:
@@ -301,3 +303,38 @@ def test_descriptions_state_defaults() -> None:
     assert meanings["BREAKWATER_OPENAI_RPM"] == (
         "openai: requests per minute (token bucket); a positive integer; unset: no limit"
     )
+
+
+def test_settings_build_a_guard_with_buckets_budget_retry_and_breaker() -> None:
+    config = load_config(
+        {
+            "BREAKWATER_OPENAI_RPM": "120",
+            "BREAKWATER_OPENAI_TPM": "6000",
+            "BREAKWATER_OPENAI_DAILY_BUDGET_USD": "2.5",
+            "BREAKWATER_OPENAI_MAX_ATTEMPTS": "2",
+            "BREAKWATER_OPENAI_FAILURE_THRESHOLD": "7",
+        },
+        ["openai", "llamaparse"],
+    )
+    guard = config.providers["openai"].guard("openai")
+    assert guard.requests is not None
+    assert (guard.requests.capacity, guard.requests.refill_per_s) == (120, 2.0)
+    assert guard.tokens is not None
+    assert (guard.tokens.capacity, guard.tokens.refill_per_s) == (6000, 100.0)
+    assert guard.budget is not None
+    assert guard.budget.limits.daily_usd == 2.5
+    assert guard.retry.max_attempts == 2
+    assert guard.breaker.policy.failure_threshold == 7
+
+    async def spend() -> float:
+        async def call() -> str:
+            await asyncio.sleep(0)
+            return "ok"
+
+        await guard.call(call, cost=1.0)
+        spent, _ = await guard.budget.spent("day") if guard.budget else (0.0, 0)
+        return spent
+
+    assert run_virtual(spend()) == 1.0
+    unlimited = config.providers["llamaparse"].guard("llamaparse")
+    assert (unlimited.requests, unlimited.tokens, unlimited.budget) == (None, None, None)
