@@ -1,0 +1,35 @@
+"""The README's Python examples run as written (with a stub HTTP call)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from resilience.events import close_logging
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+STUB = "    return [[1.0] * 1536 for _ in texts]"
+
+
+def examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_the_readme_has_examples() -> None:
+    assert len(examples()) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(examples())))
+def test_readme_example_runs(
+    index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BREAKWATER_LOG", str(tmp_path / "readme.jsonl"))
+    code = re.sub(r"^    \.\.\.  # your HTTP call.*$", STUB, examples()[index], flags=re.M)
+    try:
+        exec(compile(code, f"README example {index}", "exec"), {"__name__": "readme"})
+    finally:
+        close_logging()
+    if "configure_logging()" in code:
+        assert (tmp_path / "readme.jsonl").exists()
