@@ -76,6 +76,7 @@ class Reservation:
     cost: float
     requests: int
     periods: tuple[Period, ...]
+    correlation_id: str | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -137,7 +138,14 @@ class Budget:
         """The configured limits, for display."""
         return self._limits
 
-    async def reserve(self, provider: str, cost: float, *, requests: int = 1) -> Reservation:
+    async def reserve(
+        self,
+        provider: str,
+        cost: float,
+        *,
+        requests: int = 1,
+        correlation_id: str | None = None,
+    ) -> Reservation:
         """Charge the estimated `cost` and `requests` to the current hour and day.
 
         Raises `BudgetExceeded`, charging nothing, if any limit would be
@@ -150,10 +158,12 @@ class Budget:
         periods, limits = self._current(now)
         totals = await self._ledger.try_add(limits, cost, requests)
         if totals is None:
-            await self._refuse(provider, cost, requests, periods, now)
-        reservation = Reservation(next(self._ids), provider, cost, requests, periods)
+            await self._refuse(provider, cost, requests, periods, now, correlation_id)
+        reservation = Reservation(
+            next(self._ids), provider, cost, requests, periods, correlation_id
+        )
         self._open.add(reservation.id)
-        self._check_alerts(provider, periods, totals)
+        self._check_alerts(provider, periods, totals, correlation_id)
         return reservation
 
     async def settle(
@@ -166,7 +176,9 @@ class Budget:
         cost = reservation.cost if actual_cost is None else actual_cost
         if cost != reservation.cost:
             totals = await self._ledger.add(reservation.keys, cost - reservation.cost, 0)
-            self._check_alerts(reservation.provider, reservation.periods, totals)
+            self._check_alerts(
+                reservation.provider, reservation.periods, totals, reservation.correlation_id
+            )
         self.usage.record(
             reservation.provider,
             requests=reservation.requests,
@@ -230,7 +242,13 @@ class Budget:
         self._open.remove(reservation.id)
 
     async def _refuse(
-        self, provider: str, cost: float, requests: int, periods: Iterable[Period], now: float
+        self,
+        provider: str,
+        cost: float,
+        requests: int,
+        periods: Iterable[Period],
+        now: float,
+        correlation_id: str | None,
     ) -> NoReturn:
         """Say which limits the refused reservation would cross, alert, and raise."""
         reached: list[str] = []
@@ -248,13 +266,17 @@ class Budget:
                 ends.append(period.end)
                 reached.append(f"{period.kind} {limit_kind} {used:g} + {wanted:g} > {limit:g}")
                 if 1.0 in self.alert_levels:
-                    self._alert(provider, period, limit_kind, 1.0, used, limit)
+                    self._alert(provider, period, limit_kind, 1.0, used, limit, correlation_id)
         # No crossing found means another process refunded in between: retry now.
         retry_after_s = max(ends, default=now) - now
         raise BudgetExceeded(provider, retry_after_s, f"{self.scope}: " + "; ".join(reached))
 
     def _check_alerts(
-        self, provider: str, periods: Iterable[Period], totals: Iterable[Totals]
+        self,
+        provider: str,
+        periods: Iterable[Period],
+        totals: Iterable[Totals],
+        correlation_id: str | None,
     ) -> None:
         floors = self._alert_floors
         for period, (used_usd, used_requests) in zip(periods, totals, strict=True):
@@ -271,7 +293,9 @@ class Budget:
                     continue
                 for threshold in self.alert_levels:
                     if used + EPSILON >= threshold * limit:
-                        self._alert(provider, period, limit_kind, threshold, used, limit)
+                        self._alert(
+                            provider, period, limit_kind, threshold, used, limit, correlation_id
+                        )
 
     def _alert(
         self,
@@ -281,6 +305,7 @@ class Budget:
         threshold: float,
         used: float,
         limit: float,
+        correlation_id: str | None,
     ) -> None:
         """Emit `budget.alert` unless this threshold already fired in this period."""
         if period.key not in self._alerted:
@@ -301,6 +326,7 @@ class Budget:
             threshold=threshold,
             used=used,
             limit=limit,
+            correlation_id=correlation_id,
         )
 
     def _forget_alerts(self, now: float) -> None:

@@ -152,7 +152,7 @@ class Guard:
                 self._pause_on_429(exc)
                 raise
         try:
-            reservation = await budget.reserve(self.name, cost)
+            reservation = await budget.reserve(self.name, cost, correlation_id=cid)
         except BaseException:
             breaker.release(ticket)
             raise

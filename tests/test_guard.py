@@ -173,3 +173,18 @@ def test_decorator_form_and_correlation_ids_in_retry_lines(events: Events) -> No
     assert retry_line["provider"] == "emb"
     assert retry_line["correlation_id"] == "emb-1"
     assert retry_line["error_class"] == "failure"
+
+
+def test_budget_alerts_carry_the_calls_correlation_id(events: Events) -> None:
+    async def cheap() -> str:
+        return "ok"
+
+    async def main() -> None:
+        guard = Guard("p", budget=Budget(daily_usd=1.0, alert_levels=(0.5,)))
+        await guard.call(cheap, cost=0.3, correlation_id="job-7:embed")
+        await guard.call(cheap, cost=0.3, correlation_id="job-8:embed")
+
+    run_virtual(main())
+    (alert,) = events.of("budget.alert")
+    assert alert["correlation_id"] == "job-8:embed"
+    assert alert["threshold"] == 0.5
