@@ -48,6 +48,7 @@ BARE: Final = "noop"
 SUBJECTS: Final[dict[str, str]] = {
     BARE: "bare no-op coroutine",
     "breakwater": "Breakwater Router REAL (breaker+2 buckets+retry+budget)",
+    "guard_like_for_like": "Breakwater Guard (breaker+1 bucket+retry)",
     "aiobreaker": "aiobreaker CircuitBreaker.call_async",
     "aiolimiter": "aiolimiter AsyncLimiter",
     "backoff": "backoff.on_exception(expo)",
@@ -79,6 +80,12 @@ def _runners() -> dict[str, Runner]:
     )
     real = Router(ServiceMode.REAL)
     real.register("embed", real=noop, mock=noop, guard=guard)
+    # The same three concerns as the naive composition, and nothing more.
+    like_for_like = Guard(
+        "bench-like",
+        requests=TokenBucket(_HUGE, _HUGE, name="requests"),
+        retry=RetryPolicy(rng=random.Random(0)),
+    )
 
     open_guard = Guard("bench-open", retry=RetryPolicy(rng=random.Random(0)))
     open_guard.breaker.force_open("bench")
@@ -104,6 +111,10 @@ def _runners() -> dict[str, Runner]:
     async def run_breakwater(n: int) -> None:
         for _ in range(n):
             await real.call("embed", units=1, cost=0.0001)
+
+    async def run_like_for_like(n: int) -> None:
+        for _ in range(n):
+            await like_for_like.call(noop)
 
     async def run_aiobreaker(n: int) -> None:
         for _ in range(n):
@@ -136,6 +147,7 @@ def _runners() -> dict[str, Runner]:
     runners: dict[str, Runner] = {
         BARE: run_bare,
         "breakwater": run_breakwater,
+        "guard_like_for_like": run_like_for_like,
         "aiobreaker": run_aiobreaker,
         "aiolimiter": run_aiolimiter,
         "backoff": run_backoff,
@@ -204,6 +216,12 @@ def ratios(results: dict[str, float]) -> dict[str, float]:
     }
 
 
+def context_ratios(results: dict[str, float]) -> dict[str, float]:
+    """Ratios printed for context, with no target: the same three concerns on each side."""
+    extra = overheads(results)
+    return {"like_for_like/composition": _ratio(extra["guard_like_for_like"], extra["composition"])}
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.inf
 
@@ -224,6 +242,8 @@ def render(results: dict[str, float], calls: int, repeats: int) -> str:
     for name, value in ratios(results).items():
         verdict = "met" if value <= TARGET else "MISSED"
         lines.append(f"{name:<30} {value:6.2f}  (target <= {TARGET:.1f}: {verdict})")
+    for name, value in context_ratios(results).items():
+        lines.append(f"{name:<30} {value:6.2f}  (context, no target)")
     return "\n".join(lines)
 
 
@@ -246,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "us_per_call": results,
             "overhead_us": overheads(results),
             "ratios": ratios(results),
+            "context_ratios": context_ratios(results),
             "target": TARGET,
         }
         Path(args.json).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
