@@ -6,7 +6,7 @@ module supplies what it should decide with:
 * a wait generator that draws full jitter from a seeded `random.Random`,
   honours the error's `retry_after_s` (up to a cap), and ends the retries
   once `max_elapsed_s` of loop time would be exceeded. backoff's own
-  `max_time` reads `datetime.now()`, so it is never used;
+  `max_time` reads the system clock, so it is never used;
 * a give-up predicate: only failures and 429s are retried. Caller,
   configuration and quota errors end at once, and so does every guard
   rejection: we never retry into an open breaker or a spent budget.
