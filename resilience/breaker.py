@@ -482,7 +482,17 @@ class Breaker:
             correlation_id=change.correlation_id,
         )
         for callback in self._subscribers:
-            callback(change)
+            try:
+                callback(change)
+            except Exception as exc:
+                # A broken listener must never break the breaker or the call it runs in.
+                emit(
+                    "breaker.subscriber_error",
+                    level="ERROR",
+                    provider=self.name,
+                    subscriber=getattr(callback, "__qualname__", repr(callback)),
+                    error=repr(exc),
+                )
 
     def _enter(self, dest: str, trigger: str) -> None:
         if self._timer is not None:

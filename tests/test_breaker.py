@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transitions import MachineError
 
-from resilience import Breaker, BreakerPolicy, CircuitOpen, ProviderError
+from resilience import Breaker, BreakerPolicy, CircuitOpen, ProviderError, Transition
 from resilience.testing import run_virtual
 from tests.conftest import Events
 
@@ -420,3 +420,25 @@ def test_aiobreaker_and_the_machine_never_disagree(
         assert breaker.aiobreaker_state == breaker.state
 
     run_virtual(main())
+
+
+def test_a_failing_subscriber_never_breaks_the_breaker_or_the_call(events: Events) -> None:
+    seen: list[str] = []
+
+    def broken(change: Transition) -> None:
+        raise RuntimeError("listener bug")
+
+    async def main() -> tuple[str, str, str]:
+        breaker = Breaker("p", BreakerPolicy(failure_threshold=1, cooldown_s=5))
+        breaker.subscribe(broken)
+        breaker.subscribe(lambda change: seen.append(change.dest))
+        first = await attempt(breaker, fail)  # trips inside the call
+        await asyncio.sleep(5)  # half-open fires from a timer
+        second = await attempt(breaker, succeed)
+        return first, second, breaker.state
+
+    assert run_virtual(main()) == ("failed", "ok", "closed")
+    assert seen == ["open", "half_open", "closed"]
+    errors = events.of("breaker.subscriber_error")
+    assert len(errors) == 3
+    assert errors[0]["error"] == "RuntimeError('listener bug')"
