@@ -31,7 +31,8 @@ class ProviderError(Exception):
 
     `status` is the HTTP status when there was a response, None for transport
     errors. `retry_after_s` is what the provider asked us to wait, if anything.
-    `code` is the provider's machine-readable error code.
+    `code` is the provider's machine-readable error code, and `request_id`
+    the provider's id for the request, for its support desk.
     """
 
     def __init__(
@@ -40,17 +41,21 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after_s: float | None = None,
         code: str | None = None,
+        *,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after_s = retry_after_s
         self.code = code
+        self.request_id = request_id
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.message!r}, status={self.status!r}, "
-            f"retry_after_s={self.retry_after_s!r}, code={self.code!r})"
+            f"retry_after_s={self.retry_after_s!r}, code={self.code!r}, "
+            f"request_id={self.request_id!r})"
         )
 
 

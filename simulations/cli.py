@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from providers import PROVIDERS
 from resilience import (
     BreakerPolicy,
     Guard,
@@ -34,9 +35,6 @@ from resilience.errors import ConfigError
 from resilience.events import close_logging, configure_logging, emit
 from resilience.logreport import analyze, render, report_file
 from resilience.testing import run_virtual
-
-PROVIDERS: Final = ("openai", "llamaparse")
-"""The providers whose BREAKWATER_<PROVIDER>_* variables are checked at start."""
 
 DEMO_LOG: Final = "breakwater-demo.log.jsonl"
 """Where the demo logs when neither --log nor BREAKWATER_LOG says otherwise."""
@@ -180,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        load_config(os.environ, PROVIDERS)
+        load_config(os.environ, PROVIDERS)  # every provider's variables, checked at start
     except ConfigError as exc:
         print(f"breakwater: configuration error\n{exc}", file=sys.stderr)
         return 2
