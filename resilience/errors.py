@@ -71,13 +71,15 @@ def classify(exc: BaseException) -> ErrorClass:
     | connection errors, anything unexpected   |                |
     | any other 4xx                            | CALLER         |
 
-    Unexpected exception types count as failures, as in Polly: a client bug
-    that raises on every call should stop the traffic, not hide behind it.
+    A `ConfigError` (a client missing its key, say) is CONFIGURATION too:
+    retrying or falling back to a mock would hide it. Other unexpected
+    exception types count as failures, as in Polly: a client bug that
+    raises on every call should stop the traffic, not hide behind it.
     `asyncio.CancelledError` is never passed here; the breaker treats a
     cancelled call as no outcome at all.
     """
     if not isinstance(exc, ProviderError):
-        return ErrorClass.FAILURE
+        return ErrorClass.CONFIGURATION if isinstance(exc, ConfigError) else ErrorClass.FAILURE
     if exc.code == "insufficient_quota" or exc.status == 402:
         return ErrorClass.QUOTA
     status = exc.status

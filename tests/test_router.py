@@ -12,6 +12,7 @@ from resilience import (
     Budget,
     BudgetExceeded,
     CircuitOpen,
+    ConfigError,
     Guard,
     ProviderError,
     RateLimited,
@@ -217,3 +218,10 @@ def test_half_open_probe_success_returns_to_real_results() -> None:
         return paths
 
     assert run_virtual(main()) == ["mock", "real", "closed"]
+
+
+def test_a_configuration_error_from_a_client_is_raised_not_retried_or_mocked() -> None:
+    real = Provider(ConfigError("OPENAI_API_KEY is not set"))
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        run_virtual(make_router(ServiceMode.HYBRID, real, attempts=4).call("embed", "a"))
+    assert real.calls == 1
