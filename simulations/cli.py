@@ -4,6 +4,8 @@
 and comes back on a virtual-time loop, so three minutes of outage and
 recovery run in a blink and come out the same every time for the same seed.
 `breakwater logs FILE` prints the breaker timelines of any Breakwater log.
+`breakwater emulate` serves local OpenAI-embeddings and LlamaParse emulators
+with a seeded fault plan, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ from resilience.errors import ConfigError
 from resilience.events import close_logging, configure_logging, emit
 from resilience.logreport import analyze, render, report_file
 from resilience.testing import run_virtual
+from simulations.emulators import (
+    DEFAULT_WEBHOOK_SECRET,
+    Emulator,
+    FaultPlan,
+    FaultPlanError,
+    RunningEmulator,
+    load_plan,
+    serve,
+)
 
 DEMO_LOG: Final = "breakwater-demo.log.jsonl"
 """Where the demo logs when neither --log nor BREAKWATER_LOG says otherwise."""
@@ -143,6 +154,44 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emulate(args: argparse.Namespace) -> int:
+    try:
+        plan = load_plan(args.faults) if args.faults else FaultPlan()
+    except OSError as exc:
+        print(f"breakwater emulate: cannot read {args.faults}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except FaultPlanError as exc:
+        print(f"breakwater emulate: bad fault plan {args.faults}: {exc}", file=sys.stderr)
+        return 2
+    emulator = Emulator(
+        seed=args.seed,
+        faults=plan,
+        webhook_secret=args.webhook_secret,
+        openai_api_key=args.openai_api_key,
+        llamaparse_api_key=args.llamaparse_api_key,
+    )
+
+    def announce(running: RunningEmulator) -> None:
+        print(f"Breakwater emulators on {running.base_url} (seed {args.seed}); Ctrl-C stops them.")
+        print(f"  OpenAI base URL:      {running.openai_base_url}")
+        print(
+            f"  LlamaParse base URL:  {running.llamaparse_base_url}"
+            "  (/api/v1/parsing/..., alias /api/parsing/...)"
+        )
+        print(f"  Control:              {running.base_url}/_control/{{stats,faults,reset}}")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve(emulator, args.host, args.port, on_start=announce))
+    except OSError as exc:
+        print(
+            f"breakwater emulate: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breakwater", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -168,6 +217,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     logs.add_argument("file", metavar="FILE", help="a JSON-lines log written by Breakwater")
     logs.set_defaults(run=_logs)
+
+    emulate = commands.add_parser(
+        "emulate",
+        help="serve local OpenAI-embeddings and LlamaParse emulators with a fault plan",
+        description=(
+            "Serve emulated OpenAI embeddings (/v1/...) and LlamaParse (/api/v1/parsing/...) "
+            "on one port, faulting as the plan says, until SIGINT or SIGTERM."
+        ),
+    )
+    emulate.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    emulate.add_argument(
+        "--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)"
+    )
+    emulate.add_argument(
+        "--faults", metavar="PLAN.json", help="fault plan (schema: simulations/emulators/README.md)"
+    )
+    emulate.add_argument(
+        "--seed", type=int, default=0, help="seed for faults, ids and timings (default: 0)"
+    )
+    emulate.add_argument(
+        "--webhook-secret",
+        default=DEFAULT_WEBHOOK_SECRET,
+        metavar="S",
+        help="HMAC key for LlamaParse webhooks' LC-Signature",
+    )
+    emulate.add_argument(
+        "--openai-api-key", metavar="KEY", help="accept only this key (default: any)"
+    )
+    emulate.add_argument(
+        "--llamaparse-api-key", metavar="KEY", help="accept only this key (default: any)"
+    )
+    emulate.set_defaults(run=_emulate)
     return parser
 
 
