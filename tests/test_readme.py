@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 
 from resilience.events import close_logging
+from simulations.emulators import plan_from_json
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -32,3 +34,12 @@ def test_readme_example_runs(
         close_logging()
     if "configure_logging()" in code:
         assert (tmp_path / "readme.jsonl").exists()
+
+
+def test_the_readme_fault_plan_is_a_valid_plan() -> None:
+    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), re.S)
+    plans = [orjson.loads(block) for block in blocks if '"openai"' in block]
+    assert plans, "the README shows no fault plan"
+    for document in plans:
+        plan = plan_from_json(document)
+        assert plan.openai.rpm == document["openai"]["rpm"]
