@@ -28,6 +28,7 @@ from typing import Any, Final, TypeVar
 
 import aiobreaker
 from aiobreaker.state import CircuitBreakerError, CircuitBreakerState
+from aiobreaker.storage.memory import CircuitMemoryStorage
 from transitions import Machine
 
 from resilience.errors import CircuitOpen, ErrorClass, ProviderError, classify
@@ -145,18 +146,17 @@ class _Window:
     failures: int = 0
 
     def add(self, now: float, failed: bool) -> None:
-        self.entries.append((now, failed))
+        """Count an outcome at loop time `now` and forget those older than `span`."""
+        entries = self.entries
+        entries.append((now, failed))
         self.calls += 1
         self.failures += failed
-        self.prune(now)
-
-    def prune(self, now: float) -> None:
         horizon = now - self.span
-        entries = self.entries
-        while entries and entries[0][0] <= horizon:
-            _, failed = entries.popleft()
+        # The entry just added is younger than the horizon, so the loop stops at it.
+        while entries[0][0] <= horizon:
+            _, old_failed = entries.popleft()
             self.calls -= 1
-            self.failures -= failed
+            self.failures -= old_failed
 
     def clear(self) -> None:
         self.entries.clear()
@@ -196,10 +196,10 @@ class _Listener(aiobreaker.CircuitBreakerListener):  # type: ignore[misc]
         self._owner = owner
 
     def failure(self, breaker: Any, exception: BaseException) -> None:
-        self._owner._on_counted(failed=True)
+        self._owner._on_counted(True, self._owner._replayed_at)
 
     def success(self, breaker: Any) -> None:
-        self._owner._on_counted(failed=False)
+        self._owner._on_counted(False, self._owner._replayed_at)
 
     def state_change(self, breaker: Any, old: Any, new: Any) -> None:
         self._owner._on_aiobreaker_state(new.state)
@@ -210,7 +210,8 @@ class Breaker:
 
     Use `call` to run a coroutine through it, or `acquire` + `execute` when a
     guard needs to do work (rate limiting, budgeting) between admission and
-    the call. `state` is one of "closed", "open", "half_open".
+    the call. A caller that awaits the call itself reports it with `finish`
+    instead of `execute`. `state` is one of "closed", "open", "half_open".
     """
 
     def __init__(self, name: str, policy: BreakerPolicy | None = None) -> None:
@@ -224,8 +225,11 @@ class Breaker:
             initial=CLOSED,
             auto_transitions=False,
         )
+        # Kept to read the failure count directly: `fail_counter` is a property over it.
+        self._aio_storage = CircuitMemoryStorage(CircuitBreakerState.CLOSED)
         self._aio = aiobreaker.CircuitBreaker(
             fail_max=self.policy.failure_threshold,
+            state_storage=self._aio_storage,
             exclude=[_not_a_failure],
             listeners=[_Listener(self)],
             name=name,
@@ -242,6 +246,7 @@ class Breaker:
         self._syncing = False
         self._pending: tuple[str, str] | None = None
         self._correlation_id: str | None = None
+        self._replayed_at = 0.0  # loop time of the outcome being replayed into aiobreaker
         self._subscribers: list[Callable[[Transition], None]] = []
 
     def __repr__(self) -> str:
@@ -334,34 +339,63 @@ class Breaker:
 
         `correlation_id` is what a transition caused by this call is logged with.
         """
-        kwargs = kwargs or {}
-        slow = self.policy.slow_call_s
-        started = asyncio.get_running_loop().time() if slow is not None else 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            if ticket.probe:
-                deadline = asyncio.timeout(self.policy.probe_timeout_s)
-                try:
-                    async with deadline:
-                        result = await fn(*args, **kwargs)
-                except TimeoutError as exc:
-                    if not deadline.expired():
-                        raise
-                    limit = self.policy.probe_timeout_s
-                    raise ProviderError(f"{self.name}: probe exceeded {limit}s") from exc
-            else:
-                result = await fn(*args, **kwargs)
-        except asyncio.CancelledError:
-            self.release(ticket)
+            call = fn(*args, **(kwargs or {}))
+            result = await (self.bounded(call) if ticket.probe else call)
+        except BaseException as exc:
+            self.finish(ticket, exc, started, loop.time(), correlation_id)
             raise
-        except Exception as exc:
-            self._record(ticket, exc, correlation_id)
-            raise
-        if slow is not None and asyncio.get_running_loop().time() - started > slow:
-            slow_call = SlowCall(f"{self.name}: call took longer than {slow}s")
-            self._record(ticket, slow_call, correlation_id)
-        else:
-            self._record(ticket, None, correlation_id)
+        self.finish(ticket, None, started, loop.time(), correlation_id)
         return result
+
+    def finish(
+        self,
+        ticket: Ticket,
+        outcome: BaseException | None,
+        started: float,
+        ended: float,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Record how a call admitted by `ticket` ended; `execute` does this for its calls.
+
+        `outcome` is what the call raised, or None; `started` and `ended` are
+        the loop times around it. A cancelled call only gives its ticket back,
+        and a `BaseException` that is not an `Exception` is not an outcome.
+        """
+        if outcome is None:
+            slow = self.policy.slow_call_s
+            if slow is not None and ended - started > slow:
+                outcome = SlowCall(f"{self.name}: call took longer than {slow}s")
+            elif (
+                ticket.epoch == self._epoch and not ticket.probe and self._aio_storage.counter == 0
+            ):
+                # Most calls: aiobreaker would only zero a zero counter, and a success
+                # cannot trip, so counting it in the window is all there is to do.
+                self._window.add(ended, False)
+                return
+        elif isinstance(outcome, asyncio.CancelledError):
+            self.release(ticket)
+            return
+        elif not isinstance(outcome, Exception):
+            return
+        self._record(ticket, outcome, correlation_id, ended)
+
+    async def bounded(self, call: Awaitable[T]) -> T:
+        """Await a half-open probe's call, failing it with `ProviderError` after `probe_timeout_s`.
+
+        A caller that runs calls itself (see `finish`) awaits probes through this.
+        """
+        deadline = asyncio.timeout(self.policy.probe_timeout_s)
+        try:
+            async with deadline:
+                return await call
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            limit = self.policy.probe_timeout_s
+            raise ProviderError(f"{self.name}: probe exceeded {limit}s") from exc
 
     # -- manual control ----------------------------------------------------
 
@@ -384,16 +418,18 @@ class Breaker:
     # -- recording ---------------------------------------------------------
 
     def _record(
-        self, ticket: Ticket, outcome: BaseException | None, correlation_id: str | None
+        self,
+        ticket: Ticket,
+        outcome: BaseException | None,
+        correlation_id: str | None,
+        now: float,
     ) -> None:
+        """Count an outcome `finish` could not settle at once: replay it, or judge a probe."""
         if ticket.epoch != self._epoch:
             return  # the breaker changed state while this call ran
         if not ticket.probe:
-            if outcome is None and self._aio.fail_counter == 0:
-                # aiobreaker would only zero a zero counter: record the success directly.
-                self._on_counted(failed=False)
-                return
             self._correlation_id = correlation_id
+            self._replayed_at = now
             try:
                 self._aio.call(_replay, outcome)
             except (_Replayed, CircuitBreakerError):
@@ -409,10 +445,10 @@ class Breaker:
         if self._probe_successes >= self.policy.success_threshold:
             self._fire("close", f"{self._probe_successes} probe(s) succeeded")
 
-    def _on_counted(self, *, failed: bool) -> None:
-        """aiobreaker counted a closed-state outcome: keep the rate window."""
+    def _on_counted(self, failed: bool, now: float) -> None:
+        """aiobreaker counted a closed-state outcome at loop time `now`: keep the rate window."""
         window = self._window
-        window.add(asyncio.get_running_loop().time(), failed)
+        window.add(now, failed)
         if (
             failed
             and self._pending is None

@@ -73,17 +73,24 @@ class TokenBucket:
 
     # -- taking ------------------------------------------------------------
 
-    def try_acquire(self, n: float = 1) -> bool:
-        """Take `n` units if they are there now and nobody is queued. Never waits."""
+    def try_acquire(self, n: float = 1, now: float | None = None) -> bool:
+        """Take `n` units if they are there now and nobody is queued. Never waits.
+
+        `now` is the running loop's time, for a caller that has just read it:
+        the guard reads it once for both of its buckets, because finding the
+        running loop is a system call (a pid check) on every read.
+        """
         if not 0 < n <= self.capacity:
             self._check(n)
-        now = asyncio.get_running_loop().time()
+        if now is None:
+            now = asyncio.get_running_loop().time()
         if self._waiters or now < self._paused_until:
             return False
         if now != self._stamp:
             self._refill(now)
-        if self._level + _EPSILON >= n:
-            self._level = max(0.0, self._level - n)
+        level = self._level
+        if level + _EPSILON >= n:
+            self._level = level - n if level > n else 0.0  # never below zero, without max()
             return True
         return False
 

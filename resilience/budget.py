@@ -10,7 +10,9 @@ a charge. When the call ends, the reservation is settled one of three ways:
   so the estimate stays charged.
 
 Totals live in a `LedgerStore` (in memory by default) so several processes
-can share one budget; `usage` keeps the human-readable breakdown.
+can share one budget; `usage` keeps the human-readable breakdown. When the
+store is also a `SyncLedger` (the in-memory one is), `reserve_now` and
+`settle_now` do the same work without a coroutine, for the guard's hot path.
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, NoReturn
+from typing import Final, Literal
 
 from resilience.clock import Clock, wall_time
 from resilience.errors import BudgetExceeded, ConfigError
 from resilience.events import emit
-from resilience.ledger import EPSILON, InMemoryLedger, LedgerStore, PeriodLimit, Totals
+from resilience.ledger import (
+    EPSILON,
+    InMemoryLedger,
+    LedgerStore,
+    PeriodLimit,
+    SyncLedger,
+    Totals,
+)
 from resilience.usage import UsageLog
 
 PeriodKind = Literal["hour", "day"]
@@ -84,6 +93,18 @@ class Reservation:
         return tuple(period.key for period in self.periods)
 
 
+@dataclass(frozen=True, slots=True)
+class _Hour:
+    """The current hour's periods, their limits, and below which totals no alert can fire."""
+
+    start: float
+    end: float
+    periods: tuple[Period, ...]
+    limits: tuple[PeriodLimit, ...]
+    alert_floors: tuple[float, float, float, float]
+    """Hour usd, hour requests, day usd, day requests: totals under all four cannot alert."""
+
+
 class Budget:
     """Hourly and daily limits on dollars and requests, shared by every call in `scope`."""
 
@@ -116,20 +137,23 @@ class Budget:
         self.scope = scope
         self._clock = clock
         self._ledger: LedgerStore = InMemoryLedger(clock=clock) if ledger is None else ledger
+        self._sync_ledger = self._ledger if isinstance(self._ledger, SyncLedger) else None
+        self.answers_now: Final = self._sync_ledger is not None
+        """True when the ledger is a `SyncLedger`, so `reserve_now` and `settle_now` work."""
         self.usage = UsageLog(clock=clock) if usage is None else usage
         self._ids = itertools.count(1)
         self._open: set[int] = set()
-        # The current hour's periods and limits, rebuilt only when the hour turns.
-        self._hour: tuple[float, float, tuple[Period, ...], list[PeriodLimit]] | None = None
+        # Rebuilt only when the hour turns.
+        self._hour: _Hour | None = None
         # Per period kind: the usd and request totals below which no alert can fire.
         lowest = levels[0] if levels else math.inf
-        self._alert_floors = {
-            kind: tuple(
-                math.inf if limit is None else lowest * limit - EPSILON
-                for limit in self._limits.of(kind)
+        self._alert_floors: dict[PeriodKind, tuple[float, float]] = {}
+        for kind in _PERIOD_S:
+            usd, requests = self._limits.of(kind)
+            self._alert_floors[kind] = (
+                math.inf if usd is None else lowest * usd - EPSILON,
+                math.inf if requests is None else lowest * requests - EPSILON,
             )
-            for kind in _PERIOD_S
-        }
         # period key -> (period end, {(limit kind, threshold)} already alerted)
         self._alerted: dict[str, tuple[float, set[tuple[LimitKind, float]]]] = {}
 
@@ -152,30 +176,87 @@ class Budget:
         crossed; its `retry_after_s` runs to the end of the latest period
         whose limit is reached.
         """
+        if self._sync_ledger is not None:
+            return self.reserve_now(
+                provider, cost, requests=requests, correlation_id=correlation_id
+            )
         if not cost >= 0 or requests < 0:
-            raise ValueError(f"cost and requests must be >= 0, got {cost!r} and {requests!r}")
+            raise _negative_estimate(cost, requests)
         now = self._clock()
-        periods, limits = self._current(now)
-        totals = await self._ledger.try_add(limits, cost, requests)
+        hour = self._current(now)
+        totals = await self._ledger.try_add(hour.limits, cost, requests)
         if totals is None:
-            await self._refuse(provider, cost, requests, periods, now, correlation_id)
-        reservation = Reservation(
-            next(self._ids), provider, cost, requests, periods, correlation_id
-        )
-        self._open.add(reservation.id)
-        self._check_alerts(provider, periods, totals, correlation_id)
-        return reservation
+            used = [await self._ledger.totals(period.key) for period in hour.periods]
+            raise self._refusal(provider, cost, requests, hour.periods, used, now, correlation_id)
+        return self._admit(provider, cost, requests, hour, totals, correlation_id)
+
+    def reserve_now(
+        self,
+        provider: str,
+        cost: float,
+        *,
+        requests: int = 1,
+        correlation_id: str | None = None,
+    ) -> Reservation:
+        """`reserve` without a coroutine; only for a budget that `answers_now`.
+
+        The guard calls this once per call, so its checks are written inline.
+        """
+        ledger = self._sync_ledger
+        if ledger is None:
+            raise _needs_await(self.scope)
+        if not cost >= 0 or requests < 0:
+            raise _negative_estimate(cost, requests)
+        now = self._clock()
+        hour = self._hour
+        if hour is None or not hour.start <= now < hour.end:
+            hour = self._current(now)
+        totals = ledger.try_add_now(hour.limits, cost, requests)
+        if totals is None:
+            used = [ledger.totals_now(period.key) for period in hour.periods]
+            raise self._refusal(provider, cost, requests, hour.periods, used, now, correlation_id)
+        return self._admit(provider, cost, requests, hour, totals, correlation_id)
 
     async def settle(
         self, reservation: Reservation, actual_cost: float | None = None, *, tokens: int = 0
     ) -> None:
         """The call succeeded: charge `actual_cost` instead of the estimate, if given."""
+        if self._sync_ledger is not None:
+            self.settle_now(reservation, actual_cost, tokens=tokens)
+            return
         if actual_cost is not None and not actual_cost >= 0:
             raise ValueError(f"actual_cost must be >= 0, got {actual_cost!r}")
         self._close(reservation)
         cost = reservation.cost if actual_cost is None else actual_cost
         if cost != reservation.cost:
             totals = await self._ledger.add(reservation.keys, cost - reservation.cost, 0)
+            self._check_alerts(
+                reservation.provider, reservation.periods, totals, reservation.correlation_id
+            )
+        self.usage.record(
+            reservation.provider,
+            requests=reservation.requests,
+            tokens=tokens,
+            cost_usd=cost,
+            at=reservation.periods[0].start,
+        )
+
+    def settle_now(
+        self, reservation: Reservation, actual_cost: float | None = None, *, tokens: int = 0
+    ) -> None:
+        """`settle` without a coroutine; only for a budget that `answers_now`.
+
+        The guard calls this once per call, so its checks are written inline.
+        """
+        ledger = self._sync_ledger
+        if ledger is None:
+            raise _needs_await(self.scope)
+        if actual_cost is not None and not actual_cost >= 0:
+            raise ValueError(f"actual_cost must be >= 0, got {actual_cost!r}")
+        self._close(reservation)
+        cost = reservation.cost if actual_cost is None else actual_cost
+        if cost != reservation.cost:
+            totals = ledger.add_now(reservation.keys, cost - reservation.cost, 0)
             self._check_alerts(
                 reservation.provider, reservation.periods, totals, reservation.correlation_id
             )
@@ -211,17 +292,22 @@ class Budget:
 
     async def spent(self, period: PeriodKind) -> tuple[float, int]:
         """The (usd, requests) charged so far in the current hour or day."""
-        periods, _ = self._current(self._clock())
+        periods = self._current(self._clock()).periods
         return await self._ledger.totals(periods[0 if period == "hour" else 1].key)
 
-    def _current(self, now: float) -> tuple[tuple[Period, ...], list[PeriodLimit]]:
-        """The current (hour, day) periods and their limits, cached for the hour."""
-        cached = self._hour
-        if cached is None or not cached[0] <= now < cached[1]:
+    def _current(self, now: float) -> _Hour:
+        """The (hour, day) periods of `now` and their limits, cached for the hour."""
+        hour = self._hour
+        if hour is None or not hour.start <= now < hour.end:
             periods = (self._period("hour", now), self._period("day", now))
-            cached = (periods[0].start, periods[0].end, periods, [self._limit(p) for p in periods])
-            self._hour = cached
-        return cached[2], cached[3]
+            hour = self._hour = _Hour(
+                periods[0].start,
+                periods[0].end,
+                periods,
+                tuple(self._limit(period) for period in periods),
+                self._alert_floors["hour"] + self._alert_floors["day"],
+            )
+        return hour
 
     def _period(self, kind: PeriodKind, now: float) -> Period:
         length = _PERIOD_S[kind]
@@ -233,28 +319,58 @@ class Budget:
         usd, requests = self._limits.of(period.kind)
         return PeriodLimit(period.key, usd, requests, period.end + KEY_RETENTION_S)
 
+    def _admit(
+        self,
+        provider: str,
+        cost: float,
+        requests: int,
+        hour: _Hour,
+        totals: list[Totals],
+        correlation_id: str | None,
+    ) -> Reservation:
+        """Open the reservation the ledger just charged, and alert if a level was reached."""
+        reservation = Reservation(
+            next(self._ids), provider, cost, requests, hour.periods, correlation_id
+        )
+        self._open.add(reservation.id)
+        # Unrolled for the two periods: a loop over them costs three times as much.
+        (hour_usd, hour_requests), (day_usd, day_requests) = totals
+        hour_usd_floor, hour_requests_floor, day_usd_floor, day_requests_floor = hour.alert_floors
+        if (
+            hour_usd >= hour_usd_floor
+            or hour_requests >= hour_requests_floor
+            or day_usd >= day_usd_floor
+            or day_requests >= day_requests_floor
+        ):
+            self._check_alerts(provider, hour.periods, totals, correlation_id)
+        return reservation
+
     def _close(self, reservation: Reservation) -> None:
-        if reservation.id not in self._open:
+        try:
+            self._open.remove(reservation.id)
+        except KeyError:
             raise RuntimeError(
                 f"reservation {reservation.id} for {reservation.provider} is already "
                 "settled or released, or belongs to another budget"
-            )
-        self._open.remove(reservation.id)
+            ) from None
 
-    async def _refuse(
+    def _refusal(
         self,
         provider: str,
         cost: float,
         requests: int,
         periods: Iterable[Period],
+        used_totals: Iterable[Totals],
         now: float,
         correlation_id: str | None,
-    ) -> NoReturn:
-        """Say which limits the refused reservation would cross, alert, and raise."""
+    ) -> BudgetExceeded:
+        """Say which limits the refused reservation would cross, and alert.
+
+        `used_totals` are the ledger's totals of `periods`, read after the refusal.
+        """
         reached: list[str] = []
         ends: list[float] = []
-        for period in periods:
-            used_usd, used_requests = await self._ledger.totals(period.key)
+        for period, (used_usd, used_requests) in zip(periods, used_totals, strict=True):
             usd_limit, requests_limit = self._limits.of(period.kind)
             crossings: list[tuple[LimitKind, float, float | None, float]] = [
                 ("usd", used_usd, usd_limit, cost),
@@ -269,7 +385,7 @@ class Budget:
                     self._alert(provider, period, limit_kind, 1.0, used, limit, correlation_id)
         # No crossing found means another process refunded in between: retry now.
         retry_after_s = max(ends, default=now) - now
-        raise BudgetExceeded(provider, retry_after_s, f"{self.scope}: " + "; ".join(reached))
+        return BudgetExceeded(provider, retry_after_s, f"{self.scope}: " + "; ".join(reached))
 
     def _check_alerts(
         self,
@@ -278,6 +394,7 @@ class Budget:
         totals: Iterable[Totals],
         correlation_id: str | None,
     ) -> None:
+        """Alert for every level the new `totals` of `periods` reached."""
         floors = self._alert_floors
         for period, (used_usd, used_requests) in zip(periods, totals, strict=True):
             usd_floor, requests_floor = floors[period.kind]
@@ -334,3 +451,11 @@ class Budget:
         self._alerted = {
             key: entry for key, entry in self._alerted.items() if entry[0] + KEY_RETENTION_S > now
         }
+
+
+def _negative_estimate(cost: float, requests: int) -> ValueError:
+    return ValueError(f"cost and requests must be >= 0, got {cost!r} and {requests!r}")
+
+
+def _needs_await(scope: str) -> TypeError:
+    return TypeError(f"budget {scope!r} has an async ledger: await reserve and settle instead")

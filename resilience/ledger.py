@@ -5,6 +5,11 @@ the one hard requirement is that `try_add` checks every limit and adds to
 every key as a single atomic step (a SQL transaction, a Redis Lua script).
 `InMemoryLedger` serves one process; it never awaits inside `try_add`, which
 makes the step atomic under asyncio.
+
+A store that does no I/O can also implement `SyncLedger`, the same three
+operations without `await`. `Budget` calls those when its store has them,
+which saves a coroutine per call on the hot path; stores that do I/O (SQL,
+Redis) implement `LedgerStore` alone and lose nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol, runtime_checkable
 
 from resilience.clock import Clock, wall_time
 
@@ -59,6 +64,23 @@ class LedgerStore(Protocol):
         ...
 
 
+@runtime_checkable
+class SyncLedger(Protocol):
+    """A `LedgerStore` that can answer at once, because it does no I/O.
+
+    Each method is its `LedgerStore` namesake without the `await`, with the
+    same contract (`try_add_now` is still all or nothing).
+    """
+
+    def try_add_now(
+        self, limits: Sequence[PeriodLimit], usd: float, requests: int
+    ) -> list[Totals] | None: ...
+
+    def add_now(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]: ...
+
+    def totals_now(self, key: str) -> Totals: ...
+
+
 @dataclass(slots=True)
 class _Entry:
     usd: float
@@ -66,8 +88,12 @@ class _Entry:
     expires_at: float
 
 
+_UNKNOWN: Final = _Entry(0.0, 0, math.inf)
+"""What a key nobody has charged yet reads as. Never stored, so never changed."""
+
+
 class InMemoryLedger:
-    """A `LedgerStore` in a dict, for a single process.
+    """A `LedgerStore` (and `SyncLedger`) in a dict, for a single process.
 
     Expired keys are dropped opportunistically: on `add` and `totals`, and on
     every 1,024th `try_add`, once the earliest expiry has passed. A delta
@@ -85,24 +111,39 @@ class InMemoryLedger:
     async def try_add(
         self, limits: Sequence[PeriodLimit], usd: float, requests: int
     ) -> list[Totals] | None:
+        return self.try_add_now(limits, usd, requests)
+
+    async def add(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]:
+        return self.add_now(keys, usd, requests)
+
+    async def totals(self, key: str) -> Totals:
+        return self.totals_now(key)
+
+    def try_add_now(
+        self, limits: Sequence[PeriodLimit], usd: float, requests: int
+    ) -> list[Totals] | None:
         self._ops += 1
         if self._ops & 1023 == 0:  # the clock is read once per 1,024 reservations
             self._sweep()
+        entries = self._entries
         for limit in limits:
-            used_usd, used_requests = self._totals(limit.key)
-            if limit.usd is not None and used_usd + usd > limit.usd + EPSILON:
+            used = entries.get(limit.key, _UNKNOWN)
+            if limit.usd is not None and used.usd + usd > limit.usd + EPSILON:
                 return None
-            if limit.requests is not None and used_requests + requests > limit.requests:
+            if limit.requests is not None and used.requests + requests > limit.requests:
                 return None
         totals = []
         for limit in limits:
-            entry = self._entry(limit.key, limit.expires_at)
+            entry = entries.get(limit.key)
+            if entry is None or entry.expires_at < limit.expires_at:
+                # Only a new or extended key needs `_entry`'s bookkeeping.
+                entry = self._entry(limit.key, limit.expires_at)
             entry.usd += usd
             entry.requests += requests
             totals.append((entry.usd, entry.requests))
         return totals
 
-    async def add(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]:
+    def add_now(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]:
         self._sweep()
         expires_at = self._clock() + self._default_ttl_s
         totals = []
@@ -113,13 +154,10 @@ class InMemoryLedger:
             totals.append((entry.usd, entry.requests))
         return totals
 
-    async def totals(self, key: str) -> Totals:
+    def totals_now(self, key: str) -> Totals:
         self._sweep()
-        return self._totals(key)
-
-    def _totals(self, key: str) -> Totals:
-        entry = self._entries.get(key)
-        return (0.0, 0) if entry is None else (entry.usd, entry.requests)
+        entry = self._entries.get(key, _UNKNOWN)
+        return entry.usd, entry.requests
 
     def _entry(self, key: str, expires_at: float) -> _Entry:
         """The key's entry, created if missing; an existing expiry is never shortened."""

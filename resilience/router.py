@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 
 from resilience.breaker import OPEN
 from resilience.errors import BudgetExceeded, CircuitOpen, ErrorClass, RateLimited, classify
@@ -35,6 +35,12 @@ class ServiceMode(StrEnum):
     MOCK = "mock"
     REAL = "real"
     HYBRID = "hybrid"
+
+
+# Reading an enum member through its class costs a descriptor call in Python 3.11,
+# so `call` compares against these instead.
+_MOCK: Final = ServiceMode.MOCK
+_HYBRID: Final = ServiceMode.HYBRID
 
 
 class Routed(NamedTuple, Generic[T]):
@@ -123,24 +129,27 @@ class Router:
         correlation_id: str | None = None,
         **kwargs: Any,
     ) -> Routed[Any]:
-        route = self._route(capability)
+        route = self._routes.get(capability)  # not `_route`: a call fewer on every call
+        if route is None:
+            raise _unknown(capability, self._routes)
         mode = self._mode
-        if mode is ServiceMode.MOCK:
+        if mode is _MOCK:
             return Routed(await route.mock(*args, **kwargs), "mock", "mode")
         guard = route.guard
         cid = correlation_id or guard.new_correlation_id()
-        if mode is ServiceMode.HYBRID and guard.breaker.state == OPEN:
+        if mode is _HYBRID and guard.breaker.state == OPEN:
             return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
         try:
             value = await guard.call(
                 route.real, *args, units=units, cost=cost, correlation_id=cid, **kwargs
             )
         except Exception as exc:
-            reason = fallback_reason(exc) if mode is ServiceMode.HYBRID else None
+            reason = fallback_reason(exc) if mode is _HYBRID else None
             if reason is None:
                 raise
             return await self._fallback(route, capability, reason, cid, args, kwargs, exc)
-        return Routed(value, "real", None)
+        # namedtuple's `_make` builds it in half the time the class call takes.
+        return Routed._make((value, "real", None))
 
     async def _fallback(
         self,
@@ -164,8 +173,12 @@ class Router:
         return Routed(value, "mock", reason)
 
     def _route(self, capability: str) -> _Route:
-        try:
-            return self._routes[capability]
-        except KeyError:
-            known = ", ".join(sorted(self._routes)) or "none"
-            raise KeyError(f"unknown capability {capability!r} (registered: {known})") from None
+        route = self._routes.get(capability)
+        if route is None:
+            raise _unknown(capability, self._routes)
+        return route
+
+
+def _unknown(capability: str, routes: dict[str, _Route]) -> KeyError:
+    known = ", ".join(sorted(routes)) or "none"
+    return KeyError(f"unknown capability {capability!r} (registered: {known})")

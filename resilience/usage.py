@@ -50,6 +50,10 @@ class UsageLog:
         self._clock = clock
         self._buckets: dict[str, dict[int, _Bucket]] = {}
         self._swept_hour = -1  # retention only needs checking once per hour
+        # The bucket the last record went to, by its `at` and provider. The budget
+        # records every call of an hour with the same `at` (the hour's start), and
+        # finding the bucket costs more than counting in it.
+        self._last: tuple[float, str, _Bucket] | None = None
 
     def record(
         self,
@@ -72,16 +76,12 @@ class UsageLog:
                 f"tokens={tokens!r}, cost_usd={cost_usd!r}"
             )
         now = self._clock() if at is None else at
-        hour_start = int(now // HOUR_S) * HOUR_S
-        if hour_start != self._swept_hour:
-            self._forget(now)
-            self._swept_hour = hour_start
-        hours = self._buckets.get(provider)
-        if hours is None:
-            hours = self._buckets[provider] = {}
-        bucket = hours.get(hour_start)
-        if bucket is None:
-            bucket = hours[hour_start] = _Bucket()
+        last = self._last
+        if last is not None and last[0] == now and last[1] == provider:
+            bucket = last[2]
+        else:
+            bucket = self._bucket(provider, now)
+            self._last = (now, provider, bucket)
         bucket.requests += requests
         bucket.tokens += tokens
         bucket.cost_usd += cost_usd
@@ -125,8 +125,23 @@ class UsageLog:
                 writer.writerow([provider, *(hour[column] for column in CSV_COLUMNS[1:])])
         return out.getvalue()
 
+    def _bucket(self, provider: str, now: float) -> _Bucket:
+        """The provider's bucket for the hour of `now`, created if missing."""
+        hour_start = int(now // HOUR_S) * HOUR_S
+        if hour_start != self._swept_hour:
+            self._forget(now)
+            self._swept_hour = hour_start
+        hours = self._buckets.get(provider)
+        if hours is None:
+            hours = self._buckets[provider] = {}
+        bucket = hours.get(hour_start)
+        if bucket is None:
+            bucket = hours[hour_start] = _Bucket()
+        return bucket
+
     def _forget(self, now: float) -> None:
         """Drop hours that ended before the retention window began, and emptied providers."""
+        self._last = None  # its bucket may be one of those dropped
         oldest_kept = now - self.retention_s - HOUR_S
         for provider in list(self._buckets):
             hours = self._buckets[provider]

@@ -442,3 +442,59 @@ def test_a_failing_subscriber_never_breaks_the_breaker_or_the_call(events: Event
     errors = events.of("breaker.subscriber_error")
     assert len(errors) == 3
     assert errors[0]["error"] == "RuntimeError('listener bug')"
+
+
+def test_a_caller_can_run_the_call_itself_and_report_it_with_finish() -> None:
+    """What the guard does: acquire, await the call, then `finish` (no `execute`)."""
+    policy = BreakerPolicy(failure_threshold=2, min_calls=100, slow_call_s=1.0, cooldown_s=5)
+
+    async def run(breaker: Breaker, fn: Callable[[], Awaitable[Any]]) -> str:
+        loop = asyncio.get_running_loop()
+        ticket = breaker.acquire()
+        if ticket is None:
+            return "rejected"
+        started = loop.time()
+        try:
+            call = fn()
+            await (breaker.bounded(call) if ticket.probe else call)
+        except BaseException as exc:
+            breaker.finish(ticket, exc, started, loop.time(), "cid")
+            return "failed"
+        breaker.finish(ticket, None, started, loop.time(), "cid")
+        return "ok"
+
+    async def slow() -> None:
+        await asyncio.sleep(2)
+
+    async def main() -> list[tuple[str, str, int]]:
+        breaker = Breaker("p", policy)
+        seen = []
+        for fn in (fail, succeed, fail, slow, succeed):
+            seen.append((await run(breaker, fn), breaker.state, breaker.consecutive_failures))
+        await asyncio.sleep(5)
+        seen.append((await run(breaker, succeed), breaker.state, breaker.consecutive_failures))
+        return seen
+
+    assert run_virtual(main()) == [
+        ("failed", "closed", 1),
+        ("ok", "closed", 0),
+        ("failed", "closed", 1),
+        ("ok", "open", 2),  # slow: its value is kept, but it counts as a failure
+        ("rejected", "open", 2),
+        ("ok", "closed", 0),  # the probe
+    ]
+
+
+def test_finish_gives_a_cancelled_probe_its_permit_back() -> None:
+    async def main() -> tuple[int, int]:
+        breaker = Breaker("p", BreakerPolicy(failure_threshold=1, cooldown_s=5))
+        await attempt(breaker, fail)
+        await asyncio.sleep(5)
+        ticket = breaker.acquire()
+        assert ticket is not None
+        assert ticket.probe
+        taken = breaker.probes_in_flight
+        breaker.finish(ticket, asyncio.CancelledError(), 5.0, 6.0)
+        return taken, breaker.probes_in_flight
+
+    assert run_virtual(main()) == (1, 0)

@@ -164,3 +164,16 @@ def test_sync_from_headers_only_lowers_and_pauses_at_zero() -> None:
         return levels
 
     assert run_virtual(main()) == [100, 40, 40, 40, 0, pytest.approx(3.1)]
+
+
+def test_try_acquire_can_be_given_the_time_its_caller_just_read() -> None:
+    async def main() -> list[bool]:
+        now = asyncio.get_running_loop().time()
+        bucket = TokenBucket(1, 1)
+        return [
+            bucket.try_acquire(1, now),
+            bucket.try_acquire(1, now + 0.5),  # half a unit back
+            bucket.try_acquire(1, now + 1.0),
+        ]
+
+    assert run_virtual(main()) == [True, False, True]

@@ -16,8 +16,9 @@ from loguru import logger
 
 from resilience.budget import Budget, Reservation
 from resilience.errors import BudgetExceeded, ErrorClass
-from resilience.ledger import InMemoryLedger, PeriodLimit
+from resilience.ledger import InMemoryLedger, LedgerStore, PeriodLimit, SyncLedger
 from resilience.testing import run_virtual
+from tests.conftest import AwaitedLedger
 
 if TYPE_CHECKING:
     from loguru import Message
@@ -444,3 +445,80 @@ def test_ledger_drops_expired_keys() -> None:
         assert await ledger.totals("stray") == (0.0, 0)
 
     run_virtual(scenario())
+
+
+def test_the_in_memory_ledger_also_answers_without_awaiting() -> None:
+    ledger = InMemoryLedger(clock=FixedClock(T0))
+    roomy = PeriodLimit("roomy", usd=10.0, requests=None, expires_at=T0 + 60)
+    tight = PeriodLimit("tight", usd=None, requests=1, expires_at=T0 + 60)
+
+    assert isinstance(ledger, SyncLedger)
+    assert ledger.try_add_now([roomy, tight], 1.0, 1) == [(1.0, 1), (1.0, 1)]
+    assert ledger.try_add_now([roomy, tight], 1.0, 1) is None  # all or nothing
+    assert ledger.totals_now("roomy") == (1.0, 1)
+    assert ledger.add_now(["roomy", "tight"], -1.0, -1) == [(0.0, 0), (0.0, 0)]
+    assert ledger.totals_now("unknown") == (0.0, 0)
+    assert not isinstance(AwaitedLedger(), SyncLedger)
+
+
+def test_reserve_now_and_settle_now_do_what_reserve_and_settle_do(
+    alerts: list[dict[str, Any]],
+) -> None:
+    budget = Budget(hourly_usd=1.0, daily_usd=10.0, clock=FixedClock(T0))
+
+    assert budget.answers_now
+    settled = budget.reserve_now("openai", 0.4, correlation_id="job-1")
+    budget.settle_now(settled, 0.6, tokens=30)  # crosses 50 % of the hour
+    with pytest.raises(RuntimeError, match="already settled"):
+        budget.settle_now(settled)
+    budget.settle_now(budget.reserve_now("openai", 0.2))
+    with pytest.raises(BudgetExceeded) as refused:
+        budget.reserve_now("openai", 0.5)
+
+    assert refused.value.retry_after_s == pytest.approx(30.0)
+    assert run_virtual(budget.spent("hour")) == pytest.approx((0.8, 2))
+    openai = budget.usage.summary()["providers"]["openai"]
+    assert (openai["requests"], openai["tokens"]) == (2, 30)
+    assert openai["cost_usd"] == pytest.approx(0.8)
+    assert [(a["threshold"], a["correlation_id"]) for a in alerts] == [
+        (0.5, "job-1"),
+        (0.8, None),
+        (1.0, None),  # the refusal's
+    ]
+
+
+def test_a_budget_over_an_awaited_ledger_works_the_same(alerts: list[dict[str, Any]]) -> None:
+    clock = FixedClock(T0)
+    ledger: LedgerStore = AwaitedLedger(clock=clock)
+    budget = Budget(hourly_usd=1.0, daily_usd=10.0, clock=clock, ledger=ledger)
+
+    async def scenario() -> tuple[tuple[float, int], BudgetExceeded]:
+        settled = await budget.reserve("openai", 0.4)
+        await budget.settle(settled, 0.6, tokens=30)
+        released = await budget.reserve("openai", 0.3)
+        await budget.release(released, error_class="rate_limited")
+        kept = await budget.reserve("openai", 0.2)
+        await budget.keep(kept, error_class="failure")
+        with pytest.raises(BudgetExceeded) as refused:
+            await budget.reserve("openai", 0.5)
+        return await budget.spent("hour"), refused.value
+
+    spent, refused = run_virtual(scenario())
+
+    assert not budget.answers_now
+    assert spent == pytest.approx((0.8, 2))
+    assert refused.retry_after_s == pytest.approx(30.0)
+    assert "hour usd" in refused.detail
+    assert [a["threshold"] for a in alerts] == [0.5, 0.8, 1.0]
+    openai = budget.usage.summary()["providers"]["openai"]
+    assert openai["errors"] == {"failure": 1, "rate_limited": 1}
+
+
+def test_reserve_now_needs_a_ledger_that_answers_now() -> None:
+    budget = Budget(daily_usd=1.0, ledger=AwaitedLedger())
+
+    with pytest.raises(TypeError, match="async ledger"):
+        budget.reserve_now("openai", 0.1)
+    reservation = run_virtual(budget.reserve("openai", 0.1))
+    with pytest.raises(TypeError, match="async ledger"):
+        budget.settle_now(reservation)

@@ -19,7 +19,7 @@ from resilience import (
     TokenBucket,
 )
 from resilience.testing import run_virtual
-from tests.conftest import Events
+from tests.conftest import AwaitedLedger, Events
 
 
 @dataclass
@@ -188,3 +188,92 @@ def test_budget_alerts_carry_the_calls_correlation_id(events: Events) -> None:
     (alert,) = events.of("budget.alert")
     assert alert["correlation_id"] == "job-8:embed"
     assert alert["threshold"] == 0.5
+
+
+def test_a_budget_over_an_awaited_ledger_is_settled_the_same_way() -> None:
+    async def billed() -> Billed:
+        return Billed("hi", cost_usd=0.25, tokens=40)
+
+    async def rejected() -> None:
+        raise ProviderError("bad request", status=400)
+
+    async def hangs_up() -> None:
+        raise TimeoutError("read timed out")
+
+    async def main() -> tuple[float, int]:
+        budget = Budget(daily_usd=10.0, ledger=AwaitedLedger())
+        retry = RetryPolicy(max_attempts=1)
+        guard = Guard("p", quiet_breaker(), retry=retry, budget=budget)
+        await guard.call(billed, cost=1.0)  # settled at 0.25
+        with pytest.raises(ProviderError):
+            await guard.call(rejected, cost=5.0)  # refunded
+        with pytest.raises(TimeoutError):
+            await guard.call(hangs_up, cost=1.5)  # kept
+        return await budget.spent("day")
+
+    spent_usd, spent_requests = run_virtual(main())
+    assert spent_usd == pytest.approx(1.75)
+    assert spent_requests == 2
+
+
+def test_a_probe_through_the_guard_is_bounded_by_the_probe_timeout() -> None:
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=5, probe_timeout_s=30)
+
+    async def down() -> None:
+        raise ProviderError("down", status=503)
+
+    async def main() -> tuple[float, str, float]:
+        loop = asyncio.get_running_loop()
+        budget = Budget(daily_usd=10.0)
+        guard = Guard("p", policy, retry=RetryPolicy(max_attempts=1), budget=budget)
+        with pytest.raises(ProviderError):
+            await guard.call(down, cost=1.0)
+        await asyncio.sleep(5)
+        started = loop.time()
+        with pytest.raises(ProviderError, match="probe exceeded"):
+            await guard.call(asyncio.sleep, 10_000, cost=1.0)
+        spent, _ = await budget.spent("day")
+        return loop.time() - started, guard.breaker.state, spent
+
+    waited, state, spent = run_virtual(main())
+    assert waited == pytest.approx(30.0)
+    assert state == "open"
+    assert spent == pytest.approx(1.0)  # the 503 is refunded; the timed-out probe is kept
+
+
+def test_a_cancelled_probe_through_the_guard_frees_its_permit() -> None:
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=5)
+
+    async def down() -> None:
+        raise ProviderError("down", status=503)
+
+    async def main() -> tuple[int, str]:
+        guard = Guard("p", policy, retry=RetryPolicy(max_attempts=1))
+        with pytest.raises(ProviderError):
+            await guard.call(down)
+        await asyncio.sleep(5)
+        probe = asyncio.create_task(guard.call(asyncio.sleep, 100))
+        await asyncio.sleep(1)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        return guard.breaker.probes_in_flight, guard.breaker.state
+
+    assert run_virtual(main()) == (0, "half_open")
+
+
+def test_the_token_bucket_sees_the_time_the_request_bucket_waited() -> None:
+    calls: list[float] = []
+
+    async def record() -> None:
+        calls.append(asyncio.get_running_loop().time())
+
+    async def main() -> list[float]:
+        requests = TokenBucket(1, 1)  # one call a second
+        tokens = TokenBucket(10, 10)  # refills in 1 s what a call takes
+        guard = Guard("p", requests=requests, tokens=tokens)
+        for _ in range(3):
+            await guard.call(record, units=10)
+        return calls
+
+    assert run_virtual(main()) == pytest.approx([0.0, 1.0, 2.0])

@@ -137,3 +137,21 @@ def test_negative_usage_is_refused(kwargs: dict[str, Any]) -> None:
 def test_retention_must_be_positive() -> None:
     with pytest.raises(ValueError, match="retention_s"):
         UsageLog(retention_s=0)
+
+
+def test_records_of_one_hour_share_its_bucket_until_retention_drops_it() -> None:
+    clock = FixedClock(T0)
+    log = UsageLog(retention_s=3600, clock=clock)
+    hour = T0 - T0 % 3600  # what the budget passes as `at`
+    log.record("anthropic", at=hour)
+    log.record("openai", cost_usd=0.1, at=hour)
+    log.record("openai", cost_usd=0.2, at=hour)
+    assert log.summary()["providers"]["openai"]["requests"] == 2
+
+    clock.now += 3 * 3600
+    assert log.summary()["providers"] == {}  # 17:00 is past retention: dropped
+    clock.now = T0  # a clock that steps back, as a test clock may
+    log.record("openai", cost_usd=0.4, at=hour)
+
+    openai = log.summary()["providers"]["openai"]
+    assert (openai["requests"], openai["cost_usd"]) == (1, 0.4)  # a fresh bucket
