@@ -3,17 +3,20 @@
 Durations come from the running event loop (`loop.time()`), so a
 virtual-time loop speeds every timer up without touching our code. Calendar
 time (log timestamps, budget periods) comes from `wall_time`, the one place
-that reads the system clock; on a loop that carries a `wall_epoch` (the
-virtual loop does) it is derived from the loop clock instead, so simulated
-days roll over in simulated time.
+that reads the system clock; while a loop with a wall epoch runs (the virtual
+loop registers itself with `follow_loop`) it is derived from that loop's
+clock instead, so simulated days roll over in simulated time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Protocol
 
 Clock = Callable[[], float]
 """A function returning seconds: loop seconds for durations, epoch seconds for wall time."""
@@ -24,19 +27,40 @@ def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
+class EpochLoop(Protocol):
+    """A loop whose wall time is `wall_epoch + time()`."""
+
+    wall_epoch: float
+
+    def time(self) -> float: ...
+
+
+# The epoch loop running on each thread. A thread-local rather than
+# asyncio.get_running_loop(), which makes a getpid() system call on every use.
+_running = threading.local()
+
+
+@contextmanager
+def follow_loop(loop: EpochLoop) -> Iterator[None]:
+    """While the block runs, `wall_time` on this thread is `loop.wall_epoch + loop.time()`."""
+    previous: EpochLoop | None = getattr(_running, "loop", None)
+    _running.loop = loop
+    try:
+        yield
+    finally:
+        _running.loop = previous
+
+
 def wall_time() -> float:
     """Seconds since the Unix epoch, UTC.
 
-    On a loop with a `wall_epoch` attribute this is `wall_epoch + loop.time()`,
-    which makes log timestamps and budget periods follow virtual time.
+    Inside `follow_loop(loop)` (the virtual loop does this while it runs) it is
+    `loop.wall_epoch + loop.time()`, so timestamps and budget periods follow
+    virtual time.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    epoch: float | None = getattr(loop, "wall_epoch", None)
-    if loop is not None and epoch is not None:
-        return epoch + loop.time()
+    loop: EpochLoop | None = getattr(_running, "loop", None)
+    if loop is not None:
+        return loop.wall_epoch + loop.time()
     return time.time()  # clock-ok: the single wall-clock read in Breakwater
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from backoff.types import Details
@@ -77,7 +77,7 @@ class Guard:
     def new_correlation_id(self) -> str:
         return f"{self.name}-{next(self._ids)}"
 
-    async def call(
+    def call(
         self,
         fn: Callable[..., Awaitable[T]],
         /,
@@ -86,13 +86,27 @@ class Guard:
         cost: float = 0.0,
         correlation_id: str | None = None,
         **kwargs: Any,
-    ) -> T:
-        """Run `fn(*args, **kwargs)` through the guard and return its value.
+    ) -> Coroutine[Any, Any, T]:
+        """Run `fn(*args, **kwargs)` through the guard: `await guard.call(...)`.
 
         Raises `CircuitOpen`, `RateLimited` or `BudgetExceeded` when the guard
-        refuses, or the provider's last error when retries end.
+        refuses, or the provider's last error when retries end. (A plain method
+        returning `run`'s coroutine, so the call costs one coroutine, not two.)
         """
+        return self.run(fn, args, kwargs, units, cost, correlation_id)
+
+    async def run(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        units: float = 1,
+        cost: float = 0.0,
+        correlation_id: str | None = None,
+    ) -> T:
+        """`call` with the arguments already packed, as the router holds them."""
         cid = correlation_id or self.new_correlation_id()
+        kwargs = kwargs if kwargs is not None else {}
         if self.breaker.state == OPEN:
             raise CircuitOpen(self.name, self.breaker.retry_after_s())
         try:

@@ -140,9 +140,7 @@ class Router:
         if mode is _HYBRID and guard.breaker.state == OPEN:
             return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
         try:
-            value = await guard.call(
-                route.real, *args, units=units, cost=cost, correlation_id=cid, **kwargs
-            )
+            value = await guard.run(route.real, args, kwargs, units, cost, cid)
         except Exception as exc:
             reason = fallback_reason(exc) if mode is _HYBRID else None
             if reason is None:

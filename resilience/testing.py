@@ -25,6 +25,8 @@ import selectors
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from resilience.clock import follow_loop
+
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
@@ -87,6 +89,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self._now
+
+    def run_forever(self) -> None:
+        with follow_loop(self):
+            super().run_forever()
 
     def advance(self, seconds: float) -> None:
         """Move virtual time forward. Timers that become due run on the next iteration."""

@@ -131,3 +131,15 @@ def test_time_cannot_go_backwards() -> None:
             loop.advance(-1)
     finally:
         loop.close()
+
+
+def test_wall_time_follows_only_the_loop_running_now() -> None:
+    async def virtual() -> float:
+        return wall_time()
+
+    async def real() -> float:
+        return wall_time()
+
+    assert run_virtual(virtual(), wall_epoch=1000.0) == 1000.0
+    # After the virtual loop stops, a real loop on the same thread reads the system clock.
+    assert asyncio.run(real()) > 1_700_000_000.0
