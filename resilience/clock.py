@@ -28,11 +28,13 @@ def loop_time() -> float:
 
 
 class EpochLoop(Protocol):
-    """A loop whose wall time is `wall_epoch + time()`."""
+    """A loop whose wall time is `wall_epoch + time()`, and whose clock can be held."""
 
     wall_epoch: float
 
     def time(self) -> float: ...
+
+    def hold(self, delta: int) -> None: ...
 
 
 # The epoch loop running on each thread. A thread-local rather than
@@ -68,3 +70,23 @@ def iso_utc(epoch_s: float) -> str:
     """Format epoch seconds as ISO-8601 UTC with millisecond precision."""
     moment = datetime.fromtimestamp(epoch_s, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@contextmanager
+def thread_work() -> Iterator[None]:
+    """Mark an await on work another thread does for us (a database call, say).
+
+    On a virtual-time loop the clock must not jump while such work runs, or
+    timeouts fire before the thread answers, in real time. Libraries with
+    their own threads (aiosqlite) are wrapped in this; on any other loop it
+    does nothing.
+    """
+    loop: EpochLoop | None = getattr(_running, "loop", None)
+    if loop is None:
+        yield
+        return
+    loop.hold(+1)
+    try:
+        yield
+    finally:
+        loop.hold(-1)

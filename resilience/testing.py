@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from resilience.clock import follow_loop
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 DEFAULT_WALL_EPOCH = 1_767_225_600.0
 """2026-01-01T00:00:00Z: where virtual wall-clock time starts by default."""
@@ -60,8 +62,9 @@ class _VirtualSelector(selectors.BaseSelector):
         ready = self._real.select(0)
         if ready or timeout == 0:
             return ready
-        if timeout is None:
-            # No timer is scheduled: only real I/O or another thread can wake us.
+        if timeout is None or self._loop.held:
+            # Nothing to jump to, or another thread is working for us and will
+            # answer in real time: wait for real I/O (or its call_soon_threadsafe).
             return self._real.select(None)
         self._loop.advance(timeout)
         return []
@@ -82,6 +85,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, *, start: float = 0.0, wall_epoch: float = DEFAULT_WALL_EPOCH) -> None:
         self._now = start
+        self._holds = 0
         self.wall_epoch = wall_epoch
         super().__init__(selector=_VirtualSelector(self))
         # Timers within this of `now` are due; virtual time needs no slack.
@@ -89,6 +93,24 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self._now
+
+    @property
+    def held(self) -> bool:
+        """True while work on another thread is awaited (see `clock.thread_work`)."""
+        return self._holds > 0
+
+    def hold(self, delta: int) -> None:
+        """Count one more (+1) or one fewer (-1) piece of thread work in flight."""
+        self._holds += delta
+
+    def run_in_executor(
+        self, executor: Executor | None, func: Callable[[*Ts], T], *args: *Ts
+    ) -> asyncio.Future[T]:
+        # Executor work answers in real time: hold the clock until it does.
+        future = super().run_in_executor(executor, func, *args)
+        self.hold(+1)
+        future.add_done_callback(lambda _: self.hold(-1))
+        return future
 
     def run_forever(self) -> None:
         with follow_loop(self):

@@ -143,3 +143,34 @@ def test_wall_time_follows_only_the_loop_running_now() -> None:
     assert run_virtual(virtual(), wall_epoch=1000.0) == 1000.0
     # After the virtual loop stops, a real loop on the same thread reads the system clock.
     assert asyncio.run(real()) > 1_700_000_000.0
+
+
+def test_the_clock_holds_while_another_thread_works() -> None:
+    import threading
+
+    from resilience.clock import thread_work
+
+    async def main() -> tuple[float, str, float]:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
+        release = threading.Event()
+
+        def worker() -> None:
+            release.wait()
+            loop.call_soon_threadsafe(answer.set_result, "done")
+
+        threading.Thread(target=worker).start()
+        started = loop.time()
+        ticker = asyncio.ensure_future(asyncio.sleep(3600))  # a timer that could be jumped to
+        loop.call_later(0, release.set)
+        with thread_work():
+            result = await answer
+        held_for = loop.time() - started
+        ticker.cancel()
+        executor_result = await loop.run_in_executor(None, sum, [1, 2, 3])
+        return held_for, result, float(executor_result)
+
+    held_for, result, total = run_virtual(main())
+    assert result == "done"
+    assert held_for == 0.0  # no virtual time passed while the thread worked
+    assert total == 6.0
