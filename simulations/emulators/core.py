@@ -62,7 +62,7 @@ class Emulator:
         self._stats = Stats()
         ids = Ids(random.Random(f"{seed}:ids"))
         self._webhooks = WebhookSender(webhook_secret, self._stats, webhook_transport)
-        self._openai = OpenAIApi(ids, openai_api_key)
+        self._openai = OpenAIApi(ids, openai_api_key, self._stats)
         self._llamaparse = LlamaParseApi(ids, llamaparse_api_key, self._webhooks, self._stats)
         self._apis: dict[str, ProviderApi] = {"/v1/": self._openai, "/api/": self._llamaparse}
         self._injectors: dict[str, FaultInjector] = {}
@@ -89,7 +89,7 @@ class Emulator:
             "openai": FaultInjector(plan.openai, rng("openai:faults")),
             "llamaparse": FaultInjector(plan.llamaparse, rng("llamaparse:faults")),
         }
-        self._openai.configure(plan.openai)
+        self._openai.configure(plan.openai, rng("openai:order"))
         self._llamaparse.configure(plan.llamaparse, rng("llamaparse:jobs"))
         self._webhooks.configure(plan.llamaparse.webhook, rng("llamaparse:webhooks"))
         try:

@@ -23,7 +23,8 @@ in [0, 1] drawn independently per request.
         "malformed_kinds": ["invalid_json", "wrong_shape", "wrong_dims", "missing_item"],
         "rpm": 3000,                 // requests per minute, per model (token bucket)
         "tpm": 1000000,              // tokens per minute, per model (token bucket)
-        "quota_exhausted": false     // every call: 429 insufficient_quota, no Retry-After
+        "quota_exhausted": false,    // every call: 429 insufficient_quota, no Retry-After
+        "shuffle_rate": 0.0          // a 200's `data` items in a seeded random order
       },
       "llamaparse": {
         "latency_s": [0, 0], "error_rate": 0.0, "error_status": 503,
@@ -48,6 +49,13 @@ Malformed kinds: `invalid_json` truncates the body mid-document;
 `wrong_shape` wraps the real document as `{"result": ...}`; `wrong_dims`
 drops the last value of every embedding; `missing_item` drops the last entry
 of `data`. Only 200 answers are malformed.
+
+`shuffle_rate` (OpenAI only) is not malformation: every item keeps its
+`index`, as the API promises, but the `data` list comes in a random order, so
+a client that trusts the list order rather than `index` gets vectors mixed
+up. It is drawn from its own generator, once per 200, so turning it on
+leaves every other fault's draws as they were. A shuffled answer that is also
+`missing_item` loses a random item rather than the last.
 
 Validation names the offending field (`openai.error_rate: must be between 0
 and 1, got 2`), whether the plan came from JSON or from Python.
@@ -157,11 +165,13 @@ class OpenAIPlan(ProviderFaults):
     rpm: int = 3000
     tpm: int = 1_000_000
     quota_exhausted: bool = False
+    shuffle_rate: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive("rpm", self.rpm)
         _check_positive("tpm", self.tpm)
+        _check_rate("shuffle_rate", self.shuffle_rate)
 
 
 @dataclass(frozen=True)
@@ -287,6 +297,7 @@ _CONVERTERS: Final[Mapping[str, Converter]] = {
     "rpm": _integer,
     "tpm": _integer,
     "quota_exhausted": _boolean,
+    "shuffle_rate": _number,
     "parse_time_s": _range,
     "upload_limit": _integer,
     "upload_window_s": _number,

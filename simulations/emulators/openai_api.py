@@ -11,6 +11,10 @@ limits are. A 429 says which limit ran out, in OpenAI's words, with
 `retry-after-ms` and `Retry-After` (whole seconds, at least 1, rounded up);
 a request larger than the whole TPM allowance and the quota-exhausted mode
 get no Retry-After, because waiting cannot help.
+
+With the plan's `shuffle_rate`, a 200's `data` items come in a random order
+(each keeps its `index`), drawn from the emulator's own "openai:order"
+generator, so the fault injector's draws are untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -39,6 +44,7 @@ from simulations.emulators.routing import (
     malform_generic,
     status_phrase,
 )
+from simulations.emulators.stats import Stats
 from simulations.emulators.vectors import embedding, to_base64
 
 ORGANIZATION: Final = "org-emulator"
@@ -81,16 +87,19 @@ class OpenAIApi:
 
     name: Final = "openai"
 
-    def __init__(self, ids: Ids, api_key: str | None) -> None:
+    def __init__(self, ids: Ids, api_key: str | None, stats: Stats) -> None:
         self._ids = ids
         self._api_key = api_key
+        self._stats = stats
         self._plan = OpenAIPlan()
+        self._order = random.Random(0)
         self._buckets: dict[str, tuple[MinuteBucket, MinuteBucket]] = {}
         self.routes: Sequence[Route] = (Route("POST", "/v1/embeddings", self._embeddings),)
 
-    def configure(self, plan: OpenAIPlan) -> None:
-        """Adopt `plan`'s limits; every model's buckets start full again."""
+    def configure(self, plan: OpenAIPlan, rng: random.Random) -> None:
+        """Adopt `plan`'s limits (every model's buckets start full again); `rng` shuffles."""
         self._plan = plan
+        self._order = rng
         self._buckets.clear()
 
     # -- the endpoint -------------------------------------------------------
@@ -106,7 +115,12 @@ class OpenAIApi:
             headers.update(self._admit(request, now))
         except OpenAIError as error:
             return json_response(error.status, error.document(), {**headers, **error.headers})
-        return json_response(200, self._result(request), headers)
+        result = self._result(request)
+        # One draw per 200 whatever the rate, so the same traffic replays the same orders.
+        if self._order.random() < self._plan.shuffle_rate:
+            self._order.shuffle(result["data"])
+            self._stats.fault(self.name, "shuffled")
+        return json_response(200, result, headers)
 
     def _authenticate(self, incoming: Incoming) -> None:
         scheme, _, key = incoming.headers.get("Authorization", "").partition(" ")

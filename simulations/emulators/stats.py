@@ -10,7 +10,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Final
 
-FAULT_KINDS: Final = ("latency", "outage", "error", "hang", "malformed")
+FAULT_KINDS: Final = ("latency", "outage", "error", "hang", "malformed", "shuffled")
+"""`shuffled` is OpenAI's `shuffle_rate`: 200s whose `data` came in a random order."""
 WEBHOOK_EVENTS: Final = (
     "scheduled",
     "attempts",
