@@ -358,10 +358,15 @@ class OpenAIEmbeddings:
         if requests is None and tokens is None:
             return
         limits = rate_limits(response.headers)
+        # OpenAI's limits refill continuously, and x-ratelimit-reset-* is the time
+        # until a limit is back to full, not until it grants again: a bucket at zero
+        # refills at once. So only `remaining` is passed on. Passed as `sync`'s
+        # reset, it paused a client that had just used the last token for up to a
+        # minute, then restarted it from empty: a whole minute lost each time.
         if requests is not None:
-            requests.sync(limits.remaining_requests, limits.reset_requests_s)
+            requests.sync(limits.remaining_requests, None)
         if tokens is not None:
-            tokens.sync(limits.remaining_tokens, limits.reset_tokens_s)
+            tokens.sync(limits.remaining_tokens, None)
 
     def _decode(self, batch: Batch, response: HttpResponse, request_id: str | None) -> BatchResult:
         try:
@@ -381,6 +386,10 @@ class OpenAIEmbeddings:
                 raise _Malformed(f"an item's index {index!r} is out of range or repeated")
             vectors[index] = self._vector(index, item.get("embedding"))
         missing = [position for position in range(len(batch)) if position not in vectors]
+        if batch.texts and not vectors:
+            # Nothing usable is not a partial answer: it must count against the breaker,
+            # or a provider that always answers empty would never trip it.
+            raise _Malformed("the response holds none of the inputs")
         cost = embedding_cost_usd(self.model, total)
         return BatchResult(vectors, missing, total, cost, request_id)
 

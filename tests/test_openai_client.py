@@ -571,12 +571,19 @@ def test_missing_or_negative_rate_limit_headers_change_nothing() -> None:
     assert run_virtual(scenario()) == (100.0, 10_000.0)
 
 
-def test_nothing_remaining_pauses_until_the_reset() -> None:
+def test_nothing_remaining_empties_the_bucket_but_does_not_wait_for_the_reset() -> None:
+    # OpenAI's reset is the time until the limit is full again; it refills from now.
     bucket = TokenBucket(100, 1)
-    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m40s"}
     embedder = client(FakeNetwork(reply(headers=headers)), buckets=(bucket, None))
-    run_virtual(embedder.embed_batch(one_batch(embedder, "a")))
-    assert bucket.paused_until == 1.5
+
+    async def scenario() -> tuple[float, float, float]:
+        await embedder.embed_batch(one_batch(embedder, "a"))
+        level = bucket.level()
+        await bucket.acquire(1)
+        return level, bucket.paused_until, asyncio.get_running_loop().time()
+
+    assert run_virtual(scenario()) == (0.0, 0.0, pytest.approx(1.0))
 
 
 # -- embed: the whole list through a real router --------------------------------
@@ -622,16 +629,30 @@ def test_embed_resends_only_the_missing_inputs(events: Events) -> None:
     assert (event["missing"], event["retry"], event["correlation_id"]) == (1, 1, "job-1:0")
 
 
-def test_embed_gives_up_after_three_resends() -> None:
+def test_an_input_never_answered_is_a_failure_and_hybrid_serves_the_mock() -> None:
     network = FakeNetwork(reply(drop=[0]))
     embedder = client(network)
     router = router_for(embedder, MockEmbedder(dimensions=DIMS))
+    result = run_virtual(embedder.embed(["alpha", "beta"], router))
+    # "beta" came back; each re-send of "alpha" alone came back empty: malformed,
+    # counted by the breaker and retried, then served by the mock.
+    assert result.paths == ["mock", "real"]
+    assert result.reasons[0] == "retries_exhausted"
+    assert result.vectors[0] == MockEmbedder(dimensions=DIMS).vector("alpha")
+    assert [network.inputs(n) for n in range(1, len(network.requests))] == [["alpha"]] * 2
+    assert router.guard("embed").breaker.consecutive_failures == 2
+    assert embedder.stats.retried_missing == 1
+
+
+def test_embed_gives_up_after_three_partial_resends() -> None:
+    # Each answer holds one more input, so every re-send is partial, never empty.
+    answers = [reply(drop=[0, 1, 2, 3]), reply(drop=[0, 1, 2]), reply(drop=[0, 1]), reply(drop=[0])]
+    embedder = client(FakeNetwork(*answers))
+    router = router_for(embedder, MockEmbedder(dimensions=DIMS), mode=ServiceMode.REAL)
     with pytest.raises(ProviderError) as raised:
-        run_virtual(embedder.embed(["alpha", "beta"], router))
+        run_virtual(embedder.embed(["a", "b", "c", "d", "e"], router))
     assert (raised.value.status, raised.value.code) == (502, "partial_batch")
-    assert len(network.requests) == 4
-    assert [network.inputs(n) for n in range(1, 4)] == [["alpha"]] * 3
-    assert embedder.stats.retried_missing == 3
+    assert embedder.stats.retried_missing == 4 + 3 + 2
 
 
 def test_embed_averages_split_pieces_to_a_unit_vector() -> None:
