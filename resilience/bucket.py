@@ -21,9 +21,6 @@ from dataclasses import dataclass
 
 from resilience.errors import RateLimited
 
-_EPSILON = 1e-9
-"""Float slack when comparing levels, so a timer set for the exact refill moment grants."""
-
 
 @dataclass(slots=True)
 class _Waiter:
@@ -89,7 +86,7 @@ class TokenBucket:
         if now != self._stamp:
             self._refill(now)
         level = self._level
-        if level + _EPSILON >= n:
+        if level >= n:
             self._level = level - n if level > n else 0.0  # never below zero, without max()
             return True
         return False
@@ -197,7 +194,8 @@ class TokenBucket:
             return
         if now >= self._paused_until:
             self._refill(now)
-            while waiters and self._level + _EPSILON >= waiters[0].units:
+            # Never a unit early: a server bucket with no tolerance would answer 429.
+            while waiters and self._level >= waiters[0].units:
                 head = waiters.popleft()
                 self._queued -= head.units
                 if head.future.done():
