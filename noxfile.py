@@ -45,6 +45,7 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Per-call overhead of the guard beside aiobreaker, aiolimiter and backoff."""
+    """The guard's per-call overhead, then throughput under rate limits beside the openai SDK."""
     install(session)
     session.run("python", "-m", "simulations.bench.overhead", *session.posargs)
+    session.run("python", "-m", "simulations.bench.throughput")
