@@ -1,0 +1,162 @@
+"""One SQLite database file, opened for the store and the ledger to share.
+
+Decisions:
+
+* One aiosqlite connection per process, and an `asyncio.Lock` around every
+  use of it. A transaction spans several awaits, and statements from another
+  coroutine on the same connection would land inside it; the lock is what
+  keeps tasks apart, and SQLite's own locking keeps processes apart.
+* Writes run in `BEGIN IMMEDIATE`, which takes the write lock at the start,
+  so a read-check-write (a compare-and-set, a budget check) cannot be
+  overtaken by another process between its read and its write. Waiting for
+  that lock is `busy_timeout`'s job.
+* WAL, so readers in other processes never block the writer, with
+  `synchronous=NORMAL`: an application crash loses nothing, and a power cut
+  can only lose the last commits, which the idempotent steps redo.
+* Every await on aiosqlite sits in `resilience.clock.thread_work()`, so a
+  virtual-time loop holds its clock while aiosqlite's thread works instead
+  of jumping to the next timer.
+* Cancellation: a rollback is queued behind whatever statement is in
+  flight (aiosqlite runs them in order), so a cancelled transaction never
+  leaves the connection inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import aiosqlite
+
+from resilience.clock import thread_work
+from state.schema import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
+
+MIN_SQLITE: Final = (3, 35, 0)
+"""RETURNING arrived in SQLite 3.35.0 (2021)."""
+
+Params = Sequence[object]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer Breakwater; this code must not touch it."""
+
+
+class Session:
+    """Statements on the connection, handed out only while the database's lock is held."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one statement and return its rows (a RETURNING clause's, for writes)."""
+        with thread_work():
+            return list(await self._connection.execute_fetchall(sql, params))
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        """Run one statement per parameter row; return how many rows it changed in all."""
+        with thread_work():
+            cursor = await self._connection.executemany(sql, rows)
+        return cursor.rowcount
+
+
+class SqliteDatabase:
+    """An open, migrated database file. Use `session()` or `transaction()` to reach it."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+        self._session = Session(connection)
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0) -> SqliteDatabase:
+        """Open (creating if needed) and upgrade the database at `path`."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            wanted = ".".join(map(str, MIN_SQLITE))
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old: {wanted} is needed")
+        # isolation_level=None: no implicit transactions; every BEGIN is ours.
+        connection = aiosqlite.connect(path, isolation_level=None)
+        with thread_work():
+            await connection
+        database = cls(connection)
+        try:
+            connection.row_factory = sqlite3.Row
+            await database._configure(busy_timeout_s)
+            await database._migrate()
+        except BaseException:
+            await database.close()
+            raise
+        return database
+
+    async def _configure(self, busy_timeout_s: float) -> None:
+        async with self.session() as session:
+            await session.fetch(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            mode = await session.fetch_one("PRAGMA journal_mode = WAL")
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise RuntimeError(f"SQLite refused WAL mode (got {mode and mode[0]!r})")
+            await session.fetch("PRAGMA synchronous = NORMAL")
+            await session.fetch("PRAGMA foreign_keys = ON")
+
+    async def _migrate(self) -> None:
+        async with self.session() as session:
+            await session.fetch(SCHEMA_VERSION_TABLE)
+            current = await _version(session)
+        if current > LATEST:
+            raise SchemaTooNew(f"database schema is v{current}; this code knows up to v{LATEST}")
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            async with self.transaction() as tx:
+                # Another process may have applied it since we looked.
+                if await _version(tx) >= migration.version:
+                    continue
+                for statement in migration.statements:
+                    await tx.fetch(statement)
+                await tx.fetch(
+                    "INSERT INTO schema_version (version, description) VALUES (?, ?)",
+                    (migration.version, migration.description),
+                )
+
+    async def schema_version(self) -> int:
+        async with self.session() as session:
+            return await _version(session)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """The connection for statements that are atomic one by one."""
+        async with self._lock:
+            yield self._session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Session]:
+        """A write transaction: committed if the block returns, rolled back if it raises."""
+        async with self._lock:
+            try:
+                await self._session.fetch("BEGIN IMMEDIATE")
+                yield self._session
+                await self._session.fetch("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+
+    async def _rollback(self) -> None:
+        try:
+            await self._session.fetch("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # no transaction: BEGIN failed, or SQLite already rolled back
+
+    async def close(self) -> None:
+        with thread_work():
+            await self._connection.close()
+
+
+async def _version(session: Session) -> int:
+    row = await session.fetch_one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    return int(row[0]) if row is not None else 0
