@@ -37,15 +37,24 @@ class EpochLoop(Protocol):
     def hold(self, delta: int) -> None: ...
 
 
-# The epoch loop running on each thread. A thread-local rather than
-# asyncio.get_running_loop(), which makes a getpid() system call on every use.
-_running = threading.local()
+class _Running(threading.local):
+    """The epoch loop running on each thread.
+
+    A thread-local rather than asyncio.get_running_loop(), which makes a
+    getpid() system call on every use; the class-level default keeps reads of
+    an unset thread off getattr's slow missing-attribute path.
+    """
+
+    loop: EpochLoop | None = None
+
+
+_running = _Running()
 
 
 @contextmanager
 def follow_loop(loop: EpochLoop) -> Iterator[None]:
     """While the block runs, `wall_time` on this thread is `loop.wall_epoch + loop.time()`."""
-    previous: EpochLoop | None = getattr(_running, "loop", None)
+    previous = _running.loop
     _running.loop = loop
     try:
         yield
@@ -60,7 +69,7 @@ def wall_time() -> float:
     `loop.wall_epoch + loop.time()`, so timestamps and budget periods follow
     virtual time.
     """
-    loop: EpochLoop | None = getattr(_running, "loop", None)
+    loop = _running.loop
     if loop is not None:
         return loop.wall_epoch + loop.time()
     return time.time()  # clock-ok: the single wall-clock read in Breakwater
@@ -81,7 +90,7 @@ def thread_work() -> Iterator[None]:
     their own threads (aiosqlite) are wrapped in this; on any other loop it
     does nothing.
     """
-    loop: EpochLoop | None = getattr(_running, "loop", None)
+    loop = _running.loop
     if loop is None:
         yield
         return
