@@ -6,6 +6,7 @@
 * `rate_limits`: the x-ratelimit-* headers, with missing and -1 values as None.
 * `error_from_response`: a `ProviderError` from either error shape, OpenAI's
   `{"error": {...}}` or LlamaCloud's FastAPI `{"detail": ...}`.
+* `reported`: logs a provider error as one `provider.error` event.
 * `redact`: removes secrets from text before it reaches a log or an error.
 """
 
@@ -21,6 +22,7 @@ import orjson
 
 from providers.transport import HttpResponse
 from resilience import ProviderError
+from resilience.events import emit
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -139,3 +141,22 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def reported(provider: str, error: ProviderError, correlation_id: str | None) -> ProviderError:
+    """Log `error` (already free of secrets) as one `provider.error` event; return it to raise.
+
+    The provider's request id is in the line, for its support desk, and the
+    correlation id ties it to the call that failed.
+    """
+    emit(
+        "provider.error",
+        level="WARNING",
+        provider=provider,
+        status=error.status,
+        code=error.code,
+        request_id=error.request_id,
+        correlation_id=correlation_id,
+        message=error.message,
+    )
+    return error

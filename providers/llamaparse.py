@@ -34,13 +34,12 @@ import orjson
 from pypdf import PdfReader
 
 from providers import LLAMAPARSE
-from providers.http import error_from_response
+from providers.http import error_from_response, reported
 from providers.pricing import USD_PER_CREDIT, parse_cost_usd
 from providers.transport import HttpRequest, HttpResponse, Transport
 from providers.webhooks import WebhookInbox
 from resilience import ConfigError, ErrorClass, ProviderError, TokenBucket, classify
 from resilience.clock import wall_time
-from resilience.events import emit
 
 DEFAULT_BASE_URL: Final = "https://api.cloud.llamaindex.ai"
 UPLOAD_PATH: Final = "/api/v1/parsing/upload"
@@ -364,7 +363,8 @@ class LlamaParse:
         except TimeoutError:
             if not scope.expired():
                 raise
-            raise self._failed(
+            raise reported(
+                LLAMAPARSE,
                 ProviderError(
                     f"llamaparse: job {job_id} did not finish within {timeout_s:g}s",
                     code="job_timeout",
@@ -423,11 +423,13 @@ class LlamaParse:
         request = HttpRequest("POST", self._url(UPLOAD_PATH), headers, await form.as_bytes())
         response = await self._send(request, cid)
         if not 200 <= response.status < 300:
-            raise self._failed(self._error(response), cid)
+            raise reported(LLAMAPARSE, self._error(response), cid)
         job_id = self._json_object(response, cid).get("id")
         if not isinstance(job_id, str) or not job_id:
-            raise self._failed(
-                ProviderError("llamaparse: upload reply has no job id", code="bad_response"), cid
+            raise reported(
+                LLAMAPARSE,
+                ProviderError("llamaparse: upload reply has no job id", code="bad_response"),
+                cid,
             )
         return job_id
 
@@ -491,7 +493,7 @@ class LlamaParse:
         url = self._url(JOB_PATH.format(job_id=quote(job_id, safe="")))
         response = await self._send(HttpRequest("GET", url, self._headers(key)), cid)
         if not 200 <= response.status < 300:
-            raise self._failed(self._error(response), cid)
+            raise reported(LLAMAPARSE, self._error(response), cid)
         job = self._json_object(response, cid)
         status = _status(job.get("status"))
         self._raise_if_failed(job_id, status, job, cid)
@@ -505,12 +507,14 @@ class LlamaParse:
         if response.status == 404:
             return None  # the result is not stored yet: normal just after SUCCESS
         if not 200 <= response.status < 300:
-            raise self._failed(self._error(response), cid)
+            raise reported(LLAMAPARSE, self._error(response), cid)
         result = self._json_object(response, cid)
         markdown, metadata = result.get("markdown"), result.get("job_metadata")
         if not isinstance(markdown, str):
-            raise self._failed(
-                ProviderError("llamaparse: result has no markdown", code="bad_response"), cid
+            raise reported(
+                LLAMAPARSE,
+                ProviderError("llamaparse: result has no markdown", code="bad_response"),
+                cid,
             )
         return _Finished(job_id, markdown, metadata if isinstance(metadata, dict) else {})
 
@@ -520,7 +524,8 @@ class LlamaParse:
         if status == "ERROR":
             code = fields.get("error_code")
             detail = fields.get("error_message") or "the service could not parse the document"
-            raise self._failed(
+            raise reported(
+                LLAMAPARSE,
                 ProviderError(
                     f"llamaparse: job {job_id} failed: {detail}",
                     status=422,
@@ -529,7 +534,8 @@ class LlamaParse:
                 cid,
             )
         if status == "CANCELLED":
-            raise self._failed(
+            raise reported(
+                LLAMAPARSE,
                 ProviderError(f"llamaparse: job {job_id} was cancelled", 422, code="cancelled"),
                 cid,
             )
@@ -565,7 +571,7 @@ class LlamaParse:
                 f"llamaparse: {request.method} {request.url}: {type(exc).__name__}",
                 code="transport",
             )
-        raise self._failed(error, cid)
+        raise reported(LLAMAPARSE, error, cid)
 
     def _json_object(self, response: HttpResponse, cid: str | None) -> dict[str, Any]:
         """A 2xx body as a JSON object. Garbage has status None: the outcome is unknown."""
@@ -574,7 +580,8 @@ class LlamaParse:
         except orjson.JSONDecodeError:
             document = None
         if not isinstance(document, dict):
-            raise self._failed(
+            raise reported(
+                LLAMAPARSE,
                 ProviderError(
                     f"llamaparse: HTTP {response.status} reply is not a JSON object",
                     code="bad_response",
@@ -594,17 +601,3 @@ class LlamaParse:
             error.code,
             request_id=error.request_id,
         )
-
-    def _failed(self, error: ProviderError, cid: str | None) -> ProviderError:
-        """Log `error` (already free of secrets) and hand it back to be raised."""
-        emit(
-            "provider.error",
-            level="WARNING",
-            provider=LLAMAPARSE,
-            status=error.status,
-            code=error.code,
-            request_id=error.request_id,
-            correlation_id=cid,
-            message=error.message,
-        )
-        return error

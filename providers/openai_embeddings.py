@@ -32,7 +32,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeGuard
 import orjson
 
 from providers import OPENAI
-from providers.http import error_from_response, rate_limits
+from providers.http import error_from_response, rate_limits, reported
 from providers.pricing import embedding_cost_usd, output_dimensions
 from providers.tokens import count_tokens, split, truncate
 from providers.transport import HttpRequest, HttpResponse, Transport
@@ -317,12 +317,12 @@ class OpenAIEmbeddings:
                 response = await self._transport.send(request)
         except TimeoutError as exc:
             error = ProviderError(f"openai: no response within {timeout_s:g}s", code="timeout")
-            raise _reported(error, cid) from exc
+            raise reported(OPENAI, error, cid) from exc
         except ProviderError as exc:  # the transport got no answer at all
-            raise _reported(exc, cid) from None
+            raise reported(OPENAI, exc, cid) from None
         self._sync_buckets(response)
         if not 200 <= response.status < 300:
-            raise _reported(self._error(response), cid)
+            raise reported(OPENAI, self._error(response), cid)
         request_id = response.headers.get("x-request-id")
         try:
             return self._decode(batch, response, request_id)
@@ -333,7 +333,7 @@ class OpenAIEmbeddings:
                 code="malformed_response",
                 request_id=request_id,
             )
-            raise _reported(error, cid) from None
+            raise reported(OPENAI, error, cid) from None
 
     def _error(self, response: HttpResponse) -> ProviderError:
         error = error_from_response(OPENAI, response, wall_time(), secrets=[self._config.api_key])
@@ -523,20 +523,6 @@ def _headers(config: OpenAIConfig) -> dict[str, str]:
     if config.project:
         headers["OpenAI-Project"] = config.project
     return headers
-
-
-def _reported(error: ProviderError, correlation_id: str | None) -> ProviderError:
-    """Log `error` as one provider.error event and hand it back to be raised."""
-    emit(
-        "provider.error",
-        level="WARNING",
-        provider=OPENAI,
-        status=error.status,
-        code=error.code,
-        request_id=error.request_id,
-        correlation_id=correlation_id,
-    )
-    return error
 
 
 def _is_count(value: object) -> TypeGuard[int]:
