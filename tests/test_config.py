@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import astuple, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -338,3 +339,16 @@ def test_settings_build_a_guard_with_buckets_budget_retry_and_breaker() -> None:
     assert run_virtual(spend()) == 1.0
     unlimited = config.providers["llamaparse"].guard("llamaparse")
     assert (unlimited.requests, unlimited.tokens, unlimited.budget) == (None, None, None)
+
+
+def test_the_env_example_is_a_valid_configuration() -> None:
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    environ: dict[str, str] = {}
+    for line in example.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            environ[name.strip()] = value.strip()
+    config = load_config(environ, ["openai", "llamaparse"])
+    assert config.service_mode == "hybrid"
+    assert config.providers["openai"].daily_budget_usd == 1.0
+    assert config.providers["openai"].tpm == 1_000_000
