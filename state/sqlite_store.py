@@ -312,6 +312,38 @@ class SqliteJobStore:
             )
         return [_job(row) for row in rows]
 
+    async def clear_degraded(
+        self, job_id: str, *, reason: str, correlation_id: str | None, now: float
+    ) -> Job:
+        if not reason.strip():
+            raise ValueError("clearing degraded must say why")
+        stamp = iso_utc(now)
+        async with self._db.transaction() as tx:
+            job = await _load(tx, job_id)
+            if job.state != JobState.COMPLETE or not job.degraded:
+                raise StaleJob(
+                    job_id, f"only a degraded complete job can be cleared, found {job.state}"
+                )
+            row = await tx.fetch_one(
+                """UPDATE jobs SET degraded = 0, version = ?, updated_at = ?
+                WHERE id = ? AND version = ? RETURNING *""",
+                (job.version + 1, stamp, job_id, job.version),
+            )
+            await tx.fetch(
+                _AUDIT,
+                (
+                    job_id,
+                    job.version + 1,
+                    job.state,
+                    job.state,
+                    "clear_degraded",
+                    reason,
+                    correlation_id,
+                    stamp,
+                ),
+            )
+        return _job(_present(row))
+
     async def row_counts(self) -> dict[str, int]:
         counts = ", ".join(f"(SELECT COUNT(*) FROM {table})" for table in _TABLES)
         async with self._db.session() as session:

@@ -24,8 +24,9 @@ this protocol with the same semantics:
   | `resume`  | kept                           | `resume_to` and `wait_reason` cleared         |
   | `fail`    | cleared                        | needs `failure_reason`; keeps `last_error`    |
 
-  `degraded` only ever rises: once a mock served a step, the job says so
-  until the end.
+  `degraded` only ever rises through a transition: once a mock served a
+  step, the job says so until `clear_degraded` (the backfill, after
+  redoing that step for real) lowers it, with its own audit row.
 * Leases. `lease` hands out jobs that are not terminal, whose `not_before`
   has come and whose lease is free or expired; it sets the owner and expiry
   atomically and counts the pick-up in `step_attempts` (not for waiting
@@ -251,6 +252,18 @@ class JobStore(Protocol):
 
     async def degraded_jobs(self) -> list[Job]:
         """Complete jobs some mock served: the backfill's work list, oldest first."""
+        ...
+
+    async def clear_degraded(
+        self, job_id: str, *, reason: str, correlation_id: str | None, now: float
+    ) -> Job:
+        """Clear a complete job's `degraded` once backfill made every step real.
+
+        The one way `degraded` falls. Writes an audit row (trigger
+        "clear_degraded", complete -> complete) and bumps the version.
+        Raises `JobNotFound`, or `StaleJob` unless the job is complete and
+        degraded.
+        """
         ...
 
     async def row_counts(self) -> dict[str, int]:
