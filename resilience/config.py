@@ -21,6 +21,7 @@ from resilience.budget import Budget
 from resilience.errors import ConfigError
 from resilience.events import DEFAULT_LOG_PATH
 from resilience.guard import Guard
+from resilience.ledger import LedgerStore
 from resilience.retry import RetryPolicy
 from resilience.router import ServiceMode
 
@@ -85,11 +86,15 @@ class ProviderSettings:
         }
         return replace(BreakerPolicy(), **overrides)
 
-    def guard(self, name: str, *, rng: random.Random | None = None) -> Guard:
+    def guard(
+        self, name: str, *, rng: random.Random | None = None, ledger: LedgerStore | None = None
+    ) -> Guard:
         """A `Guard` for provider `name` with these limits, retries and breaker.
 
         RPM and TPM become token buckets that hold one minute's allowance and
-        refill continuously; budgets become one `Budget` scoped to the provider.
+        refill continuously; budgets become one `Budget` scoped to the provider,
+        kept in `ledger` (pass a persistent one so spend survives restarts;
+        the default is in memory).
         """
         requests = _per_minute(self.rpm, f"{name}.requests")
         tokens = _per_minute(self.tpm, f"{name}.tokens")
@@ -99,7 +104,11 @@ class ProviderSettings:
             self.daily_requests,
             self.hourly_requests,
         )
-        budget = Budget(*limits, scope=name) if any(v is not None for v in limits) else None
+        budget = (
+            Budget(*limits, scope=name, ledger=ledger)
+            if any(v is not None for v in limits)
+            else None
+        )
         return Guard(
             name,
             self.breaker_policy(),

@@ -29,6 +29,7 @@ from providers.transport import AiohttpTransport, Transport
 from resilience import Guard, Router, ServiceMode
 from resilience.config import load_config
 from resilience.events import emit
+from resilience.ledger import LedgerStore
 from state.chunking import ChunkingPolicy
 
 PARSE: Final = "parse"
@@ -109,13 +110,15 @@ class Pipeline:
         mock_parser: MockParser | None = None,
         mock_embedder: MockEmbedder | None = None,
         rng: random.Random | None = None,
+        ledger: LedgerStore | None = None,
     ) -> Pipeline:
         """Build the pipeline `environ` describes (see README's tables).
 
         `transport` carries both clients' requests (default: a fresh
         `AiohttpTransport`, closed by `close`); base URLs come from
-        OPENAI_BASE_URL and LLAMA_CLOUD_BASE_URL. Raises `ConfigError` for a
-        bad value.
+        OPENAI_BASE_URL and LLAMA_CLOUD_BASE_URL. `ledger` keeps the budgets'
+        spend (pass `store.ledger()` so it survives restarts). Raises
+        `ConfigError` for a bad value.
         """
         config = load_config(environ, (OPENAI, LLAMAPARSE))
         mode = ServiceMode(config.service_mode)
@@ -124,7 +127,8 @@ class Pipeline:
             transport = owned = AiohttpTransport()
         shared: Transport = transport
         guards = {
-            name: config.providers[name].guard(name, rng=rng) for name in (OPENAI, LLAMAPARSE)
+            name: config.providers[name].guard(name, rng=rng, ledger=ledger)
+            for name in (OPENAI, LLAMAPARSE)
         }
 
         openai_key = environ.get("OPENAI_API_KEY", "").strip()

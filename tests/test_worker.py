@@ -529,3 +529,27 @@ def test_a_step_longer_than_the_lease_keeps_it_by_renewing(tmp_path: Path) -> No
         assert worker.stats.errors == 0
 
     scenario(tmp_path, environment("mock"), body, mock_parser=MockParser(latency_s=20.0))
+
+
+def test_budget_spend_survives_a_restart_in_the_sqlite_ledger(tmp_path: Path) -> None:
+    environ = {"SERVICE_MODE": "mock", "BREAKWATER_OPENAI_DAILY_BUDGET_USD": "1.0"}
+
+    async def spend_then_reopen() -> float:
+        store = await SqliteJobStore.open(tmp_path / "jobs.sqlite3")
+        pipeline = Pipeline.from_env(environ, ledger=store.ledger())
+        budget = pipeline.guard("embed").budget
+        assert budget is not None
+        reservation = await budget.reserve("openai", 0.25)
+        await budget.settle(reservation)
+        await pipeline.close()
+        await store.close()
+        reopened = await SqliteJobStore.open(tmp_path / "jobs.sqlite3")
+        again = Pipeline.from_env(environ, ledger=reopened.ledger())
+        again_budget = again.guard("embed").budget
+        assert again_budget is not None
+        spent, _ = await again_budget.spent("day")
+        await again.close()
+        await reopened.close()
+        return spent
+
+    assert run_virtual(spend_then_reopen()) == 0.25
