@@ -1,11 +1,15 @@
-"""The `breakwater` command: a demo of the breaker at work, and a reader for event logs.
+"""The `breakwater` command: a demo of the pipeline at work, and a reader for event logs.
 
-`breakwater demo` needs no keys and no network: a scripted provider goes down
-and comes back on a virtual-time loop, so three minutes of outage and
-recovery run in a blink and come out the same every time for the same seed.
+`breakwater demo` needs no keys and no network: it serves the emulators on
+127.0.0.1, ingests the bundled samples through the real clients in HYBRID
+mode while the embeddings API goes down and comes back, then backfills
+(see `simulations.demo`).
 `breakwater logs FILE` prints the breaker timelines of any Breakwater log.
 `breakwater emulate` serves local OpenAI-embeddings and LlamaParse emulators
 with a seeded fault plan, until Ctrl-C.
+`breakwater ingest PATH...`, `worker`, `backfill`, `costs` and `serve` work on
+a SQLite job database (`simulations.commands`); each prints the daily budgets
+in force first, and a provider without a key runs mock-only, spending nothing.
 """
 
 from __future__ import annotations
@@ -13,30 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import sys
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
 
 from providers import PROVIDERS
-from resilience import (
-    BreakerPolicy,
-    Guard,
-    ProviderError,
-    RetryPolicy,
-    Routed,
-    Router,
-    ServiceMode,
-    Transition,
-)
 from resilience.config import load_config
 from resilience.errors import ConfigError
-from resilience.events import close_logging, configure_logging, emit
-from resilience.logreport import analyze, render, report_file
-from resilience.testing import run_virtual
+from resilience.events import DEFAULT_LOG_PATH, close_logging, configure_logging
+from resilience.logreport import report_file
+from simulations.commands.common import DEFAULT_DB, command_environment
+from simulations.commands.jobs import run_backfill, run_costs, run_ingest, run_worker
+from simulations.commands.serve import run_serve
+from simulations.demo import DEMO_DB, DEMO_LOG, run_demo
 from simulations.emulators import (
     DEFAULT_WEBHOOK_SECRET,
     Emulator,
@@ -47,101 +39,50 @@ from simulations.emulators import (
     serve,
 )
 
-DEMO_LOG: Final = "breakwater-demo.log.jsonl"
-"""Where the demo logs when neither --log nor BREAKWATER_LOG says otherwise."""
-
-DEMO_PROVIDER: Final = "flaky"
-DEMO_CAPABILITY: Final = "complete"
-DEMO_SECONDS: Final = 180
-"""One request per virtual second for this long."""
-DEMO_OUTAGE: Final = (20.0, 80.0)
-"""Virtual seconds during which the provider answers 503."""
-
-
-@dataclass(slots=True)
-class FlakyProvider:
-    """A provider that answers after a short random latency, but 503s during its outage."""
-
-    outage_start: float
-    outage_end: float
-    rng: random.Random
-
-    async def __call__(self, prompt: str) -> str:
-        await asyncio.sleep(self.rng.uniform(0.05, 0.25))
-        if self.outage_start <= asyncio.get_running_loop().time() < self.outage_end:
-            raise ProviderError(f"{DEMO_PROVIDER}: service unavailable", status=503)
-        return f"real answer to {prompt}"
-
-
-async def mock_complete(prompt: str) -> str:
-    """The deterministic stand-in HYBRID serves while the provider cannot."""
-    return f"mock answer to {prompt}"
-
-
-def _print_transition(change: Transition) -> None:
-    cooldown = f", next half-open in {change.cooldown_s:g}s" if change.cooldown_s else ""
-    edge = f"{change.source} -> {change.dest}"
-    print(f"  t={change.at:8.3f}s  {edge:<22} {change.trigger}: {change.reason}{cooldown}")
-
-
-async def _demo_traffic(seed: int) -> list[Routed[str]]:
-    """Send one request per virtual second through a HYBRID router; return what served each."""
-    rng = random.Random(seed)
-    guard = Guard(
-        DEMO_PROVIDER,
-        BreakerPolicy(failure_threshold=3, cooldown_s=10),
-        retry=RetryPolicy(max_attempts=2, base_delay_s=0.5, rng=rng),
-    )
-    guard.breaker.subscribe(_print_transition)
-    router = Router(ServiceMode.HYBRID)
-    real = FlakyProvider(*DEMO_OUTAGE, rng=rng)
-    router.register(DEMO_CAPABILITY, real=real, mock=mock_complete, guard=guard)
-
-    async def request(second: int) -> Routed[str]:
-        await asyncio.sleep(second)
-        routed: Routed[str] = await router.call(DEMO_CAPABILITY, f"request {second}")
-        return routed
-
-    # Bracketing events let the log report count the quiet closed time before and after.
-    emit("demo.started", provider=DEMO_PROVIDER, seed=seed)
-    results = await asyncio.gather(*(request(second) for second in range(DEMO_SECONDS)))
-    real_served = sum(not result.degraded for result in results)
-    emit("demo.finished", provider=DEMO_PROVIDER, real=real_served, mock=len(results) - real_served)
-    return results
-
 
 def _demo(args: argparse.Namespace) -> int:
-    path: str = args.log or os.environ.get("BREAKWATER_LOG") or DEMO_LOG
-    # Logs are appended to, and every run starts at the same virtual instant, so
-    # the report reads only this run's lines: earlier runs would overlap it in time.
-    offset = Path(path).stat().st_size if path != "-" and Path(path).is_file() else 0
-    configure_logging(path)
-    start_s, end_s = DEMO_OUTAGE
-    print(
-        f"Demo: provider {DEMO_PROVIDER!r} answers 503 from t={start_s:g}s to t={end_s:g}s; "
-        f"one request per second for {DEMO_SECONDS}s of virtual time (seed {args.seed})."
-    )
-    print("Breaker transitions:")
+    return run_demo(log=args.log, db=args.db, environ=os.environ)
+
+
+def _database_command(args: argparse.Namespace) -> int:
+    """Run ingest, worker, backfill, costs or serve with logging set up and closed."""
+    environ = command_environment(os.environ, mode=getattr(args, "mode", None))
+    configure_logging(args.log)
     try:
-        results = run_virtual(_demo_traffic(args.seed))
+        match args.command:
+            case "ingest":
+                return run_ingest(
+                    args.paths,
+                    db=args.db,
+                    environ=environ,
+                    out=sys.stdout,
+                    err=sys.stderr,
+                    concurrency=args.concurrency,
+                )
+            case "worker":
+                return run_worker(
+                    db=args.db, environ=environ, out=sys.stdout, concurrency=args.concurrency
+                )
+            case "backfill":
+                return run_backfill(db=args.db, environ=environ, out=sys.stdout)
+            case "costs":
+                return run_costs(db=args.db, environ=environ, out=sys.stdout, export=args.export)
+            case "serve":
+                return run_serve(
+                    host=args.host, port=args.port, db=args.db, environ=environ, out=sys.stdout
+                )
+        raise AssertionError(f"unknown command {args.command}")
+    except ConfigError as exc:
+        print(f"breakwater {args.command}: {exc}", file=sys.stderr)
+        return 2
     finally:
         close_logging()
-    served = Counter(result.path for result in results)
-    reasons = Counter(result.reason for result in results if result.degraded)
-    print()
-    print(f"Requests: {len(results)} (real {served['real']}, mock {served['mock']})")
-    by_reason = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common()) or "none"
-    print(f"Fallbacks by reason: {by_reason}")
-    print()
-    if path == "-":
-        print("Events went to standard error, so there is no log file to report on.")
-        return 0
-    print(f"Log report for this run (events in {path}):")
-    with Path(path).open("rb") as log:
-        log.seek(offset)
-        lines = log.read().decode("utf-8", errors="replace").splitlines()
-    print(render(analyze(lines)), end="")
-    return 0
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -199,15 +140,21 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="watch a breaker ride out a scripted outage (no keys, no network)",
-        description="Run a scripted outage on virtual time and report the breaker's timeline.",
+        help="ingest the samples through local emulators, ride out an outage, backfill",
+        description=(
+            "Serve the emulators on 127.0.0.1, ingest the bundled samples in HYBRID mode "
+            "through the real clients with an embeddings outage in the middle, then backfill. "
+            "No keys, no network, no money."
+        ),
     )
     demo.add_argument(
         "--log",
         metavar="PATH",
         help=f"append events here ('-' for stderr; default: $BREAKWATER_LOG or ./{DEMO_LOG})",
     )
-    demo.add_argument("--seed", type=int, default=7, help="seed for latencies and jitter")
+    demo.add_argument(
+        "--db", metavar="PATH", help=f"SQLite file, recreated each run (default: ./{DEMO_DB})"
+    )
     demo.set_defaults(run=_demo)
 
     logs = commands.add_parser(
@@ -249,6 +196,53 @@ def _parser() -> argparse.ArgumentParser:
         "--llamaparse-api-key", metavar="KEY", help="accept only this key (default: any)"
     )
     emulate.set_defaults(run=_emulate)
+
+    def database_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument(
+            "--db",
+            metavar="PATH",
+            help=f"SQLite file or sqlite:///PATH (default: $BREAKWATER_DB or ./{DEFAULT_DB})",
+        )
+        command.add_argument(
+            "--log",
+            metavar="PATH",
+            help=f"append events here ('-' for stderr; default: $BREAKWATER_LOG or "
+            f"./{DEFAULT_LOG_PATH})",
+        )
+        command.set_defaults(run=_database_command)
+        return command
+
+    ingest = database_command(
+        "ingest", "ingest your own files (parse, chunk, embed) with a progress bar and a summary"
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files to ingest")
+    ingest.add_argument(
+        "--mode",
+        choices=("mock", "real", "hybrid"),
+        help="how calls are served (default: $SERVICE_MODE or hybrid); "
+        "a provider without a key is always mock-only",
+    )
+    ingest.add_argument(
+        "--concurrency", type=_positive_int, default=4, help="jobs at once (default: 4)"
+    )
+
+    worker = database_command("worker", "work the database's jobs until SIGINT or SIGTERM")
+    worker.add_argument(
+        "--concurrency", type=_positive_int, default=4, help="jobs at once (default: 4)"
+    )
+    worker.add_argument("--mode", choices=("mock", "real", "hybrid"), help="as for ingest")
+
+    database_command("backfill", "redo mock-served steps of degraded jobs with the real providers")
+
+    costs = database_command("costs", "spend today and this hour per provider, from the ledger")
+    costs.add_argument("--export", choices=("csv", "json"), help="print CSV or JSON instead")
+
+    serve_cmd = database_command("serve", "serve the HTTP API over the job database")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    serve_cmd.add_argument(
+        "--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)"
+    )
     return parser
 
 

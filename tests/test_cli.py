@@ -1,62 +1,25 @@
-"""The `breakwater` command: the demo shows a full outage and recovery; `logs` reads a log."""
+"""The `breakwater` command: `logs` reads a log; configuration is checked at start.
+
+The demo has its own suite, tests/test_demo.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
 from resilience.events import close_logging, configure_logging, emit
-from simulations.cli import DEMO_LOG, main
-
-EDGES = ("closed -> open", "open -> half_open", "half_open -> open", "half_open -> closed")
-
-
-def logged_edges(path: Path) -> list[tuple[str, str]]:
-    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
-    return [(r["from"], r["to"]) for r in records if r["event"] == "breaker.transition"]
-
-
-def test_demo_rides_out_the_outage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    log = tmp_path / "x.jsonl"
-    assert main(["demo", "--log", str(log)]) == 0
-    out = capsys.readouterr().out
-    for edge in EDGES:
-        assert edge in out
-    assert out.index("closed -> open") < out.index("half_open -> closed")
-    assert "Requests: 180 (real " in out
-    assert "Fallbacks by reason: circuit_open" in out
-    assert "Breakwater log report" in out
-    edges = logged_edges(log)
-    assert edges[0] == ("closed", "open")
-    assert edges[-1] == ("half_open", "closed")
-    assert {("open", "half_open"), ("half_open", "open")} <= set(edges)
-
-
-def test_demo_is_reproducible_and_reports_only_its_own_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    log = tmp_path / "x.jsonl"
-    assert main(["demo", "--log", str(log), "--seed", "3"]) == 0
-    first = capsys.readouterr().out
-    one_run = len(logged_edges(log))
-    assert main(["demo", "--log", str(log), "--seed", "3"]) == 0
-    assert capsys.readouterr().out == first  # the earlier run, still in the file, is not reported
-    assert len(logged_edges(log)) == 2 * one_run
-
-
-def test_demo_logs_to_the_working_directory_by_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("BREAKWATER_LOG", raising=False)
-    assert main(["demo"]) == 0
-    assert DEMO_LOG in capsys.readouterr().out
-    assert ("half_open", "closed") in logged_edges(tmp_path / DEMO_LOG)
+from simulations.cli import main
+from state import SqliteJobStore
 
 
 def test_logs_prints_the_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,22 +60,6 @@ def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: breakwater" in capsys.readouterr().err
 
 
-def test_console_module_runs_the_demo(tmp_path: Path) -> None:
-    log = tmp_path / "x.jsonl"
-    env = {k: v for k, v in os.environ.items() if k != "BREAKWATER_LOG"}
-    done = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "demo", "--log", str(log)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "half_open -> closed" in done.stdout
-    assert ("closed", "open") in logged_edges(log)
-
-
 def test_a_bad_variable_stops_start_up_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -123,3 +70,211 @@ def test_a_bad_variable_stops_start_up_naming_it(
     assert "BREAKWATER_OPENAI_RPM='lots'" in err
     assert "positive integer" in err
     assert not log.exists()
+
+
+# -- the database commands: ingest, worker, backfill, costs, serve ------------------
+
+SAMPLES = Path(__file__).resolve().parent.parent / "simulations" / "samples"
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_SECRET")
+
+
+def keyless_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "BREAKWATER_LOG"}
+    env.update(PYTHONPATH=str(ROOT), SERVICE_MODE="hybrid")
+    return env
+
+
+@pytest.fixture
+def keyless(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*KEYS, "SERVICE_MODE", "BREAKWATER_DB", "BREAKWATER_LOG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def own_files(tmp_path: Path) -> list[str]:
+    paths = []
+    for name in ("circuit-breakers.md", "rate-limits.txt"):
+        target = tmp_path / f"mine-{name}"
+        target.write_bytes((SAMPLES / name).read_bytes())
+        paths.append(str(target))
+    return paths
+
+
+def cli(tmp_path: Path, *args: str) -> list[str]:
+    return [*args, "--db", str(tmp_path / "jobs.db"), "--log", str(tmp_path / "events.jsonl")]
+
+
+async def job_states(db: Path) -> dict[str, int]:
+    async with await SqliteJobStore.open(db) as store:
+        counts = await store.jobs_by_state()
+    return {state.value: n for state, n in counts.items() if n}
+
+
+@pytest.mark.usefixtures("keyless")
+def test_ingest_without_keys_runs_mock_only_and_backfill_says_why(
+    tmp_path: Path, own_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", *own_files, *cli(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Daily budgets in force: llamaparse $1.00, openai $1.00\n")
+    assert "Mode: hybrid" in out
+    assert "llamaparse: no API key set: runs mock-only and spends nothing" in out
+    assert "openai: no API key set: runs mock-only and spends nothing" in out
+    assert "[########################] 2/2 jobs" in out
+    assert "Jobs by state: complete 2" in out
+    assert "Degraded jobs: 2" in out
+    assert "Parses: real 0, mock 2" in out
+    assert "openai: $0.000000 of $1.00 today (0 requests)" in out
+    assert asyncio.run(job_states(tmp_path / "jobs.db")) == {"complete": 2}
+
+    assert main(["backfill", *cli(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Backfill: 0 made whole" in out
+    assert out.count("the parse provider has no key") == 2
+
+
+@pytest.mark.usefixtures("keyless")
+def test_ingest_in_mock_mode_and_a_daily_budget_of_ones_own(
+    tmp_path: Path,
+    own_files: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BREAKWATER_OPENAI_DAILY_BUDGET_USD", "0.25")
+    assert main(["ingest", own_files[0], "--mode", "mock", *cli(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Daily budgets in force: llamaparse $1.00, openai $0.25\n")
+    assert "mock mode: no provider is called and nothing is spent" in out
+    assert "Jobs by state: complete 1" in out
+
+
+@pytest.mark.usefixtures("keyless")
+def test_ingest_of_a_missing_file_fails_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "nope.md")
+    assert main(["ingest", missing, *cli(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert missing in captured.err
+    assert not (tmp_path / "jobs.db").exists()
+
+
+def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
+    assert main(["ingest", "x.md", "--mode", "free"]) == 2
+    assert main(["worker", "--concurrency", "0"]) == 2
+    assert main(["costs", "--export", "xml"]) == 2
+    assert main(["costs", "--db", "postgres://db/x", "--log", str(tmp_path / "e.jsonl")]) == 2
+
+
+@pytest.mark.usefixtures("keyless")
+def test_ingest_with_keys_spends_and_costs_exports_it(
+    tmp_path: Path,
+    own_files: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", "emulate", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=keyless_environment(),
+    )
+    try:
+        assert emulator.stdout is not None
+        urls = {}
+        for line in emulator.stdout:
+            if "base URL:" in line:
+                name, url = line.split("base URL:")
+                urls[name.strip()] = url.split()[0]
+            if len(urls) == 2:
+                break
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setenv("OPENAI_BASE_URL", urls["OpenAI"])
+        monkeypatch.setenv("LLAMA_CLOUD_API_KEY", "llx-test")
+        monkeypatch.setenv("LLAMA_CLOUD_BASE_URL", urls["LlamaParse"])
+        assert main(["ingest", *own_files, *cli(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "no API key" not in out
+        assert "Degraded jobs: 0" in out
+        assert "Parses: real 2, mock 0" in out
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
+
+    assert main(["costs", "--export", "json", *cli(tmp_path)]) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    day = {row["provider"]: row for row in rows if row["period"] == "day"}
+    assert day["llamaparse"]["requests"] == 2
+    assert day["llamaparse"]["cost_usd"] > 0
+    assert day["openai"]["requests"] >= 1
+    assert day["openai"]["limit_usd"] == 1.0
+
+    assert main(["costs", "--export", "csv", *cli(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "provider,period,cost_usd,requests,limit_usd,limit_requests"
+    assert any(line.startswith("llamaparse,day,") for line in lines)
+
+    assert main(["costs", *cli(tmp_path)]) == 0
+    assert "llamaparse: $0.0" in capsys.readouterr().out
+
+
+def test_worker_works_jobs_until_sigterm(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+
+    async def upload() -> None:
+        async with await SqliteJobStore.open(db) as store:
+            for name, mime in (
+                ("circuit-breakers.md", "text/markdown"),
+                ("rate-limits.txt", "text/plain"),
+            ):
+                await store.create_job(
+                    (SAMPLES / name).read_bytes(), filename=name, mime_type=mime, now=time.time()
+                )
+
+    asyncio.run(upload())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", "worker", "--mode", "mock", *cli(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=keyless_environment(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while asyncio.run(job_states(db)) != {"complete": 2}:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert out.startswith("Daily budgets in force:")
+    assert "Worker stopped: 2 completed" in out
+
+
+def test_serve_answers_health_until_sigint(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", "serve", "--port", "0", *cli(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=keyless_environment(),
+    )
+    try:
+        assert server.stdout is not None
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if line.startswith("Serving on "):
+                break
+        url = lines[-1].split()[2]
+        assert "webhooks cannot verify and are refused" in "".join(lines)
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
+            health = orjson.loads(answer.read())
+        assert answer.status == 200
+        assert health["store"] == "ok"
+        assert set(health["providers"]) == {"openai", "llamaparse"}
+    finally:
+        server.send_signal(signal.SIGINT)
+        rest, _ = server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert "Stopped." in rest
