@@ -135,15 +135,30 @@ def test_chunks_fit_cover_every_token_in_order(text: str, policy: ChunkingPolicy
 def test_consecutive_chunks_overlap_by_the_policy(text: str, policy: ChunkingPolicy) -> None:
     chunks, layout = chunk_layout(text, policy)
     spans = layout.spans(chunks)
-    for (first, second), ((_, end), (start, _)) in zip(
+    for (first, second), ((previous_start, end), (start, _)) in zip(
         itertools.pairwise(chunks), itertools.pairwise(spans), strict=True
     ):
-        # Rule 7: the latest boundary between characters at or before end - overlap.
+        # Rule 7: the latest boundary between characters at or before end - overlap,
+        # or, when that is not past the previous start, the first boundary after it.
         latest = layout.cuts[bisect.bisect_right(layout.cuts, end - policy.overlap_tokens) - 1]
+        if latest <= previous_start:
+            latest = layout.cuts[bisect.bisect_right(layout.cuts, previous_start)]
         assert start == latest
         shared = layout.text(start, end)
         assert first.text.endswith(shared)
         assert second.text.startswith(shared)
+
+
+def test_a_multi_token_character_at_the_start_moves_the_next_chunk_past_it() -> None:
+    # Found by Hypothesis: the family emoji is several tokens, so end - overlap
+    # falls inside it and the next chunk starts at the first cut after it.
+    text = "\U0001f468\u200d\U0001f469\u200d\U0001f467 breaker breaker breaker\n\n" + (
+        "breaker breaker breaker breaker breaker. breaker. breaker. \U0002000b. "
+    )
+    chunks, layout = chunk_layout(text, ChunkingPolicy(size_tokens=32, overlap_tokens=15))
+    spans = layout.spans(chunks)
+    assert spans[1][0] == layout.cuts[1] > spans[0][0]
+    assert chunks[1].text.startswith("\u200d")
 
 
 def test_long_text_overlaps_by_exactly_the_overlap() -> None:
