@@ -49,3 +49,4 @@ def bench(session: nox.Session) -> None:
     install(session)
     session.run("python", "-m", "simulations.bench.overhead", *session.posargs)
     session.run("python", "-m", "simulations.bench.throughput")
+    session.run("python", "-m", "simulations.bench.pipeline")
