@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -26,7 +27,13 @@ from resilience.errors import ConfigError
 from resilience.events import DEFAULT_LOG_PATH, close_logging, configure_logging
 from resilience.logreport import report_file
 from simulations.commands.common import DEFAULT_DB, command_environment
-from simulations.commands.jobs import run_backfill, run_costs, run_ingest, run_worker
+from simulations.commands.jobs import (
+    DEFAULT_LEASE_S,
+    run_backfill,
+    run_costs,
+    run_ingest,
+    run_worker,
+)
 from simulations.commands.serve import run_serve
 from simulations.demo import DEMO_DB, DEMO_LOG, run_demo
 from simulations.emulators import (
@@ -61,7 +68,11 @@ def _database_command(args: argparse.Namespace) -> int:
                 )
             case "worker":
                 return run_worker(
-                    db=args.db, environ=environ, out=sys.stdout, concurrency=args.concurrency
+                    db=args.db,
+                    environ=environ,
+                    out=sys.stdout,
+                    concurrency=args.concurrency,
+                    lease_s=args.lease_s,
                 )
             case "backfill":
                 return run_backfill(db=args.db, environ=environ, out=sys.stdout)
@@ -83,6 +94,16 @@ def _positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -232,6 +253,14 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency", type=_positive_int, default=4, help="jobs at once (default: 4)"
     )
     worker.add_argument("--mode", choices=("mock", "real", "hybrid"), help="as for ingest")
+    worker.add_argument(
+        "--lease-s",
+        type=_positive_seconds,
+        default=DEFAULT_LEASE_S,
+        metavar="S",
+        help="how long a job's lease lasts unrenewed: a crashed worker's jobs are taken "
+        f"again after this (default: {DEFAULT_LEASE_S:g})",
+    )
 
     database_command("backfill", "redo mock-served steps of degraded jobs with the real providers")
 

@@ -9,7 +9,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 
@@ -26,6 +26,9 @@ from simulations.commands.common import (
 from state import JobState, SqliteJobStore
 from state.pipeline import EMBED, PARSE, Pipeline
 from state.worker import Worker, backfill, install_signal_handlers, remove_signal_handlers
+
+DEFAULT_LEASE_S: Final = 60.0
+"""`breakwater worker --lease-s`: the `Worker` default."""
 
 Body = Callable[[SqliteJobStore, Pipeline], Awaitable[int]]
 
@@ -91,12 +94,25 @@ def run_ingest(
     return asyncio.run(_with_pipeline(db_path, environ, out, body))
 
 
-def run_worker(*, db: str | None, environ: Mapping[str, str], out: TextIO, concurrency: int) -> int:
-    """Work the database's jobs until SIGINT or SIGTERM, then stop gracefully."""
+def run_worker(
+    *,
+    db: str | None,
+    environ: Mapping[str, str],
+    out: TextIO,
+    concurrency: int,
+    lease_s: float = DEFAULT_LEASE_S,
+) -> int:
+    """Work the database's jobs until SIGINT or SIGTERM, then stop gracefully.
+
+    A job's lease lasts `lease_s` unrenewed, so the jobs of a worker that died
+    are taken again by another after at most that long.
+    """
     db_path = database_path(db, environ)
 
     async def body(store: SqliteJobStore, pipeline: Pipeline) -> int:
-        worker = Worker(store, pipeline, owner=_owner("worker"), concurrency=concurrency)
+        worker = Worker(
+            store, pipeline, owner=_owner("worker"), concurrency=concurrency, lease_s=lease_s
+        )
         stop = asyncio.Event()
         install_signal_handlers(stop)
         print(f"Worker {worker.owner} running (concurrency {concurrency}); Ctrl-C stops.", file=out)

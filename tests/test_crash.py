@@ -1,0 +1,227 @@
+"""A worker killed with SIGKILL mid-embedding; a second worker finishes every job exactly once.
+
+Real processes throughout: `breakwater emulate` serves both providers with a
+two-second embeddings latency, `breakwater worker --mode real` works the
+three samples from a SQLite file, and the test kills it (no signal handler,
+no lease released) once an embedding request is in flight. A second worker
+takes the lapsed leases and completes the jobs; the row counts, the audit
+trail and the emulator's own stats prove nothing was done twice and the
+interrupted requests were sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from resilience.clock import wall_time
+from simulations.cli import main
+from state import JobState, SqliteJobStore
+from state.machine import Job
+from state.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "simulations" / "samples"
+DOCS = (
+    ("circuit-breakers.md", "text/markdown"),
+    ("rate-limits.txt", "text/plain"),
+    ("budgets.pdf", "application/pdf"),
+)
+LATENCY_S = 2.0
+LEASE_S = 2.0
+PLAN = {"openai": {"latency_s": LATENCY_S}, "llamaparse": {"parse_time_s": 0.05}}
+History = tuple[Job, list[JobState]]
+KEYS = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_SECRET")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in KEYS and not k.startswith("BREAKWATER_") and k != "SERVICE_MODE"
+    }
+    env.update(PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def breakwater(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Every process a test starts; killed (by its own pid) and reaped when the test ends."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def emulator_urls(emulator: subprocess.Popen[str]) -> dict[str, str]:
+    """The URLs `breakwater emulate` prints at start: control base, OpenAI, LlamaParse."""
+    assert emulator.stdout is not None
+    urls: dict[str, str] = {}
+    for line in emulator.stdout:
+        if line.startswith("Breakwater emulators on "):
+            urls["base"] = line.split()[3]
+        elif "base URL:" in line:
+            name, url = line.split("base URL:")
+            urls[name.strip()] = url.split()[0]
+        if len(urls) == 3:
+            return urls
+    raise AssertionError(f"the emulator exited early with {emulator.wait()}")
+
+
+def emulator_stats(base_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{base_url}/_control/stats", timeout=5) as answer:
+        stats: dict[str, Any] = orjson.loads(answer.read())
+    return stats
+
+
+async def upload(db: Path) -> list[str]:
+    async with await SqliteJobStore.open(db) as store:
+        ids = []
+        for name, mime in DOCS:
+            created = await store.create_job(
+                (SAMPLES / name).read_bytes(), filename=name, mime_type=mime, now=wall_time()
+            )
+            ids.append(created.job.id)
+        return ids
+
+
+async def states(db: Path) -> dict[JobState, int]:
+    async with await SqliteJobStore.open(db) as store:
+        return await store.jobs_by_state()
+
+
+def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_embedding_leaves_no_duplicates(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(orjson.dumps(PLAN))
+    emulator = breakwater("emulate", "--port", "0", "--faults", str(plan), env=child_environment())
+    processes.append(emulator)
+    urls = emulator_urls(emulator)
+
+    db = tmp_path / "jobs.db"
+    ids = asyncio.run(upload(db))
+    env = child_environment(
+        OPENAI_API_KEY="sk-crash",
+        OPENAI_BASE_URL=urls["OpenAI"],
+        LLAMA_CLOUD_API_KEY="llx-crash",
+        LLAMA_CLOUD_BASE_URL=urls["LlamaParse"],
+    )
+    worker_args = (
+        *("worker", "--mode", "real", "--concurrency", "3", "--lease-s", f"{LEASE_S:g}"),
+        *("--db", str(db), "--log", str(tmp_path / "events.jsonl")),
+    )
+
+    first = breakwater(*worker_args, env=env)
+    processes.append(first)
+
+    # Kill it once a job is in `embedding` and the emulator holds an embedding
+    # request it has not answered (the latency is still running).
+    def embedding_in_flight() -> bool:
+        if asyncio.run(states(db))[JobState.EMBEDDING] == 0:
+            return False
+        stats = emulator_stats(urls["base"])
+        received: int = stats["faults"]["openai"]["latency"]
+        answered: int = sum(stats["requests"].get("POST /v1/embeddings", {}).values())
+        return received > answered
+
+    wait_for(embedding_in_flight, timeout_s=20, what="an embedding request in flight")
+    os.kill(first.pid, signal.SIGKILL)
+    assert first.wait(timeout=10) == -signal.SIGKILL
+    at_kill = asyncio.run(states(db))
+    assert at_kill[JobState.COMPLETE] < 3
+
+    second = breakwater(*worker_args, env=env)
+    processes.append(second)
+    wait_for(
+        lambda: asyncio.run(states(db))[JobState.COMPLETE] == 3,
+        timeout_s=20,
+        what="the second worker to complete every job",
+    )
+    second.send_signal(signal.SIGTERM)
+    out, _ = second.communicate(timeout=15)
+    assert second.returncode == 0
+    finished = int(out.split("Worker stopped: ")[1].split()[0])
+    assert finished == 3 - at_kill[JobState.COMPLETE]
+
+    async def inspect() -> tuple[dict[str, int], list[History], dict[str, tuple[int, int]]]:
+        pipeline = Pipeline.from_env({"SERVICE_MODE": "mock"})  # names the model and size
+        model, dims = pipeline.embedder.model, pipeline.embedder.vector_dimensions
+        await pipeline.close()
+        async with await SqliteJobStore.open(db) as store:
+            counts = await store.row_counts()
+            jobs = [await store.get_job(job_id) for job_id in ids]
+            per_document: dict[str, tuple[int, int]] = {}
+            histories: list[History] = []
+            paths: set[str] = set()
+            for job in jobs:
+                assert job is not None
+                chunks = await store.chunks(job.sha256)
+                rows = await store.embeddings(job.sha256, model, dims)
+                paths |= {row.path for row in rows}
+                assert sorted(row.chunk_index for row in rows) == [c.index for c in chunks]
+                per_document[job.filename] = (len(chunks), len(rows))
+                histories.append((job, [event.dest for event in await store.history(job.id)]))
+        assert paths == {"real"}
+        return counts, histories, per_document
+
+    counts, histories, per_document = asyncio.run(inspect())
+
+    # Exactly one job per document, each through every state once, real throughout.
+    assert counts["documents"] == counts["jobs"] == counts["parses"] == 3
+    for job, dests in histories:
+        assert job.state is JobState.COMPLETE
+        assert not job.degraded
+        assert job.lease_owner is None
+        assert dests == ["uploaded", "parsing", "parsed", "chunked", "embedding", "complete"]
+    # One embedding per chunk, none twice.
+    assert all(chunks == rows > 0 for chunks, rows in per_document.values())
+    assert counts["embeddings"] == counts["chunks"] == sum(c for c, _ in per_document.values())
+
+    # The emulator saw the killed worker's requests cut off, and the second
+    # worker's requests for the same batches answered: one 200 per document
+    # (each sample embeds in one batch) beyond any the first worker finished.
+    stats = emulator_stats(urls["base"])
+    received = stats["faults"]["openai"]["latency"]
+    answered = stats["requests"]["POST /v1/embeddings"]
+    assert set(answered) == {"200"}
+    assert answered["200"] >= 3
+    assert received > answered["200"], "a request cut off by the kill was never answered"
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "soon"])
+def test_worker_lease_must_be_a_positive_number_of_seconds(tmp_path: Path, bad: str) -> None:
+    assert main(["worker", "--lease-s", bad, "--db", str(tmp_path / "jobs.db")]) == 2
+    assert not (tmp_path / "jobs.db").exists()
