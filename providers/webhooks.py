@@ -13,7 +13,9 @@ tests share one implementation:
 * `parse_webhook_body`: our delivery body format (LlamaCloud's is
   undocumented, so we define it and the emulator follows it).
 * `WebhookInbox`: dedup plus `wait(job_id)` for the client that uploaded.
-* `check_delivery`: the whole accept/reject decision as an HTTP status.
+* `check_delivery`: the whole accept/reject decision as an HTTP status. It
+  only verifies and decodes; the caller records an accepted event with
+  `WebhookInbox.accept` after its own checks (a job it does not know is 404).
 """
 
 from __future__ import annotations
@@ -219,6 +221,11 @@ class WebhookInbox:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def seen(self, event: WebhookEvent) -> bool:
+        """Was `event` (its job id and event name) recorded before? Records nothing."""
+        record = self._jobs.get(event.job_id)
+        return record is not None and event.event in record.events
+
     def accept(self, event: WebhookEvent) -> bool:
         """Record `event`; True if it is new, False if it was delivered before."""
         record = self._jobs.get(event.job_id)
@@ -265,8 +272,10 @@ class WebhookVerdict(NamedTuple):
 
     `error` is the JSON body for a rejection (FastAPI's `{"detail": ...}`
     shape, as LlamaCloud itself answers), None when accepted. `event` is the
-    decoded event when the body was valid; `duplicate` says it was seen
-    before, which still answers 200 so the sender stops redelivering.
+    decoded event when the body was valid; `duplicate` says the inbox had
+    recorded it before, which still answers 200 so the sender stops
+    redelivering. The verdict records nothing: the caller calls
+    `inbox.accept(event)` once it has decided to take the event.
     """
 
     status: int
@@ -291,8 +300,10 @@ def check_delivery(
     (LC-Signature alone would allow replays); otherwise `LC-Signature` must
     match `secret`. The signature is checked before the body is parsed, so
     unauthenticated input never reaches the JSON decoder. Whether the job
-    exists is not known here: the caller's job store answers 404 for an
-    unknown job after a 200 verdict.
+    exists is not known here: the caller answers 404 for an unknown job
+    after a 200 verdict. Nothing is recorded in `inbox` (it is only asked
+    whether the event is a duplicate): the caller records an event it takes
+    with `inbox.accept(event)`, so a rejected one leaves no trace.
     """
     if len(body) > max_bytes:
         return WebhookVerdict(413, {"detail": f"body exceeds {max_bytes} bytes"}, None)
@@ -306,5 +317,4 @@ def check_delivery(
         event = parse_webhook_body(body)
     except ValueError as exc:
         return WebhookVerdict(400, {"detail": str(exc)}, None)
-    is_new = inbox.accept(event)
-    return WebhookVerdict(200, None, event, duplicate=not is_new)
+    return WebhookVerdict(200, None, event, duplicate=inbox.seen(event))

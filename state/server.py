@@ -26,10 +26,13 @@ parsing). A valid event for a job nobody knows is 404; "known" is the
 `known_job` callable, given the LlamaParse job id. The store cannot answer
 that: it records the LlamaParse job id only with the parse result, after
 the webhook the parse waits for. So the caller supplies the lookup (the
-component that uploaded to LlamaParse knows the ids it waits for). Only an
-accepted, known event reaches the inbox (which wakes the waiting parse); a
-rejected delivery changes neither the inbox nor the store. The handler
-never writes to the store at all: the parse step moves the job.
+component that uploaded to LlamaParse knows the ids it waits for:
+`LlamaParse.awaiting`). `check_delivery` only verifies and decodes; the
+handler records an accepted, known event with `inbox.accept` (which wakes
+the waiting parse), so a rejected delivery changes neither the inbox nor
+the store. A redelivery of an event already taken is 200 "duplicate" even
+once its job has finished. The handler never writes to the store at all:
+the parse step moves the job.
 """
 
 from __future__ import annotations
@@ -348,14 +351,12 @@ async def _webhook(request: web.Request) -> web.Response:
     if length is not None and length > limit:
         raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
     body = await request.content.read(limit + 1)  # one byte over is enough for a 413
-    # A scratch inbox: check_delivery records what it accepts, and an event
-    # for an unknown job must not reach the real one.
     verdict = check_delivery(
         config.webhook_secret,
         request.headers,
         body,
         max_bytes=limit,
-        inbox=WebhookInbox(max_jobs=1),
+        inbox=config.inbox,
         now=config.clock(),
         standard_secret=config.standard_secret,
     )
@@ -364,6 +365,9 @@ async def _webhook(request: web.Request) -> web.Response:
         detail = (verdict.error or {}).get("detail", "rejected")
         status = verdict.status if verdict.status != 200 else 400
         raise ApiError(status, _WEBHOOK_CODES.get(status, _code_for(status)), detail)
+    if verdict.duplicate:
+        # Already taken: acknowledge, even if the job has finished since.
+        return _json(_accepted(event, duplicate=True))
     if not await config.known_job(event.job_id):
         raise ApiError(404, "job_not_found", "no job of ours has this LlamaParse job id")
     new = config.inbox.accept(event)

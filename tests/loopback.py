@@ -129,7 +129,7 @@ class WebhookReceiver:
         self.verdicts.append(verdict)
         if verdict.error is not None:
             return web.json_response(verdict.error, status=verdict.status)
-        if verdict.event is not None and not verdict.duplicate:
+        if verdict.event is not None and self.inbox.accept(verdict.event):
             self.processed.append(verdict.event)
         return web.json_response({"received": True, "duplicate": verdict.duplicate})
 

@@ -253,6 +253,8 @@ def deliver(
         now=NOW,
         standard_secret=standard_secret,
     )
+    if verdict.event is not None:
+        inbox.accept(verdict.event)  # as a receiver does once it takes the event
     return verdict.status, verdict.error, verdict.duplicate
 
 
@@ -263,6 +265,8 @@ def test_a_signed_delivery_is_accepted_then_reported_as_duplicate() -> None:
     verdict = check_delivery(SECRET, headers, body, max_bytes=10_000, inbox=inbox, now=NOW)
     assert (verdict.status, verdict.error, verdict.duplicate) == (200, None, False)
     assert verdict.event == parse_webhook_body(body)
+    assert len(inbox) == 0  # the verdict records nothing: the receiver does
+    assert inbox.accept(verdict.event)
     assert deliver(body, {"lc-signature": sign_lc(SECRET, body)}, inbox) == (200, None, True)
 
 
