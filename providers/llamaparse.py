@@ -301,6 +301,21 @@ class LlamaParse:
         )
         self._clock = clock
         self._inflight: dict[str, _InFlight] = {}
+        self._awaiting: set[str] = set()
+
+    def awaiting(self, job_id: str) -> bool:
+        """Is `job_id` a LlamaParse job this client uploaded and is still waiting on?
+
+        The API server's webhook endpoint asks this to tell our jobs from
+        strangers' (404). True from the upload's answer until the parse
+        returns or raises.
+        """
+        return job_id in self._awaiting
+
+    @property
+    def inbox(self) -> WebhookInbox | None:
+        """Where this client expects verified webhooks (None: it polls)."""
+        return self._inbox
 
     def __repr__(self) -> str:
         return f"LlamaParse({self.config.base_url!r})"
@@ -357,6 +372,7 @@ class LlamaParse:
         await self._uploads.acquire()
         job_id = await self._upload(document, key, cid)
         timeout_s = self.config.job_timeout_s
+        self._awaiting.add(job_id)
         try:
             async with asyncio.timeout(timeout_s) as scope:
                 finished = await self._complete(job_id, key, cid)
@@ -371,6 +387,8 @@ class LlamaParse:
                 ),
                 cid,
             ) from None
+        finally:
+            self._awaiting.discard(job_id)
         metadata = finished.metadata
         pages = _page_number(metadata.get("job_pages")) or len(finished.page_list)
         pages = pages or estimate_pages(document)

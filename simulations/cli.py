@@ -34,7 +34,7 @@ from simulations.commands.jobs import (
     run_ingest,
     run_worker,
 )
-from simulations.commands.serve import run_serve
+from simulations.commands.serve import DEFAULT_WORKERS, run_serve
 from simulations.demo import DEMO_DB, DEMO_LOG, run_demo
 from simulations.emulators import (
     DEFAULT_WEBHOOK_SECRET,
@@ -80,7 +80,12 @@ def _database_command(args: argparse.Namespace) -> int:
                 return run_costs(db=args.db, environ=environ, out=sys.stdout, export=args.export)
             case "serve":
                 return run_serve(
-                    host=args.host, port=args.port, db=args.db, environ=environ, out=sys.stdout
+                    host=args.host,
+                    port=args.port,
+                    db=args.db,
+                    environ=environ,
+                    out=sys.stdout,
+                    workers=args.workers,
                 )
         raise AssertionError(f"unknown command {args.command}")
     except ConfigError as exc:
@@ -93,6 +98,12 @@ def _database_command(args: argparse.Namespace) -> int:
 def _positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return int(text)
 
 
@@ -271,6 +282,14 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     serve_cmd.add_argument(
         "--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)"
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help="jobs the in-process worker holds at once; 0 serves the API only "
+        f"(default: {DEFAULT_WORKERS})",
     )
     return parser
 

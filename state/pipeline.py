@@ -26,6 +26,7 @@ from providers.mock_parser import MockParser
 from providers.openai_embeddings import DEFAULT_BASE_URL as OPENAI_DEFAULT_URL
 from providers.openai_embeddings import OpenAIConfig, OpenAIEmbeddings
 from providers.transport import AiohttpTransport, Transport
+from providers.webhooks import WebhookInbox
 from resilience import Guard, Router, ServiceMode
 from resilience.config import load_config
 from resilience.events import emit
@@ -66,6 +67,7 @@ class Pipeline:
         embedder: OpenAIEmbeddings,
         chunking: ChunkingPolicy,
         owned_transport: AiohttpTransport | None = None,
+        parser: LlamaParse | None = None,
     ) -> None:
         missing = {PARSE, EMBED} - set(capabilities)
         if missing:
@@ -75,6 +77,8 @@ class Pipeline:
         self.embedder = embedder
         self.chunking = chunking
         self._owned_transport = owned_transport
+        self.parser = parser
+        """The real LlamaParse client, when known: the API server asks it which jobs are ours."""
         self._routers = self.routers_for(self.mode)
 
     def __repr__(self) -> str:
@@ -111,13 +115,17 @@ class Pipeline:
         mock_embedder: MockEmbedder | None = None,
         rng: random.Random | None = None,
         ledger: LedgerStore | None = None,
+        inbox: WebhookInbox | None = None,
     ) -> Pipeline:
         """Build the pipeline `environ` describes (see README's tables).
 
         `transport` carries both clients' requests (default: a fresh
         `AiohttpTransport`, closed by `close`); base URLs come from
         OPENAI_BASE_URL and LLAMA_CLOUD_BASE_URL. `ledger` keeps the budgets'
-        spend (pass `store.ledger()` so it survives restarts). Raises
+        spend (pass `store.ledger()` so it survives restarts). `inbox` is
+        where the LlamaParse client waits for its jobs' webhooks (the API
+        server's inbox, when the worker runs in the server's process); it
+        is used only when LLAMA_CLOUD_WEBHOOK_URL is set. Raises
         `ConfigError` for a bad value.
         """
         config = load_config(environ, (OPENAI, LLAMAPARSE))
@@ -142,7 +150,7 @@ class Pipeline:
         mock_embed = mock_embedder or MockEmbedder(embedder.model, embedder.dimensions)
 
         parse_config = LlamaParseConfig.from_env(environ)
-        parser = LlamaParse(parse_config, shared)
+        parser = LlamaParse(parse_config, shared, inbox=inbox)
         mock_parse = mock_parser or MockParser()
 
         keyed = {OPENAI: bool(openai_key), LLAMAPARSE: bool(parse_config.api_key)}
@@ -170,6 +178,7 @@ class Pipeline:
             embedder=embedder,
             chunking=chunking or ChunkingPolicy(),
             owned_transport=owned,
+            parser=parser,
         )
 
     async def close(self) -> None:

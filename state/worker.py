@@ -27,7 +27,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from providers.llamaparse import Document, ParsedDocument, estimate_cost_usd
 from resilience import ErrorClass, ProviderError, Rejected, Router, ServiceMode, classify
@@ -35,7 +35,8 @@ from resilience.clock import wall_time
 from resilience.events import emit
 from state.chunking import chunk
 from state.machine import Job, JobState, Trigger, WaitReason
-from state.pipeline import EMBED, PARSE, Pipeline
+from state.metrics import Metrics
+from state.pipeline import EMBED, PARSE, PROVIDER_OF, Pipeline
 from state.store import EmbeddingRow, JobChanges, JobStore, StaleJob
 
 IDLE_SLEEP_S: Final = 1.0
@@ -45,6 +46,15 @@ RETRY_BASE_S: Final = 30.0
 """A failed step waits this long, doubled per attempt, before it is tried again."""
 
 _PERMANENT: Final = frozenset({ErrorClass.CALLER, ErrorClass.CONFIGURATION, ErrorClass.QUOTA})
+
+T = TypeVar("T")
+
+
+def call_outcome(exc: BaseException) -> str:
+    """The metrics outcome of a routed call that raised: the refusal's reason or the error class."""
+    if isinstance(exc, Rejected):
+        return exc.reason
+    return classify(exc).value
 
 
 class _Handed(Exception):
@@ -67,7 +77,15 @@ class WorkerStats:
 
 
 class Worker:
-    """Leases up to `concurrency` jobs at a time and runs them through `pipeline`."""
+    """Leases up to `concurrency` jobs at a time and runs them through `pipeline`.
+
+    With `metrics`, every routed provider call is counted there
+    (`Metrics.record_call`): provider, outcome ("ok" for a real result, the
+    fallback reason for a mock one, such as "mode" or "budget", or what a
+    raised call was: a refusal's reason or the error class) and path
+    ("real" or "mock"). An embed step counts one call per `embed` of its
+    chunks, "mock" if any chunk was served by the mock.
+    """
 
     def __init__(
         self,
@@ -79,6 +97,7 @@ class Worker:
         lease_s: float = 60.0,
         max_attempts: int = 3,
         clock: Callable[[], float] = wall_time,
+        metrics: Metrics | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or not lease_s > 0:
             raise ValueError("concurrency and max_attempts must be >= 1 and lease_s > 0")
@@ -89,6 +108,7 @@ class Worker:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.clock = clock
+        self.metrics = metrics
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
 
@@ -208,9 +228,13 @@ class Worker:
             if content is None:
                 raise ProviderError(f"no stored document for {job.sha256}", status=404)
             document = Document(job.filename, content, job.mime_type)
-            routed = await self.pipeline.router(PARSE).call(
-                PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.id
+            routed = await self._counted(
+                PARSE,
+                self.pipeline.router(PARSE).call(
+                    PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.id
+                ),
             )
+            self._record(PARSE, routed.reason or "ok", routed.path)
             parsed: ParsedDocument = routed.value
             await self.store.put_parse(parsed, routed.path)
             path, reason = routed.path, routed.reason
@@ -235,9 +259,21 @@ class Worker:
         done = {e.chunk_index for e in await self.store.embeddings(job.sha256, model, dims)}
         todo = [c for c in chunks if c.index not in done]
         if todo:
-            result = await embedder.embed(
-                [c.text for c in todo], self.pipeline.router(EMBED), correlation_id=job.id
+            result = await self._counted(
+                EMBED,
+                embedder.embed(
+                    [c.text for c in todo], self.pipeline.router(EMBED), correlation_id=job.id
+                ),
             )
+            mocked = [
+                reason
+                for path, reason in zip(result.paths, result.reasons, strict=True)
+                if path == "mock"
+            ]
+            if mocked:
+                self._record(EMBED, mocked[0] or "mode", "mock")
+            else:
+                self._record(EMBED, "ok", "real")
             rows = [
                 EmbeddingRow(c.index, vector, path)
                 for c, vector, path in zip(todo, result.vectors, result.paths, strict=True)
@@ -251,6 +287,20 @@ class Worker:
             f"{len(stored)} embeddings, {mock} mock",
             degraded=mock > 0,
         )
+
+    # -- metrics -------------------------------------------------------------
+
+    def _record(self, capability: str, outcome: str, path: str) -> None:
+        if self.metrics is not None:
+            self.metrics.record_call(PROVIDER_OF[capability], outcome, path)
+
+    async def _counted(self, capability: str, call: Awaitable[T]) -> T:
+        """Await a routed call, counting it in the metrics if it raises."""
+        try:
+            return await call
+        except Exception as exc:
+            self._record(capability, call_outcome(exc), "real")
+            raise
 
     # -- errors --------------------------------------------------------------
 

@@ -268,6 +268,7 @@ def test_serve_answers_health_until_sigint(tmp_path: Path) -> None:
                 break
         url = lines[-1].split()[2]
         assert "webhooks cannot verify and are refused" in "".join(lines)
+        assert "a worker holds up to 2 jobs" in lines[-1]
         with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
             health = orjson.loads(answer.read())
         assert answer.status == 200

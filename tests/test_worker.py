@@ -29,6 +29,7 @@ from simulations.emulators import (
 )
 from state import JobState, SqliteJobStore, StaleJob
 from state.machine import Job
+from state.metrics import Metrics
 from state.pipeline import EMBED, PARSE, Pipeline
 from state.worker import Worker, backfill
 from tests.conftest import Events
@@ -197,6 +198,40 @@ def test_real_mode_waits_out_an_embeddings_outage_then_completes(tmp_path: Path)
         assert counts["jobs"] == counts["parses"] == counts["documents"] == 3
         assert counts["chunks"] == counts["embeddings"] == chunks
         assert asyncio.get_running_loop().time() > 240.0
+
+    scenario(tmp_path, environment("real"), body, faults=faults)
+
+
+# -- metrics: every routed call is counted ------------------------------------------
+
+
+def test_the_worker_counts_its_calls_by_provider_outcome_and_path(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        metrics = Metrics()
+        ids = await rig.upload_samples()
+        await drain(rig.worker(metrics=metrics), ids)
+        assert metrics.calls() == {("llamaparse", "mode", "mock"): 3, ("openai", "mode", "mock"): 3}
+
+    scenario(tmp_path, environment("mock"), body)
+
+
+def test_a_failed_call_is_counted_by_its_error_class(tmp_path: Path) -> None:
+    faults = FaultPlan(openai=OpenAIPlan(outages=((0.0, 240.0),)))
+
+    async def body(rig: Rig) -> None:
+        metrics = Metrics()
+        ids = await rig.upload_samples()
+        await drain(rig.worker(max_attempts=10, metrics=metrics), ids)
+        calls = metrics.calls()
+        assert calls[("llamaparse", "ok", "real")] == 3
+        assert calls[("openai", "ok", "real")] == 3
+        # The outage tripped the breaker: the embed calls it refused are counted as such.
+        assert calls[("openai", "circuit_open", "real")] > 0
+        assert set(calls) == {
+            ("llamaparse", "ok", "real"),
+            ("openai", "ok", "real"),
+            ("openai", "circuit_open", "real"),
+        }
 
     scenario(tmp_path, environment("real"), body, faults=faults)
 

@@ -1,79 +1,129 @@
-"""`breakwater serve`: the API (`state.server`) over the SQLite job database.
+"""`breakwater serve`: the API (`state.server`) over the SQLite job database, and a worker.
 
-It serves uploads, job status, health, metrics and costs, until SIGINT or
-SIGTERM. Uploaded documents become jobs that `breakwater worker` processes.
-Webhooks: the store cannot tell which LlamaParse job ids are ours, and no
-public lookup exists yet, so every webhook event gets 404 (the parse step
-polls LlamaParse, so nothing waits on them). Without LLAMA_CLOUD_WEBHOOK_SECRET
-a random secret is used, so no delivery verifies at all.
+It serves uploads, job status, LlamaParse webhooks, health, metrics and
+costs until SIGINT or SIGTERM. By default (`--workers N`, N > 0) a `Worker`
+runs in the same process over the same `Pipeline`, so uploaded documents
+are processed here, and the LlamaParse client's `WebhookInbox` is the
+server's: a verified webhook for a job the client uploaded and still waits
+on (`LlamaParse.awaiting`) wakes its parse; any other job's webhook is 404.
+The worker counts its provider calls in the server's `Metrics`
+(`breakwater_calls_total` at `/metrics`).
+
+Webhooks are used when LLAMA_CLOUD_WEBHOOK_URL (this server's
+`/webhooks/llamaparse`, as LlamaCloud reaches it) and
+LLAMA_CLOUD_WEBHOOK_SECRET are set; otherwise parses poll. Without the
+secret a random one is used, so no delivery verifies at all (and the
+parses do not wait for one).
+
+`--workers 0` serves the API only: jobs wait for `breakwater worker`, and
+every webhook is 404 (no parse waits in this process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import signal
+import socket
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Final, TextIO
 
 from aiohttp import web
 
 from providers import LLAMAPARSE, OPENAI
+from providers.webhooks import WebhookInbox
 from simulations.commands.common import announce, database_path
 from state import SqliteJobStore
 from state.metrics import Metrics
 from state.pipeline import EMBED, PARSE, Pipeline
-from state.server import create_app
+from state.server import KnownJob, create_app
+from state.store import JobStore
+from state.worker import Worker
+
+DEFAULT_WORKERS: Final = 2
+"""`breakwater serve --workers`: jobs the in-process worker holds at once."""
 
 
-async def _unknown_job(_llamaparse_job_id: str) -> bool:
-    return False
+def known_job_of(pipeline: Pipeline) -> KnownJob:
+    """The server's `known_job`: is this a LlamaParse job the pipeline's client waits on?"""
+    parser = pipeline.parser
+
+    async def known_job(llamaparse_job_id: str) -> bool:
+        return parser is not None and parser.awaiting(llamaparse_job_id)
+
+    return known_job
+
+
+def serve_app(
+    store: JobStore,
+    pipeline: Pipeline,
+    *,
+    metrics: Metrics,
+    webhook_secret: str,
+) -> web.Application:
+    """The API over `store`, taking webhooks into the pipeline's LlamaParse inbox.
+
+    The pipeline must have been built with an inbox (`Pipeline.from_env(...,
+    inbox=...)`) for webhooks to wake a parse; without one the server keeps
+    a private inbox and no parse waits on it.
+    """
+    parser = pipeline.parser
+    return create_app(
+        store,
+        guards={OPENAI: pipeline.guard(EMBED), LLAMAPARSE: pipeline.guard(PARSE)},
+        metrics=metrics,
+        webhook_secret=webhook_secret,
+        known_job=known_job_of(pipeline),
+        inbox=None if parser is None else parser.inbox,
+    )
 
 
 async def _serve(
-    host: str, port: int, db: str | None, environ: Mapping[str, str], out: TextIO
+    host: str,
+    port: int,
+    db: str | None,
+    environ: Mapping[str, str],
+    out: TextIO,
+    workers: int,
 ) -> int:
     db_path = database_path(db, environ)
     async with await SqliteJobStore.open(db_path) as store:
-        pipeline = Pipeline.from_env(environ, ledger=store.ledger())
+        secret = environ.get("LLAMA_CLOUD_WEBHOOK_SECRET", "").strip()
+        # Without a secret no delivery verifies: parses poll rather than wait for one.
+        inbox = WebhookInbox() if secret else None
+        pipeline = Pipeline.from_env(environ, ledger=store.ledger(), inbox=inbox)
         try:
             announce(pipeline, db_path, out)
-            secret = environ.get("LLAMA_CLOUD_WEBHOOK_SECRET", "").strip()
             if not secret:
                 secret = secrets.token_hex(32)
                 print(
                     "  LLAMA_CLOUD_WEBHOOK_SECRET unset: webhooks cannot verify and are refused",
                     file=out,
                 )
-            app = create_app(
-                store,
-                guards={OPENAI: pipeline.guard(EMBED), LLAMAPARSE: pipeline.guard(PARSE)},
-                metrics=Metrics(),
-                webhook_secret=secret,
-                known_job=_unknown_job,
-            )
+            elif workers and not environ.get("LLAMA_CLOUD_WEBHOOK_URL", "").strip():
+                print("  LLAMA_CLOUD_WEBHOOK_URL unset: parses poll LlamaParse", file=out)
+            metrics = Metrics()
+            app = serve_app(store, pipeline, metrics=metrics, webhook_secret=secret)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
             await runner.setup()
             try:
                 site = web.TCPSite(runner, host, port)
                 await site.start()
                 bound = runner.addresses[0][1]
+                working = (
+                    f"a worker holds up to {workers} jobs"
+                    if workers
+                    else "run `breakwater worker` to process jobs"
+                )
                 print(
                     f"Serving on http://{host}:{bound} (POST /documents, GET /jobs/ID, "
-                    "/health, /metrics, /costs); run `breakwater worker` to process jobs. "
+                    f"POST /webhooks/llamaparse, /health, /metrics, /costs); {working}. "
                     "Ctrl-C stops.",
                     file=out,
                 )
                 out.flush()
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for number in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(number, stop.set)
-                try:
-                    await stop.wait()
-                finally:
-                    for number in (signal.SIGINT, signal.SIGTERM):
-                        loop.remove_signal_handler(number)
+                await _until_signalled(store, pipeline, metrics, workers)
             finally:
                 await runner.cleanup()
         finally:
@@ -82,8 +132,34 @@ async def _serve(
     return 0
 
 
+async def _until_signalled(
+    store: JobStore, pipeline: Pipeline, metrics: Metrics, workers: int
+) -> None:
+    """Run the worker (if any) until SIGINT or SIGTERM; it stops before the server does."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    try:
+        if workers:
+            owner = f"serve-{socket.gethostname()}-{os.getpid()}"
+            worker = Worker(store, pipeline, owner=owner, concurrency=workers, metrics=metrics)
+            await worker.run(stop)
+        else:
+            await stop.wait()
+    finally:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(number)
+
+
 def run_serve(
-    *, host: str, port: int, db: str | None, environ: Mapping[str, str], out: TextIO
+    *,
+    host: str,
+    port: int,
+    db: str | None,
+    environ: Mapping[str, str],
+    out: TextIO,
+    workers: int = DEFAULT_WORKERS,
 ) -> int:
-    """Serve the API until SIGINT or SIGTERM; returns the exit code."""
-    return asyncio.run(_serve(host, port, db, environ, out))
+    """Serve the API (and a worker, unless `workers` is 0) until SIGINT or SIGTERM."""
+    return asyncio.run(_serve(host, port, db, environ, out, workers))
