@@ -1,5 +1,6 @@
-"""Helpers for the loopback suites: the emulator served on 127.0.0.1, a wire recorder,
-and a webhook receiver app built on `providers.webhooks.check_delivery`.
+"""Helpers for the emulator suites: the emulator in process on virtual time or served
+on 127.0.0.1, a wire recorder, and a webhook receiver app built on
+`providers.webhooks.check_delivery`.
 
 Nothing here stands in for our own code. `Wire` only listens to aiohttp's
 own trace hooks on the session the real `AiohttpTransport` sends with, and
@@ -9,11 +10,11 @@ the receiver is the smallest real aiohttp app that mounts `check_delivery`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -22,9 +23,24 @@ from aiohttp import web
 from providers.transport import AiohttpTransport
 from providers.webhooks import WebhookEvent, WebhookInbox, WebhookVerdict, check_delivery
 from resilience.clock import wall_time
-from simulations.emulators import Emulator, RunningEmulator, start
+from resilience.testing import run_virtual
+from simulations.emulators import Emulator, InProcessTransport, RunningEmulator, start
+
+T = TypeVar("T")
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
+
+
+def in_process(emulator: Emulator, scenario: Callable[[InProcessTransport], Awaitable[T]]) -> T:
+    """Run `scenario` against `emulator` in process on a virtual-time loop, then close it."""
+
+    async def main() -> T:
+        try:
+            return await scenario(InProcessTransport(emulator))
+        finally:
+            await emulator.close()
+
+    return run_virtual(main())
 
 
 @asynccontextmanager

@@ -14,16 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
 from providers.transport import HttpRequest, HttpResponse
-from resilience.testing import run_virtual
 from simulations.cli import main as cli_main
 from simulations.emulators import (
     Emulator,
@@ -38,8 +36,8 @@ from simulations.emulators import (
     plan_to_json,
     start,
 )
+from tests.loopback import in_process
 
-T = TypeVar("T")
 SMALL = "text-embedding-3-small"
 EMBEDDINGS = "POST /v1/embeddings"
 
@@ -58,16 +56,6 @@ def job_status(job_id: str = "missing") -> HttpRequest:
     return HttpRequest(
         "GET", f"http://emulator.test/api/v1/parsing/job/{job_id}", {"Authorization": "Bearer k"}
     )
-
-
-def in_process(emulator: Emulator, scenario: Callable[[InProcessTransport], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await scenario(InProcessTransport(emulator))
-        finally:
-            await emulator.close()
-
-    return run_virtual(main())
 
 
 # -- loading and validation ----------------------------------------------------

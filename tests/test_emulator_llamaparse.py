@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,7 +22,6 @@ import pytest
 from aiohttp import web
 
 from providers.transport import HttpRequest, HttpResponse
-from resilience.testing import run_virtual
 from simulations.emulators import (
     SIGNATURE_HEADER,
     Emulator,
@@ -33,6 +32,7 @@ from simulations.emulators import (
     WebhookPlan,
     start,
 )
+from tests.loopback import in_process
 
 T = TypeVar("T")
 V1 = "/api/v1/parsing"
@@ -341,16 +341,6 @@ def upload_request(
 
 def get(path: str) -> HttpRequest:
     return HttpRequest("GET", f"https://llama.test{path}", AUTH)
-
-
-def in_process(emulator: Emulator, scenario: Callable[[InProcessTransport], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await scenario(InProcessTransport(emulator))
-        finally:
-            await emulator.close()
-
-    return run_virtual(main())
 
 
 def test_a_300_second_parse_finishes_instantly_in_virtual_time() -> None:

@@ -6,14 +6,12 @@ In-process on virtual time, as the other emulator suites; the loopback suite
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
 
 from providers.transport import HttpRequest
-from resilience.testing import run_virtual
 from simulations.emulators import (
     Emulator,
     FaultPlan,
@@ -23,8 +21,8 @@ from simulations.emulators import (
     plan_from_json,
     plan_to_json,
 )
+from tests.loopback import in_process
 
-T = TypeVar("T")
 SMALL = "text-embedding-3-small"
 INPUTS = [f"input {n}" for n in range(12)]
 
@@ -39,16 +37,6 @@ def embed(inputs: list[str] = INPUTS) -> HttpRequest:
             {"model": SMALL, "input": inputs, "encoding_format": "float", "dimensions": 8}
         ),
     )
-
-
-def in_process(emulator: Emulator, scenario: Callable[[InProcessTransport], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await scenario(InProcessTransport(emulator))
-        finally:
-            await emulator.close()
-
-    return run_virtual(main())
 
 
 def answers(plan: FaultPlan, requests: int = 1, *, seed: int = 0) -> list[Any]:
