@@ -10,6 +10,7 @@ from providers.llamaparse import Document, ParsedDocument
 from providers.mock_parser import PAGE_SEPARATOR, MockParser, html_to_markdown
 from resilience import ErrorClass, ProviderError, classify
 from resilience.testing import run_virtual
+from simulations.samples.make_pdf import serialize
 
 
 def make_pdf(pages: list[str]) -> bytes:
@@ -32,19 +33,7 @@ def make_pdf(pages: list[str]) -> bytes:
             lines.append(f"({escaped}) Tj 0 -16 Td")
         stream = f"BT /F1 12 Tf 72 720 Td {' '.join(lines)} ET".encode()
         objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    return serialize(objects)
 
 
 def parse(document: Document, parser: MockParser | None = None) -> ParsedDocument:

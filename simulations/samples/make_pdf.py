@@ -179,6 +179,14 @@ def build() -> bytes:
         )
         stream = _content(page, _footer(number, count))
         objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+    return serialize(objects, info=5)
+
+
+def serialize(objects: list[bytes], *, info: int | None = None) -> bytes:
+    """A PDF file of `objects` (numbered from 1; object 1 is the catalog), with its xref table.
+
+    `info` is the object number of the document information dictionary, if any.
+    """
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")  # the binary comment marks a binary file
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -187,8 +195,10 @@ def build() -> bytes:
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 5 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+    info_entry = b" /Info %d 0 R" % info if info is not None else b""
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (
         len(objects) + 1,
+        info_entry,
         xref,
     )
     return bytes(out)
