@@ -27,7 +27,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final, TypeVar, Unpack
 
 from providers.llamaparse import Document, ParsedDocument, estimate_cost_usd
 from resilience import ErrorClass, ProviderError, Rejected, Router, ServiceMode, classify
@@ -350,17 +350,7 @@ class Worker:
         }
         if step_attempts is not None:
             changes["step_attempts"] = step_attempts
-        await self.store.transition(
-            job.id,
-            expected_state=job.state,
-            expected_version=job.version,
-            owner=self.owner,
-            trigger=Trigger.WAIT,
-            reason=f"{reason}: {error}",
-            correlation_id=job.id,
-            now=now,
-            **changes,
-        )
+        await self._move(job, Trigger.WAIT, f"{reason}: {error}", now=now, **changes)
         self.stats.waited += 1
         self.stats.by_wait_reason[reason.value] = self.stats.by_wait_reason.get(reason.value, 0) + 1
 
@@ -368,23 +358,20 @@ class Worker:
         changes: JobChanges = {"failure_reason": reason}
         if last_error is not None:
             changes["last_error"] = last_error
-        await self.store.transition(
-            job.id,
-            expected_state=job.state,
-            expected_version=job.version,
-            owner=self.owner,
-            trigger=Trigger.FAIL,
-            reason=reason,
-            correlation_id=job.id,
-            now=self.clock(),
-            **changes,
-        )
+        await self._move(job, Trigger.FAIL, reason, **changes)
         self.stats.failed += 1
         emit("worker.failed", level="WARNING", job_id=job.id, reason=reason, error=last_error)
 
     async def _move(
-        self, job: Job, trigger: Trigger, reason: str, *, degraded: bool = False
+        self,
+        job: Job,
+        trigger: Trigger,
+        reason: str,
+        *,
+        now: float | None = None,
+        **changes: Unpack[JobChanges],
     ) -> Job:
+        """Compare-and-set `job` through `trigger` under this worker's lease."""
         return await self.store.transition(
             job.id,
             expected_state=job.state,
@@ -393,8 +380,8 @@ class Worker:
             trigger=trigger,
             reason=reason,
             correlation_id=job.id,
-            now=self.clock(),
-            degraded=degraded,
+            now=self.clock() if now is None else now,
+            **changes,
         )
 
 
