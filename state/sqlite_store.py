@@ -353,17 +353,9 @@ class SqliteJobStore:
     # -- what the steps produced ---------------------------------------------
 
     async def put_parse(self, parsed: ParsedDocument, path: ServedBy) -> bool:
-        params = (
-            parsed.sha256,
-            parsed.markdown,
-            parsed.pages,
-            json.dumps(parsed.failed_pages),
-            parsed.job_id,
-            served_by(path),
-        )
         async with self._db.session() as session:
             try:
-                row = await session.fetch_one(_PUT_PARSE, params)
+                row = await session.fetch_one(_PUT_PARSE, _parse_params(parsed, path))
             except sqlite3.IntegrityError as exc:
                 raise NotStored(f"no document {parsed.sha256} for this parse") from exc
         return row is not None
@@ -407,20 +399,39 @@ class SqliteJobStore:
     async def put_embeddings(
         self, sha256: str, model: str, dimensions: int, rows: Iterable[EmbeddingRow]
     ) -> int:
-        params = []
-        for chunk_index, vector, path in rows:
-            if len(vector) != dimensions:
-                raise ValueError(
-                    f"chunk {chunk_index}: {len(vector)} values for {dimensions} dimensions"
-                )
-            params.append(
-                (sha256, chunk_index, model, dimensions, pack_f32(vector), served_by(path))
-            )
+        params = _vector_params(sha256, model, dimensions, rows)
         async with self._db.transaction() as tx:
             try:
                 return await tx.execute_many(_PUT_EMBEDDING, params)
             except sqlite3.IntegrityError as exc:
                 raise NotStored(f"embeddings for chunks of {sha256} never stored") from exc
+
+    async def replace_outputs(
+        self,
+        parsed: ParsedDocument,
+        chunks: Sequence[ChunkText],
+        model: str,
+        dimensions: int,
+        rows: Iterable[EmbeddingRow],
+    ) -> None:
+        sha256 = parsed.sha256
+        vectors = _vector_params(sha256, model, dimensions, rows)
+        if any(param[-1] != "real" for param in vectors):
+            raise ValueError("replace_outputs takes real results only")
+        async with self._db.transaction() as tx:
+            if await tx.fetch_one("SELECT 1 FROM documents WHERE sha256 = ?", (sha256,)) is None:
+                raise NotStored(f"no document {sha256} for this parse")
+            await tx.fetch("DELETE FROM embeddings WHERE sha256 = ?", (sha256,))
+            await tx.fetch("DELETE FROM chunks WHERE sha256 = ?", (sha256,))
+            await tx.fetch_one(_PUT_PARSE, _parse_params(parsed, "real"))
+            await tx.execute_many(
+                "INSERT INTO chunks (sha256, chunk_index, text) VALUES (?, ?, ?)",
+                [(sha256, chunk.index, chunk.text) for chunk in chunks],
+            )
+            try:
+                await tx.execute_many(_PUT_EMBEDDING, vectors)
+            except sqlite3.IntegrityError as exc:
+                raise NotStored(f"vectors for chunks of {sha256} not in the new set") from exc
 
     async def embeddings(self, sha256: str, model: str, dimensions: int) -> list[Embedding]:
         async with self._db.session() as session:
@@ -430,6 +441,30 @@ class SqliteJobStore:
                 (sha256, model, dimensions),
             )
         return [Embedding(int(row[0]), unpack_f32(row[1]), served_by(row[2])) for row in rows]
+
+
+def _parse_params(parsed: ParsedDocument, path: ServedBy) -> tuple[object, ...]:
+    return (
+        parsed.sha256,
+        parsed.markdown,
+        parsed.pages,
+        json.dumps(parsed.failed_pages),
+        parsed.job_id,
+        served_by(path),
+    )
+
+
+def _vector_params(
+    sha256: str, model: str, dimensions: int, rows: Iterable[EmbeddingRow]
+) -> list[tuple[object, ...]]:
+    params: list[tuple[object, ...]] = []
+    for chunk_index, vector, path in rows:
+        if len(vector) != dimensions:
+            raise ValueError(
+                f"chunk {chunk_index}: {len(vector)} values for {dimensions} dimensions"
+            )
+        params.append((sha256, chunk_index, model, dimensions, pack_f32(vector), served_by(path)))
+    return params
 
 
 async def _load(session: Session, job_id: str) -> Job:

@@ -246,6 +246,23 @@ class JobStore(Protocol):
         """The document's vectors for (model, dimensions) in chunk order."""
         ...
 
+    async def replace_outputs(
+        self,
+        parsed: ParsedDocument,
+        chunks: Sequence[ChunkText],
+        model: str,
+        dimensions: int,
+        rows: Iterable[EmbeddingRow],
+    ) -> None:
+        """Replace a document's parse, chunks and vectors with real ones, all or nothing.
+
+        The backfill's way to redo a mock-served parse whose real text differs:
+        the old chunks describe the mock's text, so they and every vector of
+        them (any model) go, and the real parse, its chunks and their vectors
+        take their place in one transaction. Every row must be real.
+        """
+        ...
+
     async def jobs_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state; every state is present."""
         ...

@@ -419,11 +419,13 @@ async def backfill(
     """Redo the mock-served steps of degraded complete jobs in REAL mode, then clear `degraded`.
 
     Only a provider with a key is called. A parse served by the mock is
-    redone, and if its markdown changed the job stays degraded (its chunks,
-    keyed by index, describe the mock's text; redoing them is a re-upload).
-    Embeddings whose stored path is mock are re-embedded; real ones replace
-    them. A job whose every step is real then has `degraded` cleared, with
-    an audit row. Errors leave the job as it was and are reported.
+    redone. If the real text differs from the mock's, the old chunks and
+    vectors describe the wrong text: the real text is chunked and embedded
+    afresh and swapped in at once (`JobStore.replace_outputs`), or, if any
+    piece came back mock, nothing is written. Embeddings whose stored path
+    is mock are re-embedded; real ones replace them. A job whose every step
+    is real then has `degraded` cleared, with an audit row. Errors leave the
+    job as it was and are reported.
     """
     report = BackfillReport()
     routers = pipeline.routers_for(ServiceMode.REAL)
@@ -431,7 +433,7 @@ async def backfill(
     model, dims = embedder.model, embedder.vector_dimensions
     for job in await store.degraded_jobs():
         try:
-            problem = await _backfill_parse(store, pipeline, routers[PARSE], job)
+            problem = await _backfill_parse(store, pipeline, routers, job)
             if problem is None:
                 problem = await _backfill_embeddings(store, pipeline, routers[EMBED], job)
         except (Rejected, ProviderError) as exc:
@@ -453,7 +455,7 @@ async def backfill(
 
 
 async def _backfill_parse(
-    store: JobStore, pipeline: Pipeline, router: Router, job: Job
+    store: JobStore, pipeline: Pipeline, routers: dict[str, Router], job: Job
 ) -> str | None:
     stored = await store.get_parse(job.sha256)
     if stored is None:
@@ -466,17 +468,35 @@ async def _backfill_parse(
     if content is None:
         return "no stored document"
     document = Document(job.filename, content, job.mime_type)
-    routed = await router.call(
+    routed = await routers[PARSE].call(
         PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.id
     )
     parsed: ParsedDocument = routed.value
     if routed.path != "real":
         return "the parse provider still served the mock"
-    if parsed.markdown != stored.parsed.markdown:
-        # The chunks and their vectors describe the mock's text; storing the real
-        # parse under them would make a later backfill call the job whole.
-        return "the real parse differs from the mock's: the document needs re-processing"
-    await store.put_parse(parsed, routed.path)
+    if parsed.markdown == stored.parsed.markdown:
+        await store.put_parse(parsed, routed.path)
+        return None
+    return await _reprocess(store, pipeline, routers[EMBED], job, parsed)
+
+
+async def _reprocess(
+    store: JobStore, pipeline: Pipeline, router: Router, job: Job, parsed: ParsedDocument
+) -> str | None:
+    """Chunk and embed a real parse that differs from the mock's, then swap it all in."""
+    if not pipeline.can_spend(EMBED):
+        return "the real parse differs from the mock's and the embedding provider has no key"
+    embedder = pipeline.embedder
+    chunks = chunk(parsed.markdown, pipeline.chunking)
+    result = await embedder.embed([c.text for c in chunks], router, correlation_id=job.id)
+    if result.degraded:
+        return "the embedding provider still served mocks for the re-chunked text"
+    rows = [
+        EmbeddingRow(c.index, vector, path)
+        for c, vector, path in zip(chunks, result.vectors, result.paths, strict=True)
+    ]
+    await store.replace_outputs(parsed, chunks, embedder.model, embedder.vector_dimensions, rows)
+    emit("backfill.reprocessed", job_id=job.id, chunks=len(chunks))
     return None
 
 

@@ -514,6 +514,46 @@ def test_parse_results_prefer_real_over_mock(db: Path) -> None:
     run(db, body)
 
 
+def test_replace_outputs_swaps_parse_chunks_and_vectors_all_or_nothing(db: Path) -> None:
+    async def body(store: SqliteJobStore) -> None:
+        sha = await with_chunks(store, 3)
+        await store.put_parse(ParsedDocument("mock text", 1, "mock-1", sha), "mock")
+        old = [EmbeddingRow(i, [1.0, 0.0, 0.0, 0.0], "mock") for i in range(3)]
+        await store.put_embeddings(sha, MODEL, DIMS, old)
+        await store.put_embeddings(sha, MODEL, 2, [EmbeddingRow(0, [1.0, 0.0], "mock")])
+        real = ParsedDocument("# Real text", 1, "lp-1", sha)
+        chunks = [StoredChunk(0, "real 0"), StoredChunk(1, "real 1")]
+        before = await store.row_counts()
+
+        half_mock = [EmbeddingRow(0, [0.5] * 4, "real"), EmbeddingRow(1, [0.5] * 4, "mock")]
+        with pytest.raises(ValueError, match="real results only"):
+            await store.replace_outputs(real, chunks, MODEL, DIMS, half_mock)
+        dangling = [EmbeddingRow(0, [0.5] * 4, "real"), EmbeddingRow(5, [0.5] * 4, "real")]
+        with pytest.raises(NotStored):  # vector of a chunk not in the new set
+            await store.replace_outputs(real, chunks, MODEL, DIMS, dangling)
+        assert await store.row_counts() == before
+        kept = await store.get_parse(sha)
+        assert kept is not None
+        assert kept.path == "mock"
+
+        rows = [EmbeddingRow(i, [0.5] * 4, "real") for i in range(2)]
+        await store.replace_outputs(real, chunks, MODEL, DIMS, rows)
+        stored = await store.get_parse(sha)
+        assert stored is not None
+        assert (stored.parsed.markdown, stored.path) == ("# Real text", "real")
+        assert await store.chunks(sha) == chunks
+        assert [(e.chunk_index, e.path) for e in await store.embeddings(sha, MODEL, DIMS)] == [
+            (0, "real"),
+            (1, "real"),
+        ]
+        # The other model's vector described the old text, so it went too.
+        assert await store.embeddings(sha, MODEL, 2) == []
+        counts = await store.row_counts()
+        assert (counts["chunks"], counts["embeddings"]) == (2, 2)
+
+    run(db, body)
+
+
 # -- the schema ---------------------------------------------------------------------
 
 

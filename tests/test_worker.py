@@ -30,6 +30,7 @@ from simulations.emulators import (
 from state import JobState, SqliteJobStore, StaleJob
 from state.machine import Job
 from state.metrics import Metrics
+from state.chunking import chunk
 from state.pipeline import EMBED, PARSE, Pipeline
 from state.worker import Worker, backfill
 from tests.conftest import Events
@@ -475,41 +476,73 @@ def test_run_holds_at_most_concurrency_jobs(tmp_path: Path) -> None:
     scenario(tmp_path, environment("mock"), body, mock_parser=MockParser(latency_s=10.0))
 
 
-def test_backfill_keeps_a_job_degraded_when_the_real_parse_differs(tmp_path: Path) -> None:
-    faults = FaultPlan(llamaparse=LlamaParsePlan(outages=((0.0, 600.0),)))
+def test_backfill_reprocesses_a_document_whose_real_parse_differs(tmp_path: Path) -> None:
+    faults = FaultPlan(
+        llamaparse=LlamaParsePlan(outages=((0.0, 600.0),)),
+        # Embeddings go down just as the parse heals, so the first backfill
+        # gets real parses but cannot embed their text.
+        openai=OpenAIPlan(outages=((600.0, 1200.0),)),
+    )
     environ = environment(
         "hybrid",
         BREAKWATER_LLAMAPARSE_MAX_ATTEMPTS="1",
         BREAKWATER_LLAMAPARSE_FAILURE_THRESHOLD="100",
+        BREAKWATER_OPENAI_MAX_ATTEMPTS="1",
     )
 
     async def body(rig: Rig) -> None:
         ids = await rig.upload_samples()
         await drain(rig.worker(), ids)
+        before = {}
         for job in await rig.jobs(ids):
             parse = await rig.store.get_parse(job.sha256)
             assert parse is not None
             assert parse.path == "mock"
             assert job.degraded
-        await asyncio.sleep(700.0)
+            before[job.id] = (parse, await rig.store.chunks(job.sha256))
+        counts_before = await rig.store.row_counts()
+
+        await asyncio.sleep(700.0)  # parse healed, embeddings down
         report = await backfill(rig.store, rig.pipeline)
-        # The emulator returns markdown as it came; the text and the PDF parse differently.
+        # The emulator returns markdown as it came, so the markdown sample's
+        # real parse matches the mock's and needs no new vectors.
         assert report.repaired == [ids[0]]
         assert set(report.still_degraded) == {ids[1], ids[2]}
-        for repaired in await rig.jobs(report.repaired):
-            assert not repaired.degraded
-            parse = await rig.store.get_parse(repaired.sha256)
-            assert parse is not None
-            assert parse.path == "real"
-        for job_id, reason in report.still_degraded.items():
-            assert (
-                reason == "the real parse differs from the mock's: the document needs re-processing"
-            )
+        for job_id in report.still_degraded:
             [kept] = await rig.jobs([job_id])
             assert kept.degraded
             parse = await rig.store.get_parse(kept.sha256)
+            assert parse == before[job_id][0]  # nothing half-written
+            assert await rig.store.chunks(kept.sha256) == before[job_id][1]
+        # Only the repaired job's clear_degraded audit row is new.
+        assert await rig.store.row_counts() == {
+            **counts_before,
+            "job_events": counts_before["job_events"] + 1,
+        }
+
+        await asyncio.sleep(600.0)  # both healthy
+        report = await backfill(rig.store, rig.pipeline)
+        assert report.repaired == [ids[1], ids[2]]
+        assert report.still_degraded == {}
+        embedder = rig.pipeline.embedder
+        total_chunks = 0
+        for job in await rig.jobs(ids):
+            assert not job.degraded
+            parse = await rig.store.get_parse(job.sha256)
             assert parse is not None
-            assert parse.path == "mock"
+            assert parse.path == "real"
+            chunks = await rig.store.chunks(job.sha256)
+            expected = chunk(parse.parsed.markdown, rig.pipeline.chunking)
+            assert [(c.index, c.text) for c in chunks] == [(c.index, c.text) for c in expected]
+            assert await rig.embedding_paths(job) == ["real"] * len(chunks)
+            vectors = await rig.store.embeddings(
+                job.sha256, embedder.model, embedder.vector_dimensions
+            )
+            assert [v.chunk_index for v in vectors] == [c.index for c in chunks]
+            total_chunks += len(chunks)
+        counts = await rig.store.row_counts()
+        assert counts["chunks"] == counts["embeddings"] == total_chunks
+        assert counts["parses"] == counts["jobs"] == 3
 
     scenario(tmp_path, environ, body, faults=faults)
 
