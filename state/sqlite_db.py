@@ -16,6 +16,14 @@ Decisions:
 * Every await on aiosqlite sits in `resilience.clock.thread_work()`, so a
   virtual-time loop holds its clock while aiosqlite's thread works instead
   of jumping to the next timer.
+* `inline=True` runs the same statements through `sqlite3` on the loop's own
+  thread, for simulations. aiosqlite's answer arrives in real time, so how
+  many other steps run while a statement is in flight depends on the
+  machine; inline, every statement is one fixed yield point, and a seeded
+  run replays exactly. The SQL, the file and SQLite's locking are the same
+  either way, but inline allows one connection per file in a process: a
+  second would wait for SQLite's lock on the very thread the first needs
+  to release it.
 * Cancellation: a rollback is queued behind whatever statement is in
   flight (aiosqlite runs them in order), so a cancelled transaction never
   leaves the connection inside one.
@@ -28,7 +36,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import aiosqlite
 
@@ -45,16 +53,63 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer Breakwater; this code must not touch it."""
 
 
-class Session:
-    """Statements on the connection, handed out only while the database's lock is held."""
+class _Driver(Protocol):
+    async def fetch(self, sql: str, params: Params) -> list[sqlite3.Row]: ...
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class _Threaded:
+    """aiosqlite: statements run on its thread while the loop goes on."""
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._connection = connection
 
-    async def fetch(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Run one statement and return its rows (a RETURNING clause's, for writes)."""
+    async def fetch(self, sql: str, params: Params) -> list[sqlite3.Row]:
         with thread_work():
             return list(await self._connection.execute_fetchall(sql, params))
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        with thread_work():
+            cursor = await self._connection.executemany(sql, rows)
+        return cursor.rowcount
+
+    async def close(self) -> None:
+        with thread_work():
+            await self._connection.close()
+
+
+class _Inline:
+    """sqlite3 on the loop's thread; each statement then yields once, as an await would."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    async def fetch(self, sql: str, params: Params) -> list[sqlite3.Row]:
+        rows = self._connection.execute(sql, params).fetchall()
+        await asyncio.sleep(0)
+        return rows
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        changed = self._connection.executemany(sql, rows).rowcount
+        await asyncio.sleep(0)
+        return changed
+
+    async def close(self) -> None:
+        self._connection.close()
+
+
+class Session:
+    """Statements on the connection, handed out only while the database's lock is held."""
+
+    def __init__(self, driver: _Driver) -> None:
+        self._driver = driver
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one statement and return its rows (a RETURNING clause's, for writes)."""
+        return await self._driver.fetch(sql, params)
 
     async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         rows = await self.fetch(sql, params)
@@ -62,32 +117,42 @@ class Session:
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
         """Run one statement per parameter row; return how many rows it changed in all."""
-        with thread_work():
-            cursor = await self._connection.executemany(sql, rows)
-        return cursor.rowcount
+        return await self._driver.execute_many(sql, rows)
 
 
 class SqliteDatabase:
     """An open, migrated database file. Use `session()` or `transaction()` to reach it."""
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._connection = connection
-        self._session = Session(connection)
+    def __init__(self, driver: _Driver) -> None:
+        self._driver = driver
+        self._session = Session(driver)
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0) -> SqliteDatabase:
-        """Open (creating if needed) and upgrade the database at `path`."""
+    async def open(
+        cls, path: str | Path, *, busy_timeout_s: float = 5.0, inline: bool = False
+    ) -> SqliteDatabase:
+        """Open (creating if needed) and upgrade the database at `path`.
+
+        `inline`: run statements on the loop's thread (simulations; see above).
+        """
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             wanted = ".".join(map(str, MIN_SQLITE))
             raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old: {wanted} is needed")
         # isolation_level=None: no implicit transactions; every BEGIN is ours.
-        connection = aiosqlite.connect(path, isolation_level=None)
-        with thread_work():
-            await connection
-        database = cls(connection)
-        try:
+        driver: _Driver
+        if inline:
+            connection = sqlite3.connect(path, isolation_level=None)
             connection.row_factory = sqlite3.Row
+            driver = _Inline(connection)
+        else:
+            threaded = aiosqlite.connect(path, isolation_level=None)
+            with thread_work():
+                await threaded
+            threaded.row_factory = sqlite3.Row
+            driver = _Threaded(threaded)
+        database = cls(driver)
+        try:
             await database._configure(busy_timeout_s)
             await database._migrate()
         except BaseException:
@@ -153,8 +218,7 @@ class SqliteDatabase:
             pass  # no transaction: BEGIN failed, or SQLite already rolled back
 
     async def close(self) -> None:
-        with thread_work():
-            await self._connection.close()
+        await self._driver.close()
 
 
 async def _version(session: Session) -> int:

@@ -94,9 +94,15 @@ class SqliteJobStore:
         self._db = database
 
     @classmethod
-    async def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0) -> SqliteJobStore:
-        """Open (creating if needed) and upgrade the database file at `path`."""
-        return cls(await SqliteDatabase.open(path, busy_timeout_s=busy_timeout_s))
+    async def open(
+        cls, path: str | Path, *, busy_timeout_s: float = 5.0, inline: bool = False
+    ) -> SqliteJobStore:
+        """Open (creating if needed) and upgrade the database file at `path`.
+
+        `inline=True` runs statements on the loop's thread: for simulations,
+        which must replay exactly (`state.sqlite_db`).
+        """
+        return cls(await SqliteDatabase.open(path, busy_timeout_s=busy_timeout_s, inline=inline))
 
     async def __aenter__(self) -> SqliteJobStore:
         return self

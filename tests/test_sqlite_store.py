@@ -50,19 +50,32 @@ R = TypeVar("R")
 MODEL, DIMS = "text-embedding-3-small", 4
 
 
+async def open_store(path: Path) -> SqliteJobStore:
+    """The store at `path`, over the driver its name asks for (see `db`)."""
+    return await SqliteJobStore.open(path, inline=path.stem.endswith("-inline"))
+
+
 def run(path: Path, body: Callable[[SqliteJobStore], Awaitable[R]]) -> R:
     """Open the store at `path`, run `body` with it on the virtual loop, and close it."""
 
     async def main() -> R:
-        async with await SqliteJobStore.open(path) as store:
+        async with await open_store(path) as store:
             return await body(store)
 
     return run_virtual(main())
 
 
+@pytest.fixture(params=["aiosqlite", "inline"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A database file path; every store test runs over both drivers, named in the file."""
+    return tmp_path / f"jobs-{request.param}.sqlite3"
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.sqlite3"
+def threaded_db(tmp_path: Path) -> Path:
+    """For two connections in one process, which only aiosqlite allows: inline, the
+    second would wait for SQLite's lock on the very thread the first needs to let go."""
+    return tmp_path / "jobs-aiosqlite.sqlite3"
 
 
 async def move(
@@ -264,13 +277,14 @@ def test_concurrent_transitions_on_one_version_one_wins(db: Path) -> None:
     run(db, body)
 
 
-def test_two_connections_to_one_file_one_wins(db: Path) -> None:
+def test_two_connections_to_one_file_one_wins(threaded_db: Path) -> None:
     """The compare-and-set holds between processes too: here, two connections."""
+    db = threaded_db
 
     async def main() -> list[Job | BaseException]:
         async with (
-            await SqliteJobStore.open(db) as first,
-            await SqliteJobStore.open(db) as second,
+            await open_store(db) as first,
+            await open_store(db) as second,
         ):
             job = await leased_job(first)
             return await asyncio.gather(
@@ -617,11 +631,13 @@ def test_concurrent_reservations_never_exceed_the_limit(db: Path) -> None:
     assert usd == pytest.approx(0.99)
 
 
-def test_two_connections_share_one_limit(db: Path) -> None:
+def test_two_connections_share_one_limit(threaded_db: Path) -> None:
+    db = threaded_db
+
     async def main() -> tuple[int, float]:
         async with (
-            await SqliteJobStore.open(db) as first,
-            await SqliteJobStore.open(db) as second,
+            await open_store(db) as first,
+            await open_store(db) as second,
         ):
             budgets = [Budget(daily_usd=1.0, ledger=s.ledger()) for s in (first, second)]
             results = await asyncio.gather(
@@ -699,7 +715,7 @@ def test_store_calls_do_not_move_virtual_time(db: Path) -> None:
         loop = asyncio.get_running_loop()
         timer = asyncio.ensure_future(asyncio.sleep(3600))
         started = loop.time()
-        async with await SqliteJobStore.open(db) as store:
+        async with await open_store(db) as store:
             job = await asyncio.wait_for(leased_job(store), timeout=1.0)
             for trigger in (T.START_PARSE, T.FINISH_PARSE, T.CHUNK):
                 job = await move(store, job, trigger)

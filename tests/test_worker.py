@@ -28,9 +28,9 @@ from simulations.emulators import (
     OpenAIPlan,
 )
 from state import JobState, SqliteJobStore, StaleJob
+from state.chunking import chunk
 from state.machine import Job
 from state.metrics import Metrics
-from state.chunking import chunk
 from state.pipeline import EMBED, PARSE, Pipeline
 from state.worker import Worker, backfill
 from tests.conftest import Events
