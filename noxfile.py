@@ -45,8 +45,9 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The guard's per-call overhead, then throughput under rate limits beside the openai SDK."""
+    """Per-call overhead, throughput beside the openai SDK, the pipeline, the outage drill."""
     install(session)
     session.run("python", "-m", "simulations.bench.overhead", *session.posargs)
     session.run("python", "-m", "simulations.bench.throughput")
     session.run("python", "-m", "simulations.bench.pipeline")
+    session.run("python", "-m", "simulations.bench.outage_drill")
