@@ -322,6 +322,15 @@ class Breaker:
             return self._ticket
         return None
 
+    def admits(self, ticket: Ticket) -> bool:
+        """Whether a call admitted with `ticket` may still start.
+
+        False once the breaker has left the state the ticket was issued in,
+        unless it is closed now: a call that waited (for a budget
+        reservation, say) while others tripped the breaker must not go out.
+        """
+        return ticket.epoch == self._epoch or self._model.state == CLOSED
+
     def release(self, ticket: Ticket) -> None:
         """Give back a ticket whose call never ran (no outcome is recorded)."""
         if ticket.probe and ticket.epoch == self._epoch:

@@ -187,6 +187,11 @@ class Guard:
             except BaseException:
                 breaker.release(ticket)
                 raise
+            if not answers_now and not breaker.admits(ticket):
+                # Others tripped the breaker while this call waited for the ledger.
+                breaker.release(ticket)
+                await budget.release(reservation, error_class="circuit_open")
+                raise CircuitOpen(self.name, breaker.retry_after_s())
         # Only slow-call detection reads `started`, so without it the clock is not read again.
         started = loop.time() if breaker.policy.slow_call_s is not None else now
         # Awaited here rather than in `breaker.execute`: one coroutine fewer per call.

@@ -12,6 +12,7 @@ from resilience import (
     BreakerPolicy,
     Budget,
     BudgetExceeded,
+    CircuitOpen,
     Guard,
     ProviderError,
     RateLimited,
@@ -119,6 +120,29 @@ def test_budget_settles_actual_cost_and_refunds_known_failures() -> None:
         return after_success, after_failure
 
     assert run_virtual(main()) == (pytest.approx(0.25), pytest.approx(0.25))
+
+
+def test_a_call_that_waited_for_the_ledger_while_the_breaker_opened_never_goes_out() -> None:
+    """Admitted while closed, but others tripped the breaker during its reservation."""
+    calls: list[str] = []
+
+    async def provider() -> Billed:
+        calls.append("sent")
+        return Billed("hi", cost_usd=0.25, tokens=1)
+
+    async def main() -> tuple[type[BaseException], float]:
+        budget = Budget(daily_usd=10.0, ledger=AwaitedLedger())
+        guard = Guard("p", budget=budget, retry=RetryPolicy(max_attempts=1))
+        call = asyncio.ensure_future(guard.call(provider, cost=1.0))
+        await asyncio.sleep(0)  # the call is now awaiting its reservation
+        guard.breaker.force_open("tripped by others")
+        with pytest.raises(CircuitOpen) as raised:
+            await call
+        spent, _ = await budget.spent("day")
+        return raised.type, spent
+
+    assert run_virtual(main()) == (CircuitOpen, 0.0)  # refunded
+    assert calls == []
 
 
 def test_unknown_outcomes_keep_their_estimate() -> None:
