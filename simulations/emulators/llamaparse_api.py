@@ -65,6 +65,11 @@ _UNCACHED_OPTIONS: Final = frozenset(
 )
 
 
+UNPARSEABLE_SUFFIXES: Final = (".exe", ".dll", ".so")
+"""Uploads the emulator refuses with 400, as LlamaParse refuses file types it cannot
+parse. Only executables are modeled; the real list of accepted types is long."""
+
+
 class _Rejected(Exception):
     """Ends a request early with a FastAPI-style answer."""
 
@@ -232,6 +237,8 @@ class LlamaParseApi:
             raise _Rejected(
                 400, "A file is required (the emulator does not fetch input_url or input_s3_path)"
             )
+        if upload.filename.lower().endswith(UNPARSEABLE_SUFFIXES):
+            raise _Rejected(400, f"Unsupported file type: {upload.filename.rsplit('.', 1)[-1]}")
         max_pages = _max_pages(form)
         webhook_url = _webhook_url(form)
         document = render_document(upload, max_pages)

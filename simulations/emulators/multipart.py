@@ -1,18 +1,24 @@
-"""`multipart/form-data` bodies, parsed with the standard library's email parser.
+"""`multipart/form-data` bodies (RFC 7578), split by hand.
 
-A form body is a MIME multipart document missing only its header, so
-prefixing `Content-Type: ...` lets `email` split it. Repeated fields are
-kept in order, and `name[]` (how Stainless SDKs send lists) is read as
-`name`, so `language=en` and `language[]=en` mean the same.
+The body is cut at its boundary delimiters; each part's headers end at the
+first blank line. Only what forms use is read: `Content-Disposition`'s
+`name` and `filename` (quoted or not), and `Content-Type` (default
+`text/plain`). Repeated fields are kept in order, and `name[]` (how
+Stainless SDKs send lists) is read as `name`, so `language=en` and
+`language[]=en` mean the same.
+
+The standard library's email parser did this before, at about 7 ms an
+upload, which dominated the chaos simulations; this takes microseconds.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.parser import BytesParser
-from email.policy import HTTP
+from typing import Final
 from urllib.parse import unquote
+
+_PARAM: Final = re.compile(r';\s*([\w*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
 class MultipartError(ValueError):
@@ -37,24 +43,55 @@ class Form:
         return values[0] if values else None
 
 
+def _params(value: str) -> tuple[str, dict[str, str]]:
+    """A header value's main part and its lower-cased `; key=value` parameters."""
+    main, _, rest = value.partition(";")
+    params = {}
+    for key, raw in _PARAM.findall(";" + rest):
+        raw = raw.strip()
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        params[key.lower()] = raw
+    return main.strip().lower(), params
+
+
+def _headers(block: bytes) -> dict[str, str]:
+    headers = {}
+    for line in block.decode("utf-8", "replace").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise MultipartError(f"a part header has no colon: {line[:40]!r}")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
 def parse_form(content_type: str, body: bytes) -> Form:
-    if not content_type.lower().startswith("multipart/form-data"):
+    kind, params = _params(content_type)
+    if kind != "multipart/form-data":
         raise MultipartError(f"expected multipart/form-data, got {content_type or 'nothing'}")
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    if not isinstance(message, EmailMessage) or not message.is_multipart() or message.defects:
+    boundary = params.get("boundary")
+    if not boundary:
+        raise MultipartError("the Content-Type names no boundary")
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    pieces = (b"\r\n" + body).split(b"\r\n" + delimiter)
+    # pieces[0] is the preamble; the last must be the close delimiter's "--".
+    if len(pieces) < 2 or not pieces[-1].startswith(b"--"):
         raise MultipartError("the multipart body could not be split")
     form = Form()
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
+    for piece in pieces[1:-1]:
+        head, blank, data = piece.partition(b"\r\n\r\n")
+        if not blank:
+            raise MultipartError("a part has no blank line after its headers")
+        headers = _headers(head.lstrip(b" \t").removeprefix(b"\r\n"))
+        _, disposition = _params(headers.get("content-disposition", ""))
+        name = disposition.get("name")
+        if name is None:
             raise MultipartError("a part has no name")
         name = name.removesuffix("[]")
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        filename = part.get_filename()
+        filename = disposition.get("filename")
         if filename is not None:
-            form.files[name] = UploadedFile(unquote(filename), part.get_content_type(), data)
+            part_type, _ = _params(headers.get("content-type", "text/plain"))
+            form.files[name] = UploadedFile(unquote(filename), part_type, data)
         else:
             form.fields.setdefault(name, []).append(data.decode("utf-8", "replace"))
     return form
