@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "chaos"]
@@ -38,9 +40,27 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def chaos(session: nox.Session) -> None:
-    """The Hypothesis property tests, with many more examples than `tests` runs."""
+    """The Hypothesis property tests and the pipeline chaos simulation, at full size.
+
+    Profile `chaos-ci` under CI (derandomized, no database), else
+    `chaos-explore`. Prints the simulation's statistics, and fails if any
+    coverage event never happened. `-- --hypothesis-seed=N` replays a run.
+    """
     install(session)
-    session.run("pytest", "-m", "hypothesis", *session.posargs, env={"HYPOTHESIS_PROFILE": "chaos"})
+    profile = "chaos-ci" if os.environ.get("CI") else "chaos-explore"
+    session.run(
+        "pytest",
+        "-m",
+        "hypothesis",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={
+            "HYPOTHESIS_PROFILE": profile,
+            "BREAKWATER_CHAOS_COVERAGE": "required",
+            "PYTHONHASHSEED": "0",
+        },
+    )
 
 
 @nox.session

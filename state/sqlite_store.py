@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Unpack
+from typing import Final, Self, Unpack
 
 from providers.llamaparse import ParsedDocument
 from resilience.clock import Clock, iso_utc, wall_time
@@ -96,7 +96,7 @@ class SqliteJobStore:
     @classmethod
     async def open(
         cls, path: str | Path, *, busy_timeout_s: float = 5.0, inline: bool = False
-    ) -> SqliteJobStore:
+    ) -> Self:
         """Open (creating if needed) and upgrade the database file at `path`.
 
         `inline=True` runs statements on the loop's thread: for simulations,
@@ -141,7 +141,7 @@ class SqliteJobStore:
         async with self._db.transaction() as tx:
             existing = await tx.fetch_one("SELECT * FROM jobs WHERE sha256 = ?", (sha256,))
             if existing is not None:
-                return Upload(_job(existing), created=False)
+                return Upload(job_from_row(existing), created=False)
             await tx.fetch(
                 "INSERT INTO documents (sha256, content) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (sha256, content),
@@ -162,7 +162,7 @@ class SqliteJobStore:
                     stamp,
                 ),
             )
-            job = _job(_present(row))
+            job = job_from_row(_present(row))
             await tx.fetch(
                 _AUDIT,
                 (
@@ -181,7 +181,7 @@ class SqliteJobStore:
     async def get_job(self, job_id: str) -> Job | None:
         async with self._db.session() as session:
             row = await session.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return None if row is None else _job(row)
+        return None if row is None else job_from_row(row)
 
     async def document(self, sha256: str) -> bytes | None:
         async with self._db.session() as session:
@@ -217,7 +217,9 @@ class SqliteJobStore:
         # One statement, so atomic without a transaction.
         async with self._db.session() as session:
             rows = await session.fetch(_LEASE, (owner, now + lease_s, now, now, limit))
-        return sorted(map(_job, rows), key=lambda job: (job.not_before, job.created_at, job.id))
+        return sorted(
+            map(job_from_row, rows), key=lambda job: (job.not_before, job.created_at, job.id)
+        )
 
     async def renew_lease(self, job_id: str, owner: str, *, now: float, lease_s: float) -> Job:
         if not lease_s > 0:
@@ -231,7 +233,7 @@ class SqliteJobStore:
                 "UPDATE jobs SET lease_expires_at = ? WHERE id = ? RETURNING *",
                 (now + lease_s, job_id),
             )
-        return _job(_present(row))
+        return job_from_row(_present(row))
 
     async def release_lease(self, job_id: str, owner: str) -> bool:
         async with self._db.session() as session:
@@ -301,7 +303,7 @@ class SqliteJobStore:
                     new.updated_at,
                 ),
             )
-        return _job(_present(row))
+        return job_from_row(_present(row))
 
     async def jobs_by_state(self) -> dict[JobState, int]:
         async with self._db.session() as session:
@@ -316,7 +318,7 @@ class SqliteJobStore:
                 """SELECT * FROM jobs WHERE state = 'complete' AND degraded
                 ORDER BY created_at, id"""
             )
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def clear_degraded(
         self, job_id: str, *, reason: str, correlation_id: str | None, now: float
@@ -348,7 +350,7 @@ class SqliteJobStore:
                     stamp,
                 ),
             )
-        return _job(_present(row))
+        return job_from_row(_present(row))
 
     async def row_counts(self) -> dict[str, int]:
         counts = ", ".join(f"(SELECT COUNT(*) FROM {table})" for table in _TABLES)
@@ -477,7 +479,7 @@ async def _load(session: Session, job_id: str) -> Job:
     row = await session.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
     if row is None:
         raise JobNotFound(job_id)
-    return _job(row)
+    return job_from_row(row)
 
 
 def _present(row: sqlite3.Row | None) -> sqlite3.Row:
@@ -495,7 +497,8 @@ def _real(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _job(row: sqlite3.Row) -> Job:
+def job_from_row(row: sqlite3.Row) -> Job:
+    """The `Job` a `SELECT * FROM jobs` row describes."""
     return Job(
         id=str(row["id"]),
         sha256=str(row["sha256"]),

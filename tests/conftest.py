@@ -9,24 +9,32 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from loguru import logger
 
 from resilience.clock import Clock, wall_time
 from resilience.ledger import InMemoryLedger, PeriodLimit, Totals
 
-# `tests` runs each property 60 times; `chaos` (nox -s chaos) runs it 1,000 times.
-# In CI every run is derandomized and keeps no example database, so a failure
-# there replays exactly on the next run.
+# `tests` runs each property 60 times. `nox -s chaos` picks one of two explicit
+# profiles, so Hypothesis's own `ci` profile (loaded whenever CI is set) never
+# decides: `chaos-ci` (derandomized, no example database: a failure replays
+# exactly on the next run) under CI, `chaos-explore` (random, remembering
+# failures in .hypothesis/) on a developer's machine. The simulation's own
+# example counts per profile are in tests/test_chaos.py.
 _IN_CI = bool(os.environ.get("CI"))
 _CI: dict[str, Any] = {"derandomize": True, "database": None} if _IN_CI else {}
-for _name, _examples in (("dev", 60), ("chaos", 1000)):
-    settings.register_profile(
-        _name,
-        max_examples=_examples,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-        **_CI,
-    )
+_COMMON: dict[str, Any] = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("dev", max_examples=60, **_COMMON, **_CI)
+settings.register_profile(
+    "chaos-ci", max_examples=300, derandomize=True, database=None, print_blob=True, **_COMMON
+)
+settings.register_profile(
+    "chaos-explore",
+    max_examples=1000,
+    database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
+    print_blob=True,
+    **_COMMON,
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
@@ -71,3 +79,22 @@ class AwaitedLedger:
     async def totals(self, key: str) -> Totals:
         await asyncio.sleep(0)
         return self._store.totals_now(key)
+
+
+# -- the chaos simulation's run-wide report ------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from simulations.chaos.stats import RUN
+
+    if RUN.examples:
+        terminalreporter.write_line(RUN.report())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under `nox -s chaos`, fail the run if a coverage event never happened."""
+    from simulations.chaos.stats import RUN
+
+    required = os.environ.get("BREAKWATER_CHAOS_COVERAGE") == "required"
+    if required and RUN.examples and RUN.missing() and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,445 @@
+"""`PipelineChaos`: a Hypothesis state machine that breaks the pipeline and checks it holds.
+
+Hypothesis draws the structure of a run: which faults start and stop, and
+when documents arrive, time passes, workers crash, webhooks misbehave and
+the mode changes. One drawn seed drives everything bulky (document text
+and sizes, the emulator's fault draws, retry jitter), so a test case stays
+within Hypothesis's choice buffer and replays from its printed steps.
+
+Each rule is synchronous and drives the world's virtual-time loop (see
+`world`). After every step the invariants run against the store, the
+witnesses and the breakers. Teardown heals every fault, lets the world
+settle within a bounded horizon, and checks liveness: every job terminal,
+every job without a permanent fault complete, `degraded` only where a mock
+served, and nothing degraded after a backfill.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from hypothesis import event, note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from providers import LLAMAPARSE, OPENAI
+from providers.transport import HttpRequest
+from providers.webhooks import parse_webhook_body
+from resilience import ServiceMode
+from resilience.breaker import CLOSED, HALF_OPEN, OPEN
+from resilience.clock import iso_utc
+from simulations.chaos.oracle import edge_problem
+from simulations.chaos.stats import RUN
+from simulations.chaos.world import WEBHOOK_URL, World
+from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
+from simulations.emulators.faults import WebhookPlan
+from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
+from state.machine import JobState
+from state.worker import backfill
+
+HORIZON_S: Final = 24 * 3600.0
+"""How long teardown waits, healed, for every job to reach a terminal state."""
+
+DAY_S: Final = 86_400.0
+USD_TOLERANCE: Final = 1e-7
+"""Usage logs round each hour's dollars to 9 places; the cheapest call costs about 1e-6."""
+HEALTHY: Final = {"rpm": 100_000, "tpm": 100_000_000}
+
+
+class PipelineChaos(RuleBasedStateMachine):
+    """Faults and actions as rules; the issue's invariants after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world: World | None = None
+        self.directory = Path(tempfile.mkdtemp(prefix="breakwater-chaos-"))
+        self.accepted: dict[str, bool] = {}  # job id -> poison (a permanent fault)
+        self.openai: dict[str, Any] = dict(HEALTHY)
+        self.llamaparse: dict[str, Any] = {}
+        self.webhook: dict[str, Any] = {}
+        self.orphans: set[str] = set()  # jobs a crashed process held
+        self.last_seq = 0
+        self.states: dict[str, str | None] = {}
+        self.started = time.perf_counter()
+        self.most_budget: dict[str, float] = {}
+
+    @property
+    def w(self) -> World:
+        assert self.world is not None
+        return self.world
+
+    # -- setup ----------------------------------------------------------------
+
+    @initialize(
+        seed=st.integers(0, 2**32 - 1),
+        processes=st.integers(1, 2),
+        documents=st.integers(0, 60),
+        duplicates=st.sampled_from([0.0, 0.1, 0.5]),
+        parse_budget=st.sampled_from([0.05, 0.5]),
+    )
+    def boot(
+        self, seed: int, processes: int, documents: int, duplicates: float, parse_budget: float
+    ) -> None:
+        """A world with `documents` uploaded, so every fault meets some load, webhooks
+        that LlamaParse sends twice at `duplicates` rate (at-least-once delivery), and a
+        daily parse budget of `parse_budget` dollars (about 13 or 130 documents)."""
+        note(f"world seed {seed}, {processes} process(es), {documents} documents")
+        budgets = {OPENAI: 0.05, LLAMAPARSE: parse_budget}
+        self.world = World(seed, self.directory, processes=processes, daily_budget_usd=budgets)
+        self.most_budget = dict(self.w.budgets)
+        self.webhook = {"duplicate_rate": duplicates}
+        self._apply_faults()
+        self.accepted.update(self.w.submit(documents))
+
+    def _apply_faults(self) -> None:
+        plan = FaultPlan(
+            seed=self.w.seed,
+            openai=OpenAIPlan(**self.openai),
+            llamaparse=LlamaParsePlan(**self.llamaparse, webhook=WebhookPlan(**self.webhook)),
+        )
+        self.w.emulator.set_faults(plan)
+
+    def _fault(self, kind: str) -> None:
+        RUN.faults[kind] += 1
+        event(f"fault: {kind}")
+
+    # -- actions --------------------------------------------------------------
+
+    @rule(count=st.integers(1, 40))
+    def submit(self, count: int) -> None:
+        self.accepted.update(self.w.submit(count))
+
+    @rule(
+        seconds=st.sampled_from([1.0, 7.0, 30.0, 90.0, 300.0, 900.0]),
+        per_minute=st.sampled_from([0, 0, 2, 8]),
+    )
+    def advance(self, seconds: float, per_minute: int) -> None:
+        """Let time pass, with `per_minute` new documents arriving each minute meanwhile."""
+        left = seconds
+        while left > 0:
+            step = min(60.0, left)
+            self.w.advance(step)
+            left -= step
+            if per_minute:
+                self.accepted.update(self.w.submit(per_minute))
+
+    @rule(mode=st.sampled_from([ServiceMode.HYBRID, ServiceMode.REAL, ServiceMode.MOCK]))
+    def change_mode(self, mode: ServiceMode) -> None:
+        self._fault("mode change")
+        self.w.set_mode(mode)
+
+    # -- provider faults ------------------------------------------------------
+
+    @rule(
+        provider=st.sampled_from([OPENAI, LLAMAPARSE]),
+        seconds=st.sampled_from([45.0, 200.0, 900.0, 10 * DAY_S]),
+    )
+    def outage(self, provider: str, seconds: float) -> None:
+        """The provider answers 503 to everything for `seconds` from now (or until healed)."""
+        self._fault("outage")
+        faults = self.openai if provider == OPENAI else self.llamaparse
+        faults["outages"] = ((0.0, seconds),)
+        self._apply_faults()
+
+    @rule(provider=st.sampled_from([OPENAI, LLAMAPARSE]), seconds=st.sampled_from([120.0, 400.0]))
+    def outage_under_load(self, provider: str, seconds: float) -> None:
+        """An outage of `seconds` with documents arriving through it and for a while after:
+        the breaker's whole cycle, trip, failed probes, heal and a successful probe."""
+        self.outage(provider, seconds)
+        self.advance(seconds + 600.0, 4)
+
+    @rule(low=st.floats(30.0, 150.0), high=st.floats(150.0, 300.0))
+    def latency_spike(self, low: float, high: float) -> None:
+        self._fault("parse latency spike")
+        self.llamaparse["parse_time_s"] = (low, high)
+        self._apply_faults()
+
+    @rule(rpm=st.sampled_from([2, 6, 20]))
+    def rate_limit_burst(self, rpm: int) -> None:
+        self._fault("429 burst")
+        self.openai["rpm"] = rpm
+        self._apply_faults()
+
+    @rule(
+        provider=st.sampled_from([OPENAI, LLAMAPARSE]),
+        malformed=st.sampled_from([0.0, 0.2, 0.6]),
+        hang=st.sampled_from([0.0, 0.1, 0.4]),
+    )
+    def bad_answers(self, provider: str, malformed: float, hang: float) -> None:
+        self._fault("malformed or hanging answers")
+        faults = self.openai if provider == OPENAI else self.llamaparse
+        faults["malformed_rate"] = malformed
+        faults["hang_rate"] = hang
+        self._apply_faults()
+
+    @rule()
+    def heal_providers(self) -> None:
+        self.openai = dict(HEALTHY)
+        self.llamaparse = {}
+        self._apply_faults()
+
+    # -- budgets and clocks ---------------------------------------------------
+
+    @rule(provider=st.sampled_from([OPENAI, LLAMAPARSE]), usd=st.sampled_from([0.001, 0.01, 1.0]))
+    def budget_change(self, provider: str, usd: float) -> None:
+        self._fault("budget change")
+        self._set_budget(provider, usd)
+
+    def _set_budget(self, provider: str, usd: float) -> None:
+        """Change the budget; the day's spend is then held to the largest limit it had."""
+        self.w.set_budget(provider, usd)
+        self.most_budget[provider] = max(self.most_budget[provider], usd)
+
+    @rule(to_next=st.sampled_from(["hour", "day"]), leap=st.floats(0.0, 120.0))
+    def clock_jump(self, to_next: str, leap: float) -> None:
+        """The wall clock jumps forward across an hour or day boundary; the loop clock does not.
+
+        Budget periods turn over at once, and leases (stamped in wall time)
+        may lapse under workers mid-step.
+        """
+        self._fault(f"clock jump to next {to_next}")
+        period = 3600.0 if to_next == "hour" else DAY_S
+        wall = self.w.loop.wall_epoch + self.w.now
+        self.w.loop.wall_epoch += (period - wall % period) + leap
+        if to_next == "day":
+            self.most_budget = dict(self.w.budgets)
+
+    # -- workers --------------------------------------------------------------
+
+    @precondition(lambda self: self.world is not None and bool(self.world.processes))
+    @rule(data=st.data())
+    def crash_and_restart(self, data: st.DataObject) -> None:
+        self._fault("worker crash")
+        number = data.draw(st.sampled_from(sorted(self.w.processes)))
+        owner = f"p{number}"
+        held = self.w.run(self.w.store.leased_by(owner))
+        self.w.crash(number)
+        self.orphans.update(held)
+        self.w.start_process()
+
+    # -- webhooks -------------------------------------------------------------
+
+    @rule(
+        duplicate=st.sampled_from([0.0, 0.5, 1.0]),
+        delay=st.sampled_from([0.0, 5.0, 120.0]),
+        drop=st.sampled_from([0.0, 0.3]),
+        forged=st.sampled_from([0.0, 0.3]),
+    )
+    def webhook_weather(self, duplicate: float, delay: float, drop: float, forged: float) -> None:
+        self._fault("webhook duplicate/delay/drop/forge")
+        self.webhook = {
+            "duplicate_rate": duplicate,
+            "delay_s": (delay, delay),
+            "drop_rate": drop,
+            "bad_signature_rate": forged,
+        }
+        self._apply_faults()
+
+    @precondition(lambda self: bool(self.accepted))
+    @rule(data=st.data())
+    def forge_webhook(self, data: st.DataObject) -> None:
+        """A delivery signed with the wrong secret: 401, and nothing recorded."""
+        self._fault("forged webhook")
+        job_id = data.draw(st.sampled_from(sorted(self.accepted)))
+        body = orjson.dumps(
+            {"event_type": "parse.success", "job_id": job_id, "status": "SUCCESS", "data": {}}
+        )
+        request = HttpRequest(
+            "POST", WEBHOOK_URL, {SIGNATURE_HEADER: sign("forged-secret", body)}, body
+        )
+        response = self.w.run(self.w.webhooks.send(request))
+        assert response.status == 401, f"a forged webhook got {response.status}"
+        inboxes = [process.inbox for process in self.w.processes.values()]
+        forged = parse_webhook_body(body)
+        assert not any(inbox.seen(forged) for inbox in inboxes), "a forged webhook was recorded"
+
+    # -- invariants -----------------------------------------------------------
+
+    @invariant()
+    def store_is_consistent(self) -> None:
+        if self.world is None:
+            return
+        RUN.invariant_checks += 1
+        store = self.w.store
+        events = self.w.run(store.events_since(self.last_seq))
+        for seq, job_id, source, dest in events:
+            problem = edge_problem(source, dest, self.states.get(job_id))
+            assert problem is None, f"job {job_id}: {problem}"
+            if source in (JobState.COMPLETE, JobState.FAILED) and dest != source:
+                raise AssertionError(f"job {job_id} left terminal state {source}")
+            self.states[job_id] = dest
+            self.last_seq = seq
+        jobs = self.w.run(store.all_jobs())
+        assert {job.id for job in jobs} == set(self.accepted), "a job was lost or invented"
+        for job in jobs:
+            if not job.is_terminal:
+                assert job.lease_owner is None or job.lease_expires_at is not None, job
+        counts = self.w.run(store.row_counts())
+        assert counts["parses"] <= counts["documents"]
+        assert not store.lapsed_commits, store.lapsed_commits[0]
+
+    @invariant()
+    def breakers_hold(self) -> None:
+        if self.world is None:
+            return
+        assert not self.w.webhooks.accepted_twice, self.w.webhooks.accepted_twice[0]
+        for witness in self.w.witnesses():
+            assert not witness.opened_calls, witness.opened_calls[0]
+            assert witness.most_probes <= witness.half_open_max_calls, (
+                f"{witness.breaker.name}: {witness.most_probes} probes at once"
+            )
+        for provider, number, breaker in self.w.breakers():
+            assert breaker.aiobreaker_state == breaker.state, (
+                f"p{number} {provider}: aiobreaker {breaker.aiobreaker_state}, "
+                f"machine {breaker.state}"
+            )
+
+    @invariant()
+    def spend_within_budget(self) -> None:
+        """Attempted spend (the ledger, unknown outcomes at their estimate) stays within the
+        budget, and confirmed spend (the usage logs) never exceeds what was attempted."""
+        if self.world is None or not self.w.processes:
+            return
+        for provider in (OPENAI, LLAMAPARSE):
+            attempted, confirmed = self._spend(provider)
+            limit = self.most_budget[provider]
+            assert -1e-9 <= attempted <= limit + 1e-9, (
+                f"{provider}: ${attempted:.6f} attempted of ${limit:.6f}"
+            )
+            assert confirmed <= attempted + USD_TOLERANCE, (
+                f"{provider}: ${confirmed:.6f} settled but only ${attempted:.6f} in the ledger"
+            )
+
+    def _spend(self, provider: str) -> tuple[float, float]:
+        """Today's (ledger total, sum of settled and kept costs in every process's usage log)."""
+        world = self.w
+        capability = "parse" if provider == LLAMAPARSE else "embed"
+        process = world.processes[min(world.processes)]
+        budget = process.pipeline.guard(capability).budget
+        assert budget is not None
+        attempted, _ = world.run(budget.spent("day"))
+        today = iso_utc(world.loop.wall_epoch + world.now)[:10]
+        logs = {
+            id(guard.budget.usage): guard.budget.usage
+            for p in (*world.processes.values(), *world.retired)
+            if (guard := p.pipeline.guard(capability)).budget is not None
+        }
+
+        async def summaries() -> list[dict[str, Any]]:
+            # On the loop, where the logs' clock (wall_time) is the virtual one.
+            return [log.summary() for log in logs.values()]
+
+        confirmed = 0.0
+        for summary in world.run(summaries()):
+            stats = summary["providers"].get(provider)
+            if stats is not None:
+                confirmed += sum(h["cost_usd"] for h in stats["hours"] if h["hour"][:10] == today)
+        return attempted, confirmed
+
+    # -- the end --------------------------------------------------------------
+
+    histories: list[bytes] | None = None
+    """When a list, each test case appends its history here (the determinism test)."""
+
+    def teardown(self) -> None:
+        if self.world is None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return
+        try:
+            self._settle_and_check()
+        finally:
+            self._count()
+            if self.histories is not None:
+                self.histories.append(self.w.history())
+            self.w.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _settle_and_check(self) -> None:
+        world = self.w
+        self.openai, self.llamaparse, self.webhook = dict(HEALTHY), {}, {}
+        self._apply_faults()
+        world.set_mode(ServiceMode.HYBRID)
+        for provider in (OPENAI, LLAMAPARSE):
+            self._set_budget(provider, 1_000.0)
+        if not world.processes:
+            world.start_process()
+        deadline = world.now + HORIZON_S
+        while world.now < deadline and not self._all_terminal():
+            world.advance(300.0)
+        self.store_is_consistent()
+        jobs = {job.id: job for job in world.run(world.store.all_jobs())}
+        for job_id, poison in self.accepted.items():
+            job = jobs[job_id]
+            assert job.is_terminal, f"job {job_id} still {job.state} after the horizon"
+            if poison:
+                assert job.state is JobState.FAILED, f"poison job {job_id} ended {job.state}"
+            elif job.state is JobState.FAILED:
+                # Only exhausted retries may dead-letter a healthy document.
+                assert "attempt" in (job.failure_reason or "") or "times" in (
+                    job.failure_reason or ""
+                ), f"job {job_id} failed: {job.failure_reason}"
+            if job.state is JobState.COMPLETE:
+                mocked = world.run(world.store.served_by_mock(job.sha256))
+                assert job.degraded == mocked, (
+                    f"job {job_id}: degraded {job.degraded}, mock {mocked}"
+                )
+        self.spend_within_budget()
+        if not world.crashes:
+            # Quiescent and nothing lost with a crash: every reservation is settled, so
+            # the ledger holds exactly what the usage logs recorded.
+            for provider in (OPENAI, LLAMAPARSE):
+                attempted, confirmed = self._spend(provider)
+                assert abs(attempted - confirmed) < USD_TOLERANCE, (
+                    f"{provider}: ledger ${attempted:.9f}, settled ${confirmed:.9f}"
+                )
+        world.advance(900.0)  # every cooldown over, so the first real call is a probe
+        process = world.processes[min(world.processes)]
+        report = world.run(backfill(world.store, process.pipeline))
+        assert not report.still_degraded, report.still_degraded
+        assert not world.run(world.store.degraded_jobs()), "degraded jobs after backfill"
+        self._record_coverage(jobs)
+
+    def _all_terminal(self) -> bool:
+        counts = self.w.run(self.w.store.jobs_by_state())
+        return all(n == 0 for state, n in counts.items() if state not in _TERMINAL)
+
+    def _record_coverage(self, jobs: dict[str, Any]) -> None:
+        world = self.w
+        seen: set[str] = set()
+        for _provider, _number, transition in world.transitions:
+            if transition.source == CLOSED and transition.dest == OPEN:
+                seen.add("breaker opened")
+            if transition.source == HALF_OPEN:
+                seen.add("probe succeeded" if transition.dest == CLOSED else "probe failed")
+        if any(job.state is JobState.FAILED for job in jobs.values()):
+            seen.add("job dead-lettered")
+        if world.webhooks.answers["duplicate"]:
+            seen.add("duplicate webhook dropped")
+        if world.run(world.store.budget_refusals()):
+            seen.add("budget exhausted")
+        if any(jobs[job_id].is_terminal for job_id in self.orphans):
+            seen.add("worker crash recovered")
+        if world.run(world.store.mock_served_count()):
+            seen.add("fallback served")
+        for name in sorted(seen):
+            event(f"coverage: {name}")
+            RUN.coverage[name] += 1
+
+    def _count(self) -> None:
+        world = self.w
+        RUN.examples += 1
+        RUN.jobs += len(self.accepted)
+        RUN.simulated_s += world.now
+        RUN.wall_s += time.perf_counter() - self.started
+        for _provider, _number, transition in world.transitions:
+            RUN.transitions[f"{transition.source}->{transition.dest}"] += 1
+
+
+_TERMINAL: Final = frozenset({JobState.COMPLETE, JobState.FAILED})
+
+__all__ = ["PipelineChaos"]

@@ -1,0 +1,148 @@
+"""What the simulation checks, written from the issue's words rather than from our code.
+
+The job edges here are the specification (uploaded -> parsing -> parsed ->
+chunked -> embedding -> complete, with waiting and failed), not
+`state.machine`'s table, so a bug in that table is caught, not copied.
+`CheckedStore` is the real `SqliteJobStore` with one addition: before each
+commit it reads the job and judges the lease itself, and records a commit
+the store accepted under a lease that had lapsed.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Final, Unpack
+
+from state.machine import Job, JobState, Trigger
+from state.sqlite_db import SqliteDatabase
+from state.sqlite_store import SqliteJobStore, job_from_row
+from state.store import JobChanges
+
+S = JobState
+PIPELINE: Final = (S.UPLOADED, S.PARSING, S.PARSED, S.CHUNKED, S.EMBEDDING, S.COMPLETE)
+STEPS: Final = frozenset(PIPELINE[:-1])
+
+LEGAL: Final = frozenset(
+    {(None, S.UPLOADED)}
+    | set(pairwise(PIPELINE))
+    | {(step, S.WAITING) for step in STEPS}
+    | {(S.WAITING, step) for step in STEPS}
+    | {(step, S.FAILED) for step in (*STEPS, S.WAITING)}
+    | {(S.COMPLETE, S.COMPLETE)}  # clear_degraded, after a backfill
+)
+"""Every (from, to) pair the issue allows."""
+
+
+def edge_problem(source: str | None, dest: str, previous: str | None) -> str | None:
+    """Why one audit row breaks the specification, or None."""
+    src = None if source is None else S(source)
+    if (src, S(dest)) not in LEGAL:
+        return f"illegal edge {source} -> {dest}"
+    if src != (None if previous is None else S(previous)):
+        return f"the edge starts at {source} but the job was in {previous}"
+    return None
+
+
+class CheckedStore(SqliteJobStore):
+    """`SqliteJobStore`, recording commits it accepted under a lapsed lease."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        super().__init__(database)
+        self.lapsed_commits: list[str] = []
+
+    async def transition(
+        self,
+        job_id: str,
+        *,
+        expected_state: JobState,
+        expected_version: int,
+        owner: str | None,
+        trigger: Trigger,
+        reason: str,
+        correlation_id: str | None,
+        now: float,
+        **changes: Unpack[JobChanges],
+    ) -> Job:
+        before = await self.get_job(job_id)
+        lapsed = (
+            owner is not None
+            and before is not None
+            and before.lease_owner == owner
+            and (before.lease_expires_at is None or now >= before.lease_expires_at)
+        )
+        job = await super().transition(
+            job_id,
+            expected_state=expected_state,
+            expected_version=expected_version,
+            owner=owner,
+            trigger=trigger,
+            reason=reason,
+            correlation_id=correlation_id,
+            now=now,
+            **changes,
+        )
+        if lapsed:
+            self.lapsed_commits.append(f"{owner} committed {trigger} on {job_id} after its lease")
+        return job
+
+    # -- what the checks read ------------------------------------------------
+
+    async def all_jobs(self) -> list[Job]:
+        async with self._db.session() as session:
+            rows = await session.fetch("SELECT * FROM jobs ORDER BY id")
+        return [job_from_row(row) for row in rows]
+
+    async def leased_by(self, owner: str) -> list[str]:
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                "SELECT id FROM jobs WHERE lease_owner = ? ORDER BY id", (owner,)
+            )
+        return [str(row[0]) for row in rows]
+
+    async def events_since(self, seq: int) -> list[tuple[int, str, str | None, str]]:
+        """Audit rows after `seq`, in order: (seq, job id, from, to)."""
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                "SELECT seq, job_id, source, dest FROM job_events WHERE seq > ? ORDER BY seq",
+                (seq,),
+            )
+        return [
+            (int(r[0]), str(r[1]), None if r[2] is None else str(r[2]), str(r[3])) for r in rows
+        ]
+
+    async def served_by_mock(self, sha256: str) -> bool:
+        """Whether a mock produced this document's parse or any of its vectors."""
+        async with self._db.session() as session:
+            row = await session.fetch_one(
+                """SELECT EXISTS (SELECT 1 FROM parses WHERE sha256 = ? AND path = 'mock')
+                OR EXISTS (SELECT 1 FROM embeddings WHERE sha256 = ? AND path = 'mock')""",
+                (sha256, sha256),
+            )
+        return bool(row and row[0])
+
+    async def budget_refusals(self) -> int:
+        """Steps a budget refused: jobs sent to wait, or parses the mock served instead."""
+        async with self._db.session() as session:
+            row = await session.fetch_one(
+                "SELECT COUNT(*) FROM job_events WHERE reason LIKE '%budget%'"
+            )
+        return int(row[0]) if row else 0
+
+    async def audit_rows(self) -> list[tuple[object, ...]]:
+        """Every audit row, every column, in order."""
+        async with self._db.session() as session:
+            rows = await session.fetch("SELECT * FROM job_events ORDER BY seq")
+        return [tuple(row) for row in rows]
+
+    async def mock_served_count(self) -> int:
+        """Parses and vectors a mock produced, ever (backfill replaces vectors, not this)."""
+        async with self._db.session() as session:
+            row = await session.fetch_one(
+                """SELECT (SELECT COUNT(*) FROM job_events WHERE reason LIKE 'parsed (mock%')
+                + (SELECT COUNT(*) FROM job_events
+                   WHERE trigger = 'finish_embed' AND reason NOT LIKE '%, 0 mock')"""
+            )
+        return int(row[0]) if row else 0
+
+
+__all__ = ["LEGAL", "PIPELINE", "CheckedStore", "edge_problem"]

@@ -1,0 +1,408 @@
+"""`World`: the whole pipeline on one virtual-time loop, driven step by step from outside.
+
+A world owns a `VirtualTimeLoop`, the emulated providers (in process, no
+sockets), one SQLite store in a temporary file, and one or two worker
+processes. A "process" is what `breakwater serve` runs: its own pipeline
+(clients, guards, breakers, buckets), its own webhook inbox and API
+application, and a `Worker`. Processes share the store and, through it, the
+budget ledger, as real processes share the database file. Webhooks reach
+process 0's application; the other process's jobs get 404 and it polls, as
+the README documents.
+
+Every call into the world (`submit`, `advance`, a fault) is synchronous: it
+runs the loop until the step is done, so Hypothesis rules stay plain
+functions and background tasks (workers, heartbeats, webhook deliveries)
+carry on between rules on the same loop.
+
+A crash cancels every task the process started (found by a context
+variable each task inherits from the one that created it) and drops the
+process's memory; its leases lapse in the store, and a restarted process
+(a new number, new breakers, new inbox) takes the jobs over.
+
+What the world watches, without changing our code:
+
+* `Witness`: wraps each real provider function a pipeline routes to, after
+  the guard admitted the call. It records a call that starts while its
+  breaker is open, and the most probes in flight while half-open.
+* breaker transitions (`Breaker.subscribe`), and whether aiobreaker's state
+  agrees with the machine's after each step.
+* the webhook deliveries and their answers (`AppTransport`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import weakref
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from providers import LLAMAPARSE, OPENAI
+from providers.transport import HttpRequest, HttpResponse, Transport
+from providers.webhooks import WebhookInbox
+from resilience import ServiceMode
+from resilience.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Transition
+from resilience.budget import Budget
+from resilience.clock import wall_time
+from resilience.testing import VirtualTimeLoop
+from simulations.chaos.app_transport import AppTransport
+from simulations.chaos.oracle import CheckedStore
+from simulations.commands.serve import known_job_of
+from simulations.emulators import DEFAULT_WEBHOOK_SECRET, Emulator, InProcessTransport
+from state.chunking import ChunkingPolicy
+from state.metrics import Metrics
+from state.pipeline import EMBED, PARSE, PROVIDER_OF, Pipeline
+from state.server import create_app
+from state.worker import Worker
+
+T = TypeVar("T")
+
+WEBHOOK_URL: Final = "http://breakwater.sim/webhooks/llamaparse"
+LEASE_S: Final = 60.0
+IDLE_SLEEP_S: Final = 15.0
+"""How long an idle worker sleeps between polls. Coarser than the CLI's default, since
+each poll of every idle hour costs real time while only adding latency here."""
+POISON_MIME: Final = "application/x-msdownload"
+"""A media type no parser takes: a job that must end `failed` (a permanent fault)."""
+
+_WORDS: Final = (
+    "breaker",
+    "budget",
+    "token",
+    "bucket",
+    "retry",
+    "provider",
+    "outage",
+    "latency",
+    "parse",
+    "chunk",
+    "embed",
+    "vector",
+    "ledger",
+    "lease",
+    "worker",
+    "webhook",
+    "probe",
+    "cooldown",
+    "quota",
+    "limit",
+    "job",
+    "state",
+)
+
+_PROCESS: contextvars.ContextVar[int | None] = contextvars.ContextVar("sim_process", default=None)
+
+
+def environment(daily_budget_usd: dict[str, float]) -> dict[str, str]:
+    """The environment every simulated process reads: HYBRID, keys, webhooks, budgets."""
+    return {
+        "SERVICE_MODE": "hybrid",
+        "OPENAI_API_KEY": "sk-sim",
+        "OPENAI_BASE_URL": "http://openai.sim/v1",
+        "LLAMA_CLOUD_API_KEY": "llx-sim",
+        "LLAMA_CLOUD_BASE_URL": "http://llamaparse.sim",
+        "LLAMA_CLOUD_WEBHOOK_URL": WEBHOOK_URL,
+        "LLAMA_CLOUD_WEBHOOK_SECRET": DEFAULT_WEBHOOK_SECRET,
+        "BREAKWATER_OPENAI_DAILY_BUDGET_USD": f"{daily_budget_usd[OPENAI]:.6f}",
+        "BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD": f"{daily_budget_usd[LLAMAPARSE]:.6f}",
+        "BREAKWATER_OPENAI_MAX_ATTEMPTS": "2",
+        "BREAKWATER_LLAMAPARSE_MAX_ATTEMPTS": "2",
+    }
+
+
+@dataclass(slots=True)
+class Witness:
+    """Watches one provider's real calls where the guard hands them over."""
+
+    breaker: Breaker
+    half_open_max_calls: int
+    opened_calls: list[str] = field(default_factory=list)
+    probes: int = 0
+    most_probes: int = 0
+    calls: int = 0
+
+    def wrap(self, real: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
+        async def witnessed(*args: Any, **kwargs: Any) -> T:
+            state = self.breaker.state
+            self.calls += 1
+            if state == OPEN:
+                self.opened_calls.append(f"{self.breaker.name}: a call started while open")
+            probe = state == HALF_OPEN
+            if probe:
+                self.probes += 1
+                self.most_probes = max(self.most_probes, self.probes)
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                if probe:
+                    self.probes -= 1
+
+        return witnessed
+
+
+@dataclass(slots=True)
+class WebhookTap:
+    """Counts the API's answers to webhook deliveries, and catches one accepted twice."""
+
+    inner: AppTransport
+    answers: Counter[str] = field(default_factory=Counter)
+    accepted: set[bytes] = field(default_factory=set)
+    accepted_twice: list[str] = field(default_factory=list)
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        response = await self.inner.send(request)
+        outcome = str(response.status)
+        if response.status == 200:
+            outcome = str(orjson.loads(response.body).get("status", "200"))
+        if outcome == "accepted":
+            if request.body in self.accepted:
+                self.accepted_twice.append(f"a delivery was accepted twice: {request.body[:80]!r}")
+            self.accepted.add(request.body)
+        self.answers[outcome] += 1
+        return response
+
+
+@dataclass(slots=True)
+class Process:
+    """One simulated `breakwater serve` process."""
+
+    number: int
+    pipeline: Pipeline
+    worker: Worker
+    witnesses: dict[str, Witness]
+    task: asyncio.Task[None]
+    app_transport: AppTransport
+    inbox: WebhookInbox
+
+
+class World:
+    """The pipeline, its providers and its store on one virtual-time loop (see module doc)."""
+
+    def __init__(
+        self,
+        seed: int,
+        directory: Path,
+        *,
+        processes: int = 2,
+        concurrency: int = 4,
+        daily_budget_usd: dict[str, float] | None = None,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.loop = VirtualTimeLoop()
+        self.loop.set_task_factory(self._task_factory)
+        self._tasks: dict[int, weakref.WeakSet[asyncio.Task[Any]]] = {}
+        self.concurrency = concurrency
+        self.budgets = dict(daily_budget_usd or {OPENAI: 0.05, LLAMAPARSE: 0.5})
+        self.environ = environment(self.budgets)
+        self.webhooks = WebhookTap(AppTransport())
+        self.emulator = Emulator(seed=seed, webhook_transport=self.webhooks)
+        self.transport: Transport = InProcessTransport(self.emulator)
+        self.store = self.run(CheckedStore.open(directory / "sim.sqlite3", inline=True))
+        self.ledger = self.store.ledger()
+        self.processes: dict[int, Process] = {}
+        self.retired: list[Process] = []
+        self.transitions: list[tuple[str, int, Transition]] = []
+        self.crashes = 0
+        self._documents = 0
+        self._numbers = 0
+        self.mode = ServiceMode.HYBRID
+        for _ in range(processes):
+            self.start_process()
+
+    # -- driving the loop ----------------------------------------------------
+
+    def run(self, step: Awaitable[T]) -> T:
+        """Run the loop until `step` is done; background tasks run alongside."""
+
+        async def wrapped() -> T:
+            return await step
+
+        return self.loop.run_until_complete(wrapped())
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` of virtual time pass with everything running."""
+        self.run(asyncio.sleep(seconds))
+
+    @property
+    def now(self) -> float:
+        return self.loop.time()
+
+    def _task_factory(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Generator[Any, None, T] | Coroutine[Any, Any, T],
+        /,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[T]:
+        task = asyncio.Task(coro, loop=loop, context=context)
+        number = (context or contextvars.copy_context()).get(_PROCESS)
+        if number is not None:
+            self._tasks.setdefault(number, weakref.WeakSet()).add(task)
+        return task
+
+    # -- documents -----------------------------------------------------------
+
+    def submit(self, count: int, *, poison_rate: float = 0.05) -> dict[str, bool]:
+        """Upload `count` new documents drawn from the world's RNG; job id -> poison?"""
+        rng = self.rng
+
+        async def upload() -> dict[str, bool]:
+            accepted: dict[str, bool] = {}
+            for _ in range(count):
+                number = self._documents
+                self._documents += 1
+                poison = rng.random() < poison_rate
+                if poison:
+                    content, name, mime = b"MZ%d" % number, f"doc{number}.exe", POISON_MIME
+                else:
+                    words = [rng.choice(_WORDS) for _ in range(rng.randint(10, 240))]
+                    content = f"# Document {number}\n\n{' '.join(words)}\n".encode()
+                    name, mime = f"doc{number}.md", "text/markdown"
+                created = await self.store.create_job(
+                    content, filename=name, mime_type=mime, now=wall_time()
+                )
+                accepted[created.job.id] = poison
+            return accepted
+
+        return self.run(upload())
+
+    # -- processes -----------------------------------------------------------
+
+    def start_process(self) -> Process:
+        """Start a new worker process: fresh pipeline, guards, inbox and API application."""
+        number = self._numbers
+        self._numbers += 1
+        inbox = WebhookInbox()
+        base = Pipeline.from_env(
+            self.environ,
+            transport=self.transport,
+            rng=random.Random(f"{self.seed}:process:{number}"),
+            ledger=self.ledger,
+            inbox=inbox,
+        )
+        witnesses: dict[str, Witness] = {}
+        capabilities = {}
+        for name, capability in base.capabilities.items():
+            breaker = capability.guard.breaker
+            witness = Witness(breaker, breaker.policy.half_open_max_calls)
+            witnesses[PROVIDER_OF[name]] = witness
+            capabilities[name] = replace(capability, real=witness.wrap(capability.real))
+            breaker.subscribe(partial(self._on_transition, PROVIDER_OF[name], number))
+        pipeline = Pipeline(
+            mode=self.mode,
+            capabilities=capabilities,
+            embedder=base.embedder,
+            chunking=ChunkingPolicy(size_tokens=64, overlap_tokens=8),
+            parser=base.parser,
+        )
+        worker = Worker(
+            self.store,
+            pipeline,
+            owner=f"p{number}",
+            concurrency=self.concurrency,
+            lease_s=LEASE_S,
+            clock=wall_time,
+        )
+        app = create_app(
+            self.store,
+            guards={PROVIDER_OF[n]: c.guard for n, c in capabilities.items()},
+            metrics=Metrics(),
+            webhook_secret=DEFAULT_WEBHOOK_SECRET,
+            known_job=known_job_of(pipeline),
+            inbox=inbox,
+        )
+        app_transport = AppTransport(app)
+        if not self.processes or min(self.processes) > number or self.webhooks.inner.app is None:
+            self.webhooks.inner.app = app
+        context = contextvars.copy_context()
+        context.run(_PROCESS.set, number)
+        stop = asyncio.Event()
+        task = self.loop.create_task(worker.run(stop, idle_sleep_s=IDLE_SLEEP_S), context=context)
+        process = Process(number, pipeline, worker, witnesses, task, app_transport, inbox)
+        self.processes[number] = process
+        return process
+
+    def _on_transition(self, provider: str, number: int, transition: Transition) -> None:
+        self.transitions.append((provider, number, transition))
+
+    def crash(self, number: int) -> None:
+        """Kill process `number`: cancel all its tasks mid-step and forget it."""
+        process = self.processes.pop(number)
+        tasks = list(self._tasks.pop(number, ()))
+        for task in tasks:
+            task.cancel()
+        self.run(asyncio.gather(*tasks, return_exceptions=True))
+        self.retired.append(process)
+        self.crashes += 1
+        if self.webhooks.inner.app is not None and self.processes:
+            self.webhooks.inner.app = self.processes[min(self.processes)].app_transport.app
+
+    def set_mode(self, mode: ServiceMode) -> None:
+        self.mode = mode
+        for process in self.processes.values():
+            process.pipeline.mode = mode
+            for capability in (PARSE, EMBED):
+                process.pipeline.router(capability).mode = mode
+
+    def set_budget(self, provider: str, daily_usd: float) -> None:
+        """Change a provider's daily budget in every process, keeping the shared ledger."""
+        self.budgets[provider] = daily_usd
+        self.environ = environment(self.budgets)
+        capability = PARSE if provider == LLAMAPARSE else EMBED
+        for process in self.processes.values():
+            guard = process.pipeline.guard(capability)
+            old = guard.budget
+            guard.budget = Budget(
+                daily_usd=daily_usd,
+                scope=provider,
+                ledger=self.ledger,
+                usage=old.usage if old is not None else None,
+            )
+
+    def breakers(self) -> list[tuple[str, int, Breaker]]:
+        return [
+            (provider, process.number, witness.breaker)
+            for process in self.processes.values()
+            for provider, witness in process.witnesses.items()
+        ]
+
+    def witnesses(self) -> list[Witness]:
+        return [
+            witness
+            for process in (*self.processes.values(), *self.retired)
+            for witness in process.witnesses.values()
+        ]
+
+    def history(self) -> bytes:
+        """What happened, as bytes: audit rows, breaker transitions, what the providers saw."""
+        return orjson.dumps(
+            {
+                "audit": self.run(self.store.audit_rows()),
+                "transitions": [
+                    [provider, number, t.source, t.dest, t.trigger, t.reason, t.at]
+                    for provider, number, t in self.transitions
+                ],
+                "emulator": self.emulator.stats().to_json(),
+                "webhooks": dict(sorted(self.webhooks.answers.items())),
+                "now": self.now,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+
+    def close(self) -> None:
+        for number in list(self.processes):
+            self.crash(number)
+        self.run(self.emulator.close())
+        self.run(self.store.close())
+        self.loop.close()
+
+
+__all__ = ["CLOSED", "POISON_MIME", "WEBHOOK_URL", "Process", "Witness", "World"]
