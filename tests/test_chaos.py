@@ -36,12 +36,17 @@ def quiet() -> Iterator[None]:
         logger.enable(package)
 
 
+# `python -m simulations.mutants` only needs to know a bug is caught, so it
+# turns shrinking off; everyone else gets the smallest failing program.
+_SHRINK = os.environ.get("BREAKWATER_CHAOS_SHRINK", "on") != "off"
+
 TestPipelineChaos = PipelineChaos.TestCase
 TestPipelineChaos.settings = settings(
     max_examples=SIMULATION_EXAMPLES.get(_PROFILE, 6),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    phases=list(Phase) if _SHRINK else [Phase.explicit, Phase.reuse, Phase.generate],
 )
 
 

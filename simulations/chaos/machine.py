@@ -287,7 +287,7 @@ class PipelineChaos(RuleBasedStateMachine):
     def breakers_hold(self) -> None:
         if self.world is None:
             return
-        assert not self.w.webhooks.accepted_twice, self.w.webhooks.accepted_twice[0]
+        assert not self.w.webhooks.repeat_problems, self.w.webhooks.repeat_problems[0]
         for witness in self.w.witnesses():
             assert not witness.opened_calls, witness.opened_calls[0]
             assert witness.most_probes <= witness.half_open_max_calls, (

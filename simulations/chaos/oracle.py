@@ -43,12 +43,37 @@ def edge_problem(source: str | None, dest: str, previous: str | None) -> str | N
     return None
 
 
-class CheckedStore(SqliteJobStore):
-    """`SqliteJobStore`, recording commits it accepted under a lapsed lease."""
+class ProcessKilled(Exception):
+    """The process this store belonged to was killed; it can reach nothing any more."""
 
-    def __init__(self, database: SqliteDatabase) -> None:
+
+class CheckedStore(SqliteJobStore):
+    """`SqliteJobStore`, recording commits it accepted under a lapsed lease.
+
+    Each simulated process gets its own `sibling()` over the one database.
+    Killing a process (`alive = False`) cuts its store off, as a SIGKILL
+    would: the `finally` blocks a cancelled worker still runs (releasing its
+    leases, say) fail instead of writing, so its leases must lapse.
+    """
+
+    def __init__(self, database: SqliteDatabase, lapsed_commits: list[str] | None = None) -> None:
+        self.alive = True
         super().__init__(database)
-        self.lapsed_commits: list[str] = []
+        self.lapsed_commits: list[str] = [] if lapsed_commits is None else lapsed_commits
+
+    @property
+    def _db(self) -> SqliteDatabase:
+        if not self.alive:
+            raise ProcessKilled("this process was killed")
+        return self._database
+
+    @_db.setter
+    def _db(self, database: SqliteDatabase) -> None:
+        self._database = database
+
+    def sibling(self) -> CheckedStore:
+        """Another store over the same database, sharing the record of lapsed commits."""
+        return CheckedStore(self._database, self.lapsed_commits)
 
     async def transition(
         self,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import random
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field, replace
@@ -117,6 +116,10 @@ def environment(daily_budget_usd: dict[str, float]) -> dict[str, str]:
     }
 
 
+def _forget(tasks: dict[asyncio.Task[Any], None], task: asyncio.Task[Any]) -> None:
+    tasks.pop(task, None)
+
+
 @dataclass(slots=True)
 class Witness:
     """Watches one provider's real calls where the guard hands them over."""
@@ -149,21 +152,25 @@ class Witness:
 
 @dataclass(slots=True)
 class WebhookTap:
-    """Counts the API's answers to webhook deliveries, and catches one accepted twice."""
+    """Counts the API's answers to webhook deliveries; a delivery accepted once must be
+    answered "duplicate" every time it comes again."""
 
     inner: AppTransport
     answers: Counter[str] = field(default_factory=Counter)
     accepted: set[bytes] = field(default_factory=set)
-    accepted_twice: list[str] = field(default_factory=list)
+    repeat_problems: list[str] = field(default_factory=list)
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         response = await self.inner.send(request)
         outcome = str(response.status)
         if response.status == 200:
             outcome = str(orjson.loads(response.body).get("status", "200"))
-        if outcome == "accepted":
-            if request.body in self.accepted:
-                self.accepted_twice.append(f"a delivery was accepted twice: {request.body[:80]!r}")
+        if request.body in self.accepted:
+            if outcome != "duplicate":
+                self.repeat_problems.append(
+                    f"a repeated delivery got {outcome!r}, not 'duplicate': {request.body[:80]!r}"
+                )
+        elif outcome == "accepted":
             self.accepted.add(request.body)
         self.answers[outcome] += 1
         return response
@@ -180,6 +187,7 @@ class Process:
     task: asyncio.Task[None]
     app_transport: AppTransport
     inbox: WebhookInbox
+    store: CheckedStore
 
 
 class World:
@@ -198,7 +206,7 @@ class World:
         self.rng = random.Random(seed)
         self.loop = VirtualTimeLoop()
         self.loop.set_task_factory(self._task_factory)
-        self._tasks: dict[int, weakref.WeakSet[asyncio.Task[Any]]] = {}
+        self._tasks: dict[int, dict[asyncio.Task[Any], None]] = {}
         self.concurrency = concurrency
         self.budgets = dict(daily_budget_usd or {OPENAI: 0.05, LLAMAPARSE: 0.5})
         self.environ = environment(self.budgets)
@@ -245,7 +253,11 @@ class World:
         task = asyncio.Task(coro, loop=loop, context=context)
         number = (context or contextvars.copy_context()).get(_PROCESS)
         if number is not None:
-            self._tasks.setdefault(number, weakref.WeakSet()).add(task)
+            # A dict, not a WeakSet: a crash cancels in creation order, where a
+            # set's order would follow memory addresses and the replay would drift.
+            tasks = self._tasks.setdefault(number, {})
+            tasks[task] = None
+            task.add_done_callback(partial(_forget, tasks))
         return task
 
     # -- documents -----------------------------------------------------------
@@ -281,6 +293,7 @@ class World:
         number = self._numbers
         self._numbers += 1
         inbox = WebhookInbox()
+        store = self.store.sibling()
         base = Pipeline.from_env(
             self.environ,
             transport=self.transport,
@@ -304,7 +317,7 @@ class World:
             parser=base.parser,
         )
         worker = Worker(
-            self.store,
+            store,
             pipeline,
             owner=f"p{number}",
             concurrency=self.concurrency,
@@ -312,7 +325,7 @@ class World:
             clock=wall_time,
         )
         app = create_app(
-            self.store,
+            store,
             guards={PROVIDER_OF[n]: c.guard for n, c in capabilities.items()},
             metrics=Metrics(),
             webhook_secret=DEFAULT_WEBHOOK_SECRET,
@@ -326,7 +339,7 @@ class World:
         context.run(_PROCESS.set, number)
         stop = asyncio.Event()
         task = self.loop.create_task(worker.run(stop, idle_sleep_s=IDLE_SLEEP_S), context=context)
-        process = Process(number, pipeline, worker, witnesses, task, app_transport, inbox)
+        process = Process(number, pipeline, worker, witnesses, task, app_transport, inbox, store)
         self.processes[number] = process
         return process
 
@@ -336,6 +349,7 @@ class World:
     def crash(self, number: int) -> None:
         """Kill process `number`: cancel all its tasks mid-step and forget it."""
         process = self.processes.pop(number)
+        process.store.alive = False
         tasks = list(self._tasks.pop(number, ()))
         for task in tasks:
             task.cancel()
