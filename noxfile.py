@@ -1,4 +1,4 @@
-"""Developer sessions. `nox` alone runs what CI runs: lint, typecheck, tests, chaos."""
+"""Developer sessions. `nox` alone runs what CI runs: lint, typecheck, tests, chaos, mutants."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "chaos"]
+nox.options.sessions = ["lint", "typecheck", "tests", "chaos", "mutants"]
 nox.options.error_on_missing_interpreters = True
 
 PACKAGES = ["resilience", "providers", "state", "simulations"]
@@ -61,6 +61,13 @@ def chaos(session: nox.Session) -> None:
             "PYTHONHASHSEED": "0",
         },
     )
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Five deliberate bugs, one at a time: the chaos suite must catch each."""
+    install(session)
+    session.run("python", "-m", "simulations.mutants")
 
 
 @nox.session
