@@ -42,8 +42,9 @@ from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
 from state.machine import JobState
 from state.worker import backfill
 
-HORIZON_S: Final = 24 * 3600.0
-"""How long teardown waits, healed, for every job to reach a terminal state."""
+HORIZON_S: Final = 26 * 3600.0
+"""How long teardown waits, healed, for every job to reach a terminal state: the longest
+legitimate wait is a daily budget's reset (up to 24 hours), then the steps themselves."""
 
 DAY_S: Final = 86_400.0
 USD_TOLERANCE: Final = 1e-7
