@@ -71,6 +71,33 @@ def mutants(session: nox.Session) -> None:
 
 
 @nox.session
+def integration(session: nox.Session) -> None:
+    """The `postgres`-marked tests against a real PostgreSQL server, which must be there.
+
+    BREAKWATER_TEST_POSTGRES_URL names a server (its role needs CREATEDB);
+    otherwise tests/postgres.py starts one from the installed binaries
+    (initdb, pg_ctl). With neither, the session errors rather than passing
+    with every test skipped, and BREAKWATER_REQUIRE_POSTGRES=1 makes any
+    test that still cannot get a server fail.
+    """
+    install(session)
+    where = session.run("python", "-m", "tests.postgres", silent=True)
+    if not isinstance(where, str) or not where.strip():
+        session.error(
+            "PostgreSQL binaries (initdb, pg_ctl) not found and BREAKWATER_TEST_POSTGRES_URL "
+            "is unset: the PostgreSQL integration tests did NOT run"
+        )
+    session.log(f"PostgreSQL: {where.strip()}")
+    session.run(
+        "pytest",
+        "-m",
+        "postgres",
+        *session.posargs,
+        env={"BREAKWATER_REQUIRE_POSTGRES": "1"},
+    )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Per-call overhead, throughput beside the openai SDK, the pipeline, the outage drill."""
     install(session)

@@ -15,6 +15,9 @@ from loguru import logger
 from resilience.clock import Clock, wall_time
 from resilience.ledger import InMemoryLedger, PeriodLimit, Totals
 
+# The PostgreSQL fixtures (`postgres_url`, `postgres_database`) for tests/test_store.py.
+pytest_plugins = ["tests.postgres"]
+
 # `tests` runs each property 60 times. `nox -s chaos` picks one of two explicit
 # profiles, so Hypothesis's own `ci` profile (loaded whenever CI is set) never
 # decides: `chaos-ci` (derandomized, no example database: a failure replays

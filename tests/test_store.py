@@ -1,8 +1,19 @@
-"""SqliteJobStore and SqliteLedger on real files, each test on the virtual-time loop.
+"""The store test suite, over every `JobStore`: SQLite (both drivers) and PostgreSQL.
 
-Never `:memory:`: WAL, locking between connections and reopening are the
-behaviour under test. `now` is wall time on the virtual loop, which starts at
-2026-01-01T00:00:00Z.
+Each test runs on the virtual-time loop; `now` is wall time there, which
+starts at 2026-01-01T00:00:00Z. Never SQLite's `:memory:`: WAL, locking
+between connections and reopening are the behaviour under test. PostgreSQL
+runs on a throwaway server with a fresh database per test (`tests.postgres`);
+its variants carry the `postgres` marker and skip when no server can be had.
+
+PostgreSQL works on the virtual loop because `state.postgres_db` holds the
+clock (`resilience.clock.thread_work`) while a statement is out: the server
+answers in real time, so without the hold time would jump to the next timer
+whenever its socket was not ready at that instant. The store takes `now`
+explicitly, so nothing here depends on the server's clock either.
+
+A few tests are SQLite's alone: the inline driver's cancellation points and
+the raw file written by an older release.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from pathlib import Path
 from sqlite3 import Row
 from typing import TypeVar, Unpack
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,6 +34,7 @@ from hypothesis import strategies as st
 from providers.llamaparse import ParsedDocument
 from resilience import Budget, BudgetExceeded
 from resilience.clock import wall_time
+from resilience.errors import ConfigError
 from resilience.ledger import PeriodLimit
 from resilience.testing import run_virtual
 from state import (
@@ -41,6 +54,9 @@ from state import (
     WaitReason,
 )
 from state.chunking import ChunkingPolicy, chunk
+from state.open import locate, open_store
+from state.postgres_db import Connection
+from state.postgres_store import PostgresJobStore
 from state.schema import LATEST, MIGRATIONS
 from state.sqlite_db import Params, Session
 from state.vectors import pack_f32, unpack_f32
@@ -48,34 +64,80 @@ from state.vectors import pack_f32, unpack_f32
 S, T = JobState, Trigger
 R = TypeVar("R")
 MODEL, DIMS = "text-embedding-3-small", 4
+Store = SqliteJobStore | PostgresJobStore
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
 
 
-async def open_store(path: Path) -> SqliteJobStore:
-    """The store at `path`, over the driver its name asks for (see `db`)."""
+def is_postgres(target: str) -> bool:
+    return target.startswith("postgresql://")
+
+
+async def open_target(target: str) -> Store:
+    """The store at `target`: a postgresql:// URL, or a file whose name picks the driver."""
+    if is_postgres(target):
+        return await open_store(target)
+    path = Path(target)
     return await SqliteJobStore.open(path, inline=path.stem.endswith("-inline"))
 
 
-def run(path: Path, body: Callable[[SqliteJobStore], Awaitable[R]]) -> R:
-    """Open the store at `path`, run `body` with it on the virtual loop, and close it."""
+def run(target: str, body: Callable[[Store], Awaitable[R]]) -> R:
+    """Open the store at `target`, run `body` with it on the virtual loop, and close it."""
 
     async def main() -> R:
-        async with await open_store(path) as store:
+        async with await open_target(target) as store:
             return await body(store)
 
     return run_virtual(main())
 
 
+def raw_sql(target: str, *statements: str) -> list[tuple[object, ...]]:
+    """Run `statements` on the database itself, past the store; the last one's rows."""
+    if is_postgres(target):
+
+        async def fetch() -> list[tuple[object, ...]]:
+            connection = await asyncpg.connect(target)
+            try:
+                async with connection.transaction():
+                    for statement in statements[:-1]:
+                        await connection.execute(statement)
+                    return [tuple(row) for row in await connection.fetch(statements[-1])]
+            finally:
+                await connection.close()
+
+        return asyncio.run(fetch())
+    with sqlite3.connect(target) as raw:
+        for statement in statements[:-1]:
+            raw.execute(statement)
+        rows = raw.execute(statements[-1]).fetchall()
+    raw.close()
+    return rows
+
+
+def target_for(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_database")
+        return url
+    return str(tmp_path / f"jobs-{request.param}.sqlite3")
+
+
+@pytest.fixture(params=["aiosqlite", "inline", POSTGRES])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: every store test runs over both SQLite drivers and PostgreSQL."""
+    return target_for(request, tmp_path)
+
+
+@pytest.fixture(params=["aiosqlite", POSTGRES])
+def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """For two stores on one database in one process. Not SQLite's inline driver: the
+    second connection would wait for SQLite's lock on the very thread the first needs
+    to let go."""
+    return target_for(request, tmp_path)
+
+
 @pytest.fixture(params=["aiosqlite", "inline"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """A database file path; every store test runs over both drivers, named in the file."""
+def sqlite_db(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A SQLite file, for the tests that look at the file or the driver themselves."""
     return tmp_path / f"jobs-{request.param}.sqlite3"
-
-
-@pytest.fixture
-def threaded_db(tmp_path: Path) -> Path:
-    """For two connections in one process, which only aiosqlite allows: inline, the
-    second would wait for SQLite's lock on the very thread the first needs to let go."""
-    return tmp_path / "jobs-aiosqlite.sqlite3"
 
 
 async def move(
@@ -118,8 +180,8 @@ async def with_chunks(store: JobStore, count: int = 3) -> str:
 # -- jobs and their audit trail -------------------------------------------------
 
 
-def test_create_job_is_idempotent_by_content(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_create_job_is_idempotent_by_content(db: str) -> None:
+    async def body(store: Store) -> None:
         now = wall_time()
         first = await store.create_job(
             b"same bytes", filename="a.pdf", mime_type="application/pdf", now=now
@@ -146,8 +208,8 @@ def test_create_job_is_idempotent_by_content(db: Path) -> None:
     run(db, body)
 
 
-def test_the_happy_path_is_audited_edge_by_edge(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_the_happy_path_is_audited_edge_by_edge(db: str) -> None:
+    async def body(store: Store) -> None:
         job = await leased_job(store)
         for trigger in (T.START_PARSE, T.FINISH_PARSE, T.CHUNK, T.START_EMBED):
             job = await move(store, job, trigger, degraded=trigger is T.FINISH_PARSE)
@@ -182,8 +244,8 @@ def test_the_happy_path_is_audited_edge_by_edge(db: Path) -> None:
     run(db, body)
 
 
-def test_wait_reschedules_and_resume_returns_to_the_step(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_wait_reschedules_and_resume_returns_to_the_step(db: str) -> None:
+    async def body(store: Store) -> None:
         job = await leased_job(store)
         job = await move(store, job, T.START_PARSE)
         now = wall_time()
@@ -202,8 +264,8 @@ def test_wait_reschedules_and_resume_returns_to_the_step(db: Path) -> None:
     run(db, body)
 
 
-def test_failed_is_a_dead_letter_that_absorbs(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_failed_is_a_dead_letter_that_absorbs(db: str) -> None:
+    async def body(store: Store) -> None:
         job = await leased_job(store)
         job = await move(store, job, T.START_PARSE, last_error="503 from llamaparse")
         job = await move(store, job, T.WAIT, not_before=wall_time(), wait_reason=WaitReason.RETRY)
@@ -225,8 +287,8 @@ def test_failed_is_a_dead_letter_that_absorbs(db: Path) -> None:
     run(db, body)
 
 
-def test_a_transition_checks_its_arguments_before_writing(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_a_transition_checks_its_arguments_before_writing(db: str) -> None:
+    async def body(store: Store) -> None:
         job = await leased_job(store)
         with pytest.raises(ValueError, match="wait needs"):
             await move(store, job, T.WAIT)
@@ -263,8 +325,8 @@ def test_a_transition_checks_its_arguments_before_writing(db: Path) -> None:
 # -- compare-and-set and leases -----------------------------------------------------
 
 
-def test_concurrent_transitions_on_one_version_one_wins(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_concurrent_transitions_on_one_version_one_wins(db: str) -> None:
+    async def body(store: Store) -> None:
         job = await leased_job(store)
         results = await asyncio.gather(
             *(move(store, job, T.START_PARSE) for _ in range(8)), return_exceptions=True
@@ -277,14 +339,14 @@ def test_concurrent_transitions_on_one_version_one_wins(db: Path) -> None:
     run(db, body)
 
 
-def test_two_connections_to_one_file_one_wins(threaded_db: Path) -> None:
-    """The compare-and-set holds between processes too: here, two connections."""
-    db = threaded_db
+def test_two_connections_to_one_database_one_wins(shared_db: str) -> None:
+    """The compare-and-set holds between processes too: here, two stores on one database."""
+    db = shared_db
 
     async def main() -> list[Job | BaseException]:
         async with (
-            await open_store(db) as first,
-            await open_store(db) as second,
+            await open_target(db) as first,
+            await open_target(db) as second,
         ):
             job = await leased_job(first)
             return await asyncio.gather(
@@ -297,8 +359,8 @@ def test_two_connections_to_one_file_one_wins(threaded_db: Path) -> None:
     assert sum(isinstance(r, StaleJob) for r in results) == 7
 
 
-def test_an_expired_lease_passes_to_another_worker(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_an_expired_lease_passes_to_another_worker(db: str) -> None:
+    async def body(store: Store) -> None:
         now = wall_time()
         await store.create_job(b"x", filename="x.txt", mime_type="text/plain", now=now)
         (mine,) = await store.lease("w1", now=now, lease_s=30)
@@ -317,8 +379,8 @@ def test_an_expired_lease_passes_to_another_worker(db: Path) -> None:
     run(db, body)
 
 
-def test_a_lapsed_lease_cannot_commit_even_if_nobody_took_it(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_a_lapsed_lease_cannot_commit_even_if_nobody_took_it(db: str) -> None:
+    async def body(store: Store) -> None:
         job = await leased_job(store)
         late = (job.lease_expires_at or 0.0) + 0.001
         with pytest.raises(StaleJob, match="lapsed"):
@@ -329,8 +391,8 @@ def test_a_lapsed_lease_cannot_commit_even_if_nobody_took_it(db: Path) -> None:
     run(db, body)
 
 
-def test_an_operator_acts_only_on_unleased_jobs(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_an_operator_acts_only_on_unleased_jobs(db: str) -> None:
+    async def body(store: Store) -> None:
         job = await leased_job(store)
         with pytest.raises(StaleJob, match="leased by w1"):
             await move(store, job, T.FAIL, owner=None, failure_reason="cancelled")
@@ -343,8 +405,8 @@ def test_an_operator_acts_only_on_unleased_jobs(db: Path) -> None:
     run(db, body)
 
 
-def test_lease_takes_the_earliest_ready_jobs_up_to_the_limit(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_lease_takes_the_earliest_ready_jobs_up_to_the_limit(db: str) -> None:
+    async def body(store: Store) -> None:
         now = wall_time()
         ids = []
         for i in range(4):
@@ -363,7 +425,7 @@ def test_lease_takes_the_earliest_ready_jobs_up_to_the_limit(db: Path) -> None:
 
 
 def test_a_cancelled_transition_is_all_or_nothing(
-    db: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelled while any one of its statements runs, a transition commits whole or not at all.
 
@@ -383,7 +445,7 @@ def test_a_cancelled_transition_is_all_or_nothing(
 
     monkeypatch.setattr(Session, "fetch", cancelling_fetch)
 
-    async def body(store: SqliteJobStore) -> list[tuple[int, int, bool]]:
+    async def body(store: Store) -> list[tuple[int, int, bool]]:
         outcomes = []
         for cancel_at in range(6):
             job = await leased_job(store, f"doc {cancel_at}".encode())
@@ -398,7 +460,7 @@ def test_a_cancelled_transition_is_all_or_nothing(
         assert (await leased_job(store, b"after")).state is S.UPLOADED
         return outcomes
 
-    assert run(db, body) == [
+    assert run(str(sqlite_db), body) == [
         (1, 1, True),  # BEGIN
         (1, 1, True),  # SELECT
         (1, 1, True),  # UPDATE
@@ -408,11 +470,60 @@ def test_a_cancelled_transition_is_all_or_nothing(
     ]
 
 
+@pytest.mark.postgres
+def test_a_cancelled_postgres_transition_is_all_or_nothing(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled at any of its statements, a transition on PostgreSQL commits nothing.
+
+    A transition is SELECT ... FOR UPDATE, UPDATE and INSERT inside asyncpg's
+    transaction; the task is cancelled as statement `k` goes out. asyncpg
+    cancels the query on the server and the transaction rolls back, and the
+    connection goes back to the pool usable.
+    """
+    calls = {"fetch_one": Connection.fetch_one, "execute": Connection.execute}
+    victim: list[asyncio.Task[Job]] = []
+    plan = {"cancel_at": 0, "seen": 0}
+
+    def cancelling(name: str) -> Callable[..., Awaitable[object]]:
+        async def statement(connection: Connection, sql: str, *args: object) -> object:
+            if victim and plan["seen"] == plan["cancel_at"]:
+                victim[0].cancel()
+            plan["seen"] += 1
+            return await calls[name](connection, sql, *args)
+
+        return statement
+
+    for name in calls:
+        monkeypatch.setattr(Connection, name, cancelling(name))
+
+    async def body(store: Store) -> list[tuple[int, int, bool]]:
+        outcomes = []
+        for cancel_at in range(4):
+            job = await leased_job(store, f"doc {cancel_at}".encode())
+            plan.update(cancel_at=cancel_at, seen=0)
+            victim.append(asyncio.ensure_future(move(store, job, T.START_PARSE)))
+            await asyncio.gather(victim[0], return_exceptions=True)
+            cancelled = victim.pop().cancelled()
+            after = await store.get_job(job.id)
+            assert after is not None
+            outcomes.append((after.version, len(await store.history(job.id)), cancelled))
+        assert (await leased_job(store, b"after")).state is S.UPLOADED
+        return outcomes
+
+    assert run(postgres_database, body) == [
+        (1, 1, True),  # SELECT ... FOR UPDATE
+        (1, 1, True),  # UPDATE
+        (1, 1, True),  # INSERT of the audit row
+        (2, 2, False),  # never cancelled
+    ]
+
+
 # -- chunks, embeddings and parse results ------------------------------------------
 
 
-def test_chunks_are_stored_once(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_chunks_are_stored_once(db: str) -> None:
+    async def body(store: Store) -> None:
         sha = await with_chunks(store, 3)
         again = await store.put_chunks(sha, [StoredChunk(i, f"chunk {i}") for i in range(3)])
         changed = await store.put_chunks(
@@ -429,10 +540,10 @@ def test_chunks_are_stored_once(db: Path) -> None:
     run(db, body)
 
 
-def test_the_chunkers_chunks_go_straight_in(db: Path) -> None:
+def test_the_chunkers_chunks_go_straight_in(db: str) -> None:
     markdown = "# Breakers\n\n" + "A breaker opens after failures. " * 40
 
-    async def body(store: SqliteJobStore) -> list[StoredChunk]:
+    async def body(store: Store) -> list[StoredChunk]:
         upload = await store.create_job(
             markdown.encode(), filename="b.md", mime_type="text/markdown", now=wall_time()
         )
@@ -445,8 +556,8 @@ def test_the_chunkers_chunks_go_straight_in(db: Path) -> None:
     assert run(db, body) == [StoredChunk(piece.index, piece.text) for piece in expected]
 
 
-def test_embeddings_are_upserted_never_duplicated(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_embeddings_are_upserted_never_duplicated(db: str) -> None:
+    async def body(store: Store) -> None:
         sha = await with_chunks(store, 3)
         mock = [EmbeddingRow(i, [0.0, 0.0, 0.0, 1.0], "mock") for i in range(3)]
         assert await store.put_embeddings(sha, MODEL, DIMS, mock) == 3
@@ -468,8 +579,28 @@ def test_embeddings_are_upserted_never_duplicated(db: Path) -> None:
     run(db, body)
 
 
-def test_embeddings_are_checked_before_writing(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_a_batch_that_repeats_a_key_applies_row_by_row(db: str) -> None:
+    """Every backend gives what SQLite's row-by-row batch gives: chunks first-wins,
+    vectors upserted in order (PostgreSQL splits such a batch; see its store)."""
+
+    async def body(store: Store) -> None:
+        sha = await with_chunks(store, 0)
+        assert await store.put_chunks(sha, [StoredChunk(0, "first"), StoredChunk(0, "second")]) == 1
+        assert await store.chunks(sha) == [StoredChunk(0, "first")]
+        rows = [
+            EmbeddingRow(0, [0.0] * DIMS, "mock"),
+            EmbeddingRow(0, [1.0] * DIMS, "real"),
+            EmbeddingRow(0, [2.0] * DIMS, "mock"),  # never over a real one
+        ]
+        assert await store.put_embeddings(sha, MODEL, DIMS, rows) == 2
+        (stored,) = await store.embeddings(sha, MODEL, DIMS)
+        assert (stored.vector, stored.path) == ([1.0] * DIMS, "real")
+
+    run(db, body)
+
+
+def test_embeddings_are_checked_before_writing(db: str) -> None:
+    async def body(store: Store) -> None:
         sha = await with_chunks(store, 1)
         with pytest.raises(ValueError, match="3 values for 4 dimensions"):
             await store.put_embeddings(sha, MODEL, DIMS, [EmbeddingRow(0, [1.0] * 3, "real")])
@@ -483,20 +614,22 @@ def test_embeddings_are_checked_before_writing(db: Path) -> None:
     run(db, body)
 
 
-def test_vectors_are_float32_blobs_that_round_trip_exactly(db: Path) -> None:
+def test_vectors_are_float32_blobs_that_round_trip_exactly(db: str) -> None:
     float32 = [1.0, -0.0, 3.4028234663852886e38, 1.401298464324817e-45, -2.5e-3, 0.1]
     exact = unpack_f32(pack_f32(float32))
 
-    async def body(store: SqliteJobStore) -> list[float]:
+    async def body(store: Store) -> list[float]:
         sha = await with_chunks(store, 1)
         await store.put_embeddings(sha, MODEL, len(exact), [EmbeddingRow(0, exact, "real")])
         return (await store.embeddings(sha, MODEL, len(exact)))[0].vector
 
     assert run(db, body) == exact
     assert exact[-1] != 0.1  # 0.1 itself has no float32; its nearest one comes back
-    with sqlite3.connect(db) as raw:
-        kind, size = raw.execute("SELECT typeof(vector), length(vector) FROM embeddings").fetchone()
-    assert (kind, size) == ("blob", 4 * len(exact))
+    if is_postgres(db):
+        query, binary = "SELECT pg_typeof(vector)::text, octet_length(vector)", "bytea"
+    else:
+        query, binary = "SELECT typeof(vector), length(vector)", "blob"
+    assert raw_sql(db, f"{query} FROM embeddings") == [(binary, 4 * len(exact))]
 
 
 @given(st.lists(st.floats(width=32, allow_nan=False), max_size=64))
@@ -506,8 +639,8 @@ def test_float32_packing_is_exact_and_little_endian(vector: list[float]) -> None
     assert blob == b"".join(struct.pack("<f", value) for value in vector)
 
 
-def test_parse_results_prefer_real_over_mock(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_parse_results_prefer_real_over_mock(db: str) -> None:
+    async def body(store: Store) -> None:
         upload = await store.create_job(
             b"%PDF", filename="p.pdf", mime_type="application/pdf", now=0
         )
@@ -528,8 +661,8 @@ def test_parse_results_prefer_real_over_mock(db: Path) -> None:
     run(db, body)
 
 
-def test_replace_outputs_swaps_parse_chunks_and_vectors_all_or_nothing(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_replace_outputs_swaps_parse_chunks_and_vectors_all_or_nothing(db: str) -> None:
+    async def body(store: Store) -> None:
         sha = await with_chunks(store, 3)
         await store.put_parse(ParsedDocument("mock text", 1, "mock-1", sha), "mock")
         old = [EmbeddingRow(i, [1.0, 0.0, 0.0, 0.0], "mock") for i in range(3)]
@@ -571,7 +704,8 @@ def test_replace_outputs_swaps_parse_chunks_and_vectors_all_or_nothing(db: Path)
 # -- the schema ---------------------------------------------------------------------
 
 
-def test_opening_a_v1_database_upgrades_it_and_keeps_its_data(db: Path) -> None:
+def test_opening_a_v1_database_upgrades_it_and_keeps_its_data(sqlite_db: Path) -> None:
+    db = str(sqlite_db)
     with sqlite3.connect(db) as old:  # what the first release wrote
         old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT)")
         for statement in MIGRATIONS[0].statements:
@@ -585,7 +719,7 @@ def test_opening_a_v1_database_upgrades_it_and_keeps_its_data(db: Path) -> None:
         )
     old.close()
 
-    async def body(store: SqliteJobStore) -> Job | None:
+    async def body(store: Store) -> Job | None:
         assert await store.schema_version() == LATEST
         await store.put_chunks("abc", [StoredChunk(0, "added by v2")])
         return await store.get_job("job-abc")
@@ -601,20 +735,82 @@ def test_opening_a_v1_database_upgrades_it_and_keeps_its_data(db: Path) -> None:
     assert mode == "wal"
 
 
-def test_a_database_from_newer_code_is_refused(db: Path) -> None:
-    run(db, SqliteJobStore.schema_version)
-    with sqlite3.connect(db) as raw:
-        raw.execute("INSERT INTO schema_version VALUES (?, 'from the future')", (LATEST + 1,))
-    raw.close()
+@pytest.mark.postgres
+def test_opening_a_v1_postgres_database_upgrades_it_and_keeps_its_data(
+    postgres_database: str,
+) -> None:
+    db = postgres_database
+    raw_sql(
+        db,
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL)",
+        *MIGRATIONS[0].postgres,
+        "INSERT INTO schema_version VALUES (1, 'documents, jobs and their audit trail')",
+        "INSERT INTO documents VALUES ('abc', '\\x00')",
+        """INSERT INTO jobs VALUES ('job-abc', 'abc', 'old.txt', 'text/plain', 'chunked', 4,
+        0, 0, NULL, NULL, TRUE, NULL, NULL, NULL, NULL, '2025-06-01T00:00:00.000Z',
+        '2025-06-01T00:00:00.000Z')""",
+        "SELECT 1",
+    )
+
+    async def body(store: Store) -> Job | None:
+        assert await store.schema_version() == LATEST
+        await store.put_chunks("abc", [StoredChunk(0, "added by v2")])
+        return await store.get_job("job-abc")
+
+    job = run(db, body)
+    assert job is not None
+    assert (job.filename, job.state, job.version, job.degraded) == ("old.txt", S.CHUNKED, 4, True)
+    versions = raw_sql(db, "SELECT version FROM schema_version ORDER BY version")
+    assert versions == [(v,) for v in range(1, LATEST + 1)]
+
+
+def test_stores_opening_together_migrate_once(shared_db: str) -> None:
+    """Four stores open one new database at once: each migration is applied exactly once."""
+
+    async def main() -> list[int]:
+        stores = await asyncio.gather(*(open_target(shared_db) for _ in range(4)))
+        versions = [await store.schema_version() for store in stores]
+        for store in stores:
+            await store.close()
+        return versions
+
+    assert run_virtual(main()) == [LATEST] * 4
+    rows = raw_sql(shared_db, "SELECT version FROM schema_version ORDER BY version")
+    assert rows == [(v,) for v in range(1, LATEST + 1)]
+
+
+def test_a_database_from_newer_code_is_refused(db: str) -> None:
+    assert run(db, lambda store: store.schema_version()) == LATEST
+    raw_sql(db, f"INSERT INTO schema_version VALUES ({LATEST + 1}, 'from the future')")
     with pytest.raises(SchemaTooNew, match=f"v{LATEST + 1}"):
-        run(db, SqliteJobStore.schema_version)
+        run(db, lambda store: store.schema_version())
+
+
+def test_breakwater_db_picks_the_store() -> None:
+    assert locate("jobs.sqlite3") == Path("jobs.sqlite3")
+    assert locate(" sqlite:///var/jobs.db ") == Path("var/jobs.db")
+    assert locate(Path("x.db")) == Path("x.db")
+    url = "postgresql://breakwater@db.internal:5432/jobs"
+    assert locate(url) == url
+    assert locate("postgres://db/jobs") == "postgres://db/jobs"
+    for wrong in ("", "mysql://db/jobs", "redis://cache"):
+        with pytest.raises(ConfigError, match="BREAKWATER_DB"):
+            locate(wrong)
+
+
+def test_open_store_opens_either_backend(db: str) -> None:
+    async def main() -> int:
+        async with await open_store(db) as store:
+            return await store.schema_version()
+
+    assert run_virtual(main()) == LATEST
 
 
 # -- the budget ledger ----------------------------------------------------------------
 
 
-def test_concurrent_reservations_never_exceed_the_limit(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> tuple[int, tuple[float, int]]:
+def test_concurrent_reservations_never_exceed_the_limit(db: str) -> None:
+    async def body(store: Store) -> tuple[int, tuple[float, int]]:
         budget = Budget(daily_usd=1.0, ledger=store.ledger(), scope="openai")
         results = await asyncio.gather(
             *(budget.reserve("openai", 0.03) for _ in range(50)), return_exceptions=True
@@ -631,13 +827,13 @@ def test_concurrent_reservations_never_exceed_the_limit(db: Path) -> None:
     assert usd == pytest.approx(0.99)
 
 
-def test_two_connections_share_one_limit(threaded_db: Path) -> None:
-    db = threaded_db
+def test_two_connections_share_one_limit(shared_db: str) -> None:
+    db = shared_db
 
     async def main() -> tuple[int, float]:
         async with (
-            await open_store(db) as first,
-            await open_store(db) as second,
+            await open_target(db) as first,
+            await open_target(db) as second,
         ):
             budgets = [Budget(daily_usd=1.0, ledger=s.ledger()) for s in (first, second)]
             results = await asyncio.gather(
@@ -653,8 +849,8 @@ def test_two_connections_share_one_limit(threaded_db: Path) -> None:
     assert usd == pytest.approx(1.0)
 
 
-def test_the_ledger_refuses_all_or_nothing_and_refunds(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> None:
+def test_the_ledger_refuses_all_or_nothing_and_refunds(db: str) -> None:
+    async def body(store: Store) -> None:
         ledger = store.ledger()
         hour = PeriodLimit("k:hour", usd=1.0, requests=None, expires_at=2e9)
         day = PeriodLimit("k:day", usd=None, requests=2, expires_at=2e9)
@@ -669,8 +865,8 @@ def test_the_ledger_refuses_all_or_nothing_and_refunds(db: Path) -> None:
     run(db, body)
 
 
-def test_the_ledger_sweeps_expired_keys(db: Path) -> None:
-    async def body(store: SqliteJobStore) -> float:
+def test_the_ledger_sweeps_expired_keys(db: str) -> None:
+    async def body(store: Store) -> float:
         ledger = store.ledger(clock=lambda: 1_000.0)
         await ledger.try_add([PeriodLimit("old", None, None, expires_at=999.0)], 1.0, 1)
         await ledger.add(["stray"], 1.0, 1)  # lives default_ttl_s from the clock
@@ -685,8 +881,8 @@ def test_the_ledger_sweeps_expired_keys(db: Path) -> None:
 # -- durability and time ---------------------------------------------------------------
 
 
-def test_everything_survives_a_reopen(db: Path) -> None:
-    async def before(store: SqliteJobStore) -> Job:
+def test_everything_survives_a_reopen(db: str) -> None:
+    async def before(store: Store) -> Job:
         job = await leased_job(store)
         job = await move(store, job, T.START_PARSE)
         await store.put_chunks(job.sha256, [StoredChunk(0, "kept")])
@@ -694,7 +890,7 @@ def test_everything_survives_a_reopen(db: Path) -> None:
         await Budget(daily_usd=5.0, ledger=store.ledger(), scope="openai").reserve("openai", 0.25)
         return job
 
-    async def after(store: SqliteJobStore) -> None:
+    async def after(store: Store) -> None:
         assert await store.get_job(job.id) == job
         assert len(await store.history(job.id)) == 2
         assert await store.chunks(job.sha256) == [StoredChunk(0, "kept")]
@@ -708,14 +904,15 @@ def test_everything_survives_a_reopen(db: Path) -> None:
     run(db, after)
 
 
-def test_store_calls_do_not_move_virtual_time(db: Path) -> None:
-    """aiosqlite's thread holds the clock: a pending hour-long timer must not fire."""
+def test_store_calls_do_not_move_virtual_time(db: str) -> None:
+    """A store call holds the clock (aiosqlite's thread, PostgreSQL's round trips):
+    a pending hour-long timer must not fire."""
 
     async def main() -> tuple[float, float, bool]:
         loop = asyncio.get_running_loop()
         timer = asyncio.ensure_future(asyncio.sleep(3600))
         started = loop.time()
-        async with await open_store(db) as store:
+        async with await open_target(db) as store:
             job = await asyncio.wait_for(leased_job(store), timeout=1.0)
             for trigger in (T.START_PARSE, T.FINISH_PARSE, T.CHUNK):
                 job = await move(store, job, trigger)
