@@ -277,6 +277,18 @@ class Breaker:
     def probes_in_flight(self) -> int:
         return self._probes
 
+    @property
+    def rejecting(self) -> bool:
+        """Whether `acquire` would refuse now: open, or half-open with every probe permit out.
+
+        The guard asks before it waits on a rate limiter, so a call the
+        breaker will refuse neither waits for a token nor spends one.
+        """
+        state = self._model.state
+        return state == OPEN or (
+            state == HALF_OPEN and self._probes >= self.policy.half_open_max_calls
+        )
+
     def retry_after_s(self) -> float:
         """Seconds until a call could be admitted; 0.0 when closed."""
         state = self._model.state

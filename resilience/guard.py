@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from backoff.types import Details
 
-from resilience.breaker import OPEN, Breaker, BreakerPolicy
+from resilience.breaker import Breaker, BreakerPolicy
 from resilience.bucket import TokenBucket
 from resilience.budget import Budget, Reservation
 from resilience.errors import CircuitOpen, ErrorClass, ProviderError, classify
@@ -107,7 +107,7 @@ class Guard:
         """`call` with the arguments already packed, as the router holds them."""
         cid = correlation_id or self.new_correlation_id()
         kwargs = kwargs if kwargs is not None else {}
-        if self.breaker.state == OPEN:
+        if self.breaker.rejecting:
             raise CircuitOpen(self.name, self.breaker.retry_after_s())
         try:
             result: T = await self._attempt(fn, args, kwargs, units, cost, cid)
@@ -147,7 +147,7 @@ class Guard:
         cid: str,
     ) -> Any:
         """A later attempt: like the first (see `call`), refused at once by an open breaker."""
-        if self.breaker.state == OPEN:
+        if self.breaker.rejecting:
             raise CircuitOpen(self.name, self.breaker.retry_after_s())
         return await self._attempt(fn, args, kwargs, units, cost, cid)
 

@@ -286,6 +286,33 @@ def test_a_cancelled_probe_through_the_guard_frees_its_permit() -> None:
     assert run_virtual(main()) == (0, "half_open")
 
 
+def test_a_call_refused_half_open_neither_waits_for_nor_spends_a_token() -> None:
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=5, half_open_max_calls=1)
+
+    async def down() -> None:
+        raise ProviderError("down", status=503)
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        requests = TokenBucket(2, 0.01)  # two tokens, then one every 100 s
+        guard = Guard("p", policy, requests=requests, retry=RetryPolicy(max_attempts=1))
+        with pytest.raises(ProviderError):
+            await guard.call(down)  # takes a token and trips the breaker
+        await asyncio.sleep(5)
+        probe = asyncio.create_task(guard.call(asyncio.sleep, 20))  # the last token
+        await asyncio.sleep(0)
+        started = loop.time()
+        with pytest.raises(CircuitOpen):
+            await guard.call(asyncio.sleep, 0)  # no permit left: refused at once
+        waited = loop.time() - started
+        await probe
+        return waited, requests.level()
+
+    waited, left = run_virtual(main())
+    assert waited == 0.0
+    assert left == pytest.approx(0.25)  # 25 s of refill since the probe; nothing taken since
+
+
 def test_the_token_bucket_sees_the_time_the_request_bucket_waited() -> None:
     calls: list[float] = []
 
