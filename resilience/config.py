@@ -74,6 +74,7 @@ class ProviderSettings:
     cooldown_s: float | None = None
     cooldown_max_s: float | None = None
     half_open_max_calls: int | None = None
+    probe_timeout_s: float | None = None
 
     def breaker_policy(self) -> BreakerPolicy:
         """`BreakerPolicy()` with the overrides that are set.
@@ -228,6 +229,13 @@ _PROVIDER_FIELDS: Final = (
         "probe calls let through at once while half-open",
         f"default {_DEFAULT_POLICY.half_open_max_calls}",
     ),
+    _Field(
+        "probe_timeout_s",
+        _positive_number,
+        _NUMBER,
+        "seconds a half-open probe may take before it counts as failed",
+        f"default {_DEFAULT_POLICY.probe_timeout_s:g}",
+    ),
 )
 
 _BREAKER_OVERRIDES: Final = (
@@ -235,6 +243,7 @@ _BREAKER_OVERRIDES: Final = (
     "cooldown_s",
     "cooldown_max_s",
     "half_open_max_calls",
+    "probe_timeout_s",
 )
 
 

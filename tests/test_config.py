@@ -59,6 +59,7 @@ def test_defaults() -> None:
         ("COOLDOWN_S", "12.5", "cooldown_s", 12.5),
         ("COOLDOWN_MAX_S", "600", "cooldown_max_s", 600.0),
         ("HALF_OPEN_MAX_CALLS", "2", "half_open_max_calls", 2),
+        ("PROBE_TIMEOUT_S", "10", "probe_timeout_s", 10.0),
         ("RPM", "  60\n", "rpm", 60),
     ],
 )
@@ -125,6 +126,7 @@ _NUMBER = "expected a positive number"
         ("COOLDOWN_S", "0", _NUMBER),
         ("COOLDOWN_MAX_S", "-300", _NUMBER),
         ("HALF_OPEN_MAX_CALLS", "1.5", _INTEGER),
+        ("PROBE_TIMEOUT_S", "0", _NUMBER),
     ],
 )
 def test_bad_values_name_the_variable_value_and_what_is_accepted(
@@ -175,6 +177,7 @@ OPENAI_NAMES = ", ".join(
         "COOLDOWN_S",
         "COOLDOWN_MAX_S",
         "HALF_OPEN_MAX_CALLS",
+        "PROBE_TIMEOUT_S",
     )
 )
 
@@ -227,6 +230,7 @@ def test_breaker_policy_applies_overrides_and_keeps_other_defaults() -> None:
         "BREAKWATER_OPENAI_COOLDOWN_S": "5",
         "BREAKWATER_OPENAI_COOLDOWN_MAX_S": "60",
         "BREAKWATER_OPENAI_HALF_OPEN_MAX_CALLS": "2",
+        "BREAKWATER_OPENAI_PROBE_TIMEOUT_S": "10",
     }
     policy = load_config(environ, ["openai"]).providers["openai"].breaker_policy()
     assert policy == replace(
@@ -235,6 +239,7 @@ def test_breaker_policy_applies_overrides_and_keeps_other_defaults() -> None:
         cooldown_s=5.0,
         cooldown_max_s=60.0,
         half_open_max_calls=2,
+        probe_timeout_s=10.0,
     )
     assert ProviderSettings().breaker_policy() == BreakerPolicy()
     assert ProviderSettings(cooldown_s=7.0).breaker_policy() == replace(
@@ -286,7 +291,7 @@ def test_describe_variables_covers_exactly_what_load_config_reads() -> None:
     described = describe_variables(["openai", "anthropic"])
     names = [name for name, _ in described]
     assert names[:3] == ["SERVICE_MODE", "BREAKWATER_LOG", "BREAKWATER_DB"]
-    assert len(names) == len(set(names)) == 3 + 2 * 12
+    assert len(names) == len(set(names)) == 3 + 2 * 13
     assert all(meaning for _, meaning in described)
     # Every described name is accepted (no typo error) and actually read.
     environ = {name: "1" for name in names} | {"SERVICE_MODE": "real"}
