@@ -8,8 +8,10 @@ mode while the embeddings API goes down and comes back, then backfills
 `breakwater emulate` serves local OpenAI-embeddings and LlamaParse emulators
 with a seeded fault plan, until Ctrl-C.
 `breakwater ingest PATH...`, `worker`, `backfill`, `costs` and `serve` work on
-a SQLite job database (`simulations.commands`); each prints the daily budgets
-in force first, and a provider without a key runs mock-only, spending nothing.
+the job store that --db or BREAKWATER_DB names: a SQLite file, or a PostgreSQL
+database for a `postgresql://` URL (`simulations.commands`); each prints the
+daily budgets in force first, and a provider without a key runs mock-only,
+spending nothing.
 """
 
 from __future__ import annotations
@@ -233,8 +235,9 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text)
         command.add_argument(
             "--db",
-            metavar="PATH",
-            help=f"SQLite file or sqlite:///PATH (default: $BREAKWATER_DB or ./{DEFAULT_DB})",
+            metavar="PATH|URL",
+            help="SQLite file, sqlite:///PATH or postgresql://USER@HOST/DATABASE "
+            f"(default: $BREAKWATER_DB or ./{DEFAULT_DB})",
         )
         command.add_argument(
             "--log",

@@ -164,7 +164,7 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert main(["ingest", "x.md", "--mode", "free"]) == 2
     assert main(["worker", "--concurrency", "0"]) == 2
     assert main(["costs", "--export", "xml"]) == 2
-    assert main(["costs", "--db", "postgres://db/x", "--log", str(tmp_path / "e.jsonl")]) == 2
+    assert main(["costs", "--db", "mysql://db/x", "--log", str(tmp_path / "e.jsonl")]) == 2
 
 
 @pytest.mark.usefixtures("keyless")

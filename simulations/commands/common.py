@@ -1,4 +1,10 @@
-"""What the database commands share: the database path, the environment, the start banner.
+"""What the database commands share: the job store, the environment, the start banner.
+
+The store is the one `--db`, else BREAKWATER_DB, else ./breakwater.sqlite3
+names, opened by `state.open.open_store`: a SQLite path (or `sqlite:///PATH`)
+or a `postgresql://` URL. Any other value, and a PostgreSQL server that
+cannot be reached, is a `ConfigError` naming BREAKWATER_DB (exit code 2).
+A URL is shown without its password or query (`shown`).
 
 Safety: a command never spends without a key (the pipeline runs a key-less
 provider MOCK-only) and never without a daily budget: a provider whose
@@ -13,21 +19,25 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
+from urllib.parse import urlsplit
 
 from providers import PROVIDERS
 from resilience.clock import wall_time
 from resilience.config import variable_name
 from resilience.errors import ConfigError
-from state import JobState, SqliteJobStore
+from state import JobState, JobStore, SqliteJobStore
+from state.open import locate, open_store
 from state.pipeline import EMBED, PARSE, Pipeline
 from state.worker import Worker
+
+if TYPE_CHECKING:
+    from state.postgres_store import PostgresJobStore
 
 DEFAULT_DB: Final = "breakwater.sqlite3"
 DEFAULT_DAILY_BUDGET_USD: Final = 1.0
 """The daily budget of each provider whose own variable is unset: small on purpose."""
 
-_SQLITE_PREFIXES: Final = ("sqlite:///", "sqlite://")
 _MIME_BY_SUFFIX: Final = {
     ".md": "text/markdown",
     ".markdown": "text/markdown",
@@ -36,16 +46,43 @@ _MIME_BY_SUFFIX: Final = {
 }
 
 
-def database_path(arg: str | None, environ: Mapping[str, str]) -> Path:
-    """The SQLite file from --db, BREAKWATER_DB or the default; `sqlite:///` URLs accepted."""
-    text = (arg or environ.get("BREAKWATER_DB", "").strip() or DEFAULT_DB).strip()
-    for prefix in _SQLITE_PREFIXES:
-        if text.startswith(prefix):
-            return Path(text.removeprefix(prefix))
-    if "://" in text:
-        scheme = text.split("://", 1)[0]
-        raise ConfigError(f"database {scheme}://...: only SQLite files (a path or sqlite:///PATH)")
-    return Path(text)
+def database_location(arg: str | None, environ: Mapping[str, str]) -> Path | str:
+    """The SQLite file (a `Path`) or PostgreSQL URL (a `str`) from --db, BREAKWATER_DB or
+    the default; anything else is a `ConfigError` naming BREAKWATER_DB (`state.open.locate`)."""
+    return locate(arg or environ.get("BREAKWATER_DB", "").strip() or DEFAULT_DB)
+
+
+def shown(where: Path | str) -> str:
+    """`where` fit to print: a URL loses its password and its query (which may hold one)."""
+    if isinstance(where, Path):
+        return str(where)
+    parts = urlsplit(where)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] + "@" if at else ""
+    return f"{parts.scheme}://{user}{host}{parts.path}"
+
+
+async def open_job_store(where: Path | str) -> SqliteJobStore | PostgresJobStore:
+    """The store at `where`, opened and migrated (`state.open.open_store`); close it when done.
+
+    A PostgreSQL server that refuses, is not there, or rejects the URL's role,
+    password or database is a `ConfigError` naming BREAKWATER_DB, not a traceback.
+    """
+    if isinstance(where, Path):
+        return await open_store(where)
+    try:
+        return await open_store(where)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        import asyncpg  # type: ignore[import-untyped]  # present: open_store imported it
+
+        if not isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            raise
+        raise ConfigError(
+            f"BREAKWATER_DB: cannot open the PostgreSQL database {shown(where)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def command_environment(environ: Mapping[str, str], *, mode: str | None = None) -> dict[str, str]:
@@ -75,10 +112,10 @@ def budget_banner(pipeline: Pipeline) -> str:
     return "Daily budgets in force: " + ", ".join(parts)
 
 
-def announce(pipeline: Pipeline, db: Path, out: TextIO) -> None:
+def announce(pipeline: Pipeline, db: Path | str, out: TextIO) -> None:
     """The start banner: budgets, mode, database, and every provider that cannot spend."""
     print(budget_banner(pipeline), file=out)
-    print(f"Mode: {pipeline.mode.value}; database: {db}", file=out)
+    print(f"Mode: {pipeline.mode.value}; database: {shown(db)}", file=out)
     for capability in (PARSE, EMBED):
         if pipeline.mode.value != "mock" and not pipeline.can_spend(capability):
             name = pipeline.guard(capability).name
@@ -110,7 +147,7 @@ class Progress:
     Elsewhere (a pipe, a test) a line is printed only when what it shows changes.
     """
 
-    store: SqliteJobStore
+    store: JobStore
     pipeline: Pipeline
     total: int
     out: TextIO = field(default_factory=lambda: sys.stdout)
@@ -161,7 +198,7 @@ async def work_until_done(
                 await asyncio.sleep(0.05)
 
 
-async def ingest_file(store: SqliteJobStore, path: Path, mime: str) -> str:
+async def ingest_file(store: JobStore, path: Path, mime: str) -> str:
     content = await asyncio.to_thread(path.read_bytes)
     created = await store.create_job(content, filename=path.name, mime_type=mime, now=wall_time())
     return created.job.id
@@ -175,7 +212,7 @@ class Served:
     embeddings: dict[str, int]
 
 
-async def served(store: SqliteJobStore, pipeline: Pipeline, job_ids: Sequence[str]) -> Served:
+async def served(store: JobStore, pipeline: Pipeline, job_ids: Sequence[str]) -> Served:
     parses = {"real": 0, "mock": 0}
     embeddings = {"real": 0, "mock": 0}
     model, dims = pipeline.embedder.model, pipeline.embedder.vector_dimensions
@@ -191,9 +228,7 @@ async def served(store: SqliteJobStore, pipeline: Pipeline, job_ids: Sequence[st
     return Served(parses, embeddings)
 
 
-async def summary(
-    store: SqliteJobStore, pipeline: Pipeline, job_ids: Sequence[str], out: TextIO
-) -> None:
+async def summary(store: JobStore, pipeline: Pipeline, job_ids: Sequence[str], out: TextIO) -> None:
     counts = await store.jobs_by_state()
     by_state = ", ".join(f"{state.value} {n}" for state, n in counts.items() if n) or "none"
     degraded = await store.degraded_jobs()

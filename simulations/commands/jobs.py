@@ -1,4 +1,9 @@
-"""`breakwater ingest`, `worker`, `backfill` and `costs`, on the SQLite job database."""
+"""`breakwater ingest`, `worker`, `backfill` and `costs`, on the job store: SQLite or PostgreSQL.
+
+`--db` or BREAKWATER_DB chooses the store (`common.database_location`); the
+budget ledger is that store's `ledger()`, so spend is shared by every
+process on the same database.
+"""
 
 from __future__ import annotations
 
@@ -16,28 +21,30 @@ import orjson
 from simulations.commands.common import (
     Progress,
     announce,
-    database_path,
+    database_location,
     ingest_file,
     mime_type,
+    open_job_store,
     spend_lines,
     summary,
     work_until_done,
 )
-from state import JobState, SqliteJobStore
+from state import JobState, JobStore
 from state.pipeline import EMBED, PARSE, Pipeline
 from state.worker import Worker, backfill, install_signal_handlers, remove_signal_handlers
 
 DEFAULT_LEASE_S: Final = 60.0
 """`breakwater worker --lease-s`: the `Worker` default."""
 
-Body = Callable[[SqliteJobStore, Pipeline], Awaitable[int]]
+Body = Callable[[JobStore, Pipeline], Awaitable[int]]
 
 
 async def _with_pipeline(
-    db: Path, environ: Mapping[str, str], out: TextIO, body: Body, *, banner: bool = True
+    db: Path | str, environ: Mapping[str, str], out: TextIO, body: Body, *, banner: bool = True
 ) -> int:
-    """Open `db`, build the pipeline over its ledger, announce, run `body`, close both."""
-    async with await SqliteJobStore.open(db) as store:
+    """Open the store at `db`, build the pipeline over its ledger, announce, run `body`,
+    close both."""
+    async with await open_job_store(db) as store:
         pipeline = Pipeline.from_env(environ, ledger=store.ledger())
         try:
             if banner:
@@ -69,9 +76,9 @@ def run_ingest(
     if missing:
         print(f"breakwater ingest: not a readable file: {', '.join(missing)}", file=err)
         return 2
-    db_path = database_path(db, environ)
+    where = database_location(db, environ)
 
-    async def body(store: SqliteJobStore, pipeline: Pipeline) -> int:
+    async def body(store: JobStore, pipeline: Pipeline) -> int:
         ids = list(dict.fromkeys([await ingest_file(store, f, mime_type(f)) for f in files]))
         print(f"{len(ids)} job(s) for {len(files)} file(s); identical files share a job", file=out)
         worker = Worker(store, pipeline, owner=_owner("ingest"), concurrency=concurrency)
@@ -91,7 +98,7 @@ def run_ingest(
             print(f"  failed: {job.filename}: {job.failure_reason}", file=out)
         return 1 if failed else 0
 
-    return asyncio.run(_with_pipeline(db_path, environ, out, body))
+    return asyncio.run(_with_pipeline(where, environ, out, body))
 
 
 def run_worker(
@@ -107,9 +114,9 @@ def run_worker(
     A job's lease lasts `lease_s` unrenewed, so the jobs of a worker that died
     are taken again by another after at most that long.
     """
-    db_path = database_path(db, environ)
+    where = database_location(db, environ)
 
-    async def body(store: SqliteJobStore, pipeline: Pipeline) -> int:
+    async def body(store: JobStore, pipeline: Pipeline) -> int:
         worker = Worker(
             store, pipeline, owner=_owner("worker"), concurrency=concurrency, lease_s=lease_s
         )
@@ -129,14 +136,14 @@ def run_worker(
         )
         return 0
 
-    return asyncio.run(_with_pipeline(db_path, environ, out, body))
+    return asyncio.run(_with_pipeline(where, environ, out, body))
 
 
 def run_backfill(*, db: str | None, environ: Mapping[str, str], out: TextIO) -> int:
     """Redo the mock-served steps of degraded jobs with the real providers (keys needed)."""
-    db_path = database_path(db, environ)
+    where = database_location(db, environ)
 
-    async def body(store: SqliteJobStore, pipeline: Pipeline) -> int:
+    async def body(store: JobStore, pipeline: Pipeline) -> int:
         before = await store.degraded_jobs()
         print(f"Degraded jobs: {len(before)}", file=out)
         report = await backfill(store, pipeline)
@@ -145,7 +152,7 @@ def run_backfill(*, db: str | None, environ: Mapping[str, str], out: TextIO) -> 
             print(f"  still degraded: {job_id}: {why}", file=out)
         return 0
 
-    return asyncio.run(_with_pipeline(db_path, environ, out, body))
+    return asyncio.run(_with_pipeline(where, environ, out, body))
 
 
 async def _costs(pipeline: Pipeline) -> list[dict[str, Any]]:
@@ -182,9 +189,9 @@ def run_costs(
     The ledger keeps totals per period; the per-hour breakdown of tokens and
     errors (`GET /costs` on `breakwater serve`) lives in the serving process only.
     """
-    db_path = database_path(db, environ)
+    where = database_location(db, environ)
 
-    async def body(_store: SqliteJobStore, pipeline: Pipeline) -> int:
+    async def body(_store: JobStore, pipeline: Pipeline) -> int:
         rows = await _costs(pipeline)
         if export == "json":
             out.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -195,10 +202,10 @@ def run_costs(
             writer.writerows(rows)
             out.write(buffer.getvalue())
         else:
-            announce(pipeline, db_path, out)
+            announce(pipeline, where, out)
             print("Spend (from the budget ledger in the database):", file=out)
             for line in await spend_lines(pipeline):
                 print(line, file=out)
         return 0
 
-    return asyncio.run(_with_pipeline(db_path, environ, out, body, banner=False))
+    return asyncio.run(_with_pipeline(where, environ, out, body, banner=False))

@@ -1,4 +1,8 @@
-"""`breakwater serve`: the API (`state.server`) over the SQLite job database, and a worker.
+"""`breakwater serve`: the API (`state.server`) over the job store, and a worker.
+
+The store is SQLite or PostgreSQL, as `--db` or BREAKWATER_DB says
+(`common.database_location`). On PostgreSQL, several `serve` and
+`breakwater worker` processes can share one database.
 
 It serves uploads, job status, LlamaParse webhooks, health, metrics and
 costs until SIGINT or SIGTERM. By default (`--workers N`, N > 0) a `Worker`
@@ -33,8 +37,7 @@ from aiohttp import web
 
 from providers import LLAMAPARSE, OPENAI
 from providers.webhooks import WebhookInbox
-from simulations.commands.common import announce, database_path
-from state import SqliteJobStore
+from simulations.commands.common import announce, database_location, open_job_store
 from state.metrics import Metrics
 from state.pipeline import EMBED, PARSE, Pipeline
 from state.server import KnownJob, create_app
@@ -87,14 +90,14 @@ async def _serve(
     out: TextIO,
     workers: int,
 ) -> int:
-    db_path = database_path(db, environ)
-    async with await SqliteJobStore.open(db_path) as store:
+    where = database_location(db, environ)
+    async with await open_job_store(where) as store:
         secret = environ.get("LLAMA_CLOUD_WEBHOOK_SECRET", "").strip()
         # Without a secret no delivery verifies: parses poll rather than wait for one.
         inbox = WebhookInbox() if secret else None
         pipeline = Pipeline.from_env(environ, ledger=store.ledger(), inbox=inbox)
         try:
-            announce(pipeline, db_path, out)
+            announce(pipeline, where, out)
             if not secret:
                 secret = secrets.token_hex(32)
                 print(
