@@ -90,7 +90,7 @@ _AUDIT: Final = """
 INSERT INTO job_events (job_id, version, source, dest, trigger, reason, correlation_id, at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
 
-# A mock result never replaces a real one; everything else is replaced.
+# As in SQLite: a mock never replaces a real result, and a chunked document's text is frozen.
 _PUT_PARSE: Final = """
 INSERT INTO parses (sha256, markdown, pages, failed_pages, parser_job_id, path)
 VALUES ($1, $2, $3, $4, $5, $6)
@@ -98,6 +98,8 @@ ON CONFLICT (sha256) DO UPDATE SET
     markdown = excluded.markdown, pages = excluded.pages, failed_pages = excluded.failed_pages,
     parser_job_id = excluded.parser_job_id, path = excluded.path
 WHERE NOT (parses.path = 'real' AND excluded.path = 'mock')
+    AND (parses.markdown = excluded.markdown
+         OR NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.sha256 = parses.sha256))
 RETURNING sha256"""
 
 _PUT_CHUNKS: Final = """

@@ -67,7 +67,10 @@ _AUDIT: Final = """
 INSERT INTO job_events (job_id, version, source, dest, trigger, reason, correlation_id, at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 
-# A mock result never replaces a real one; everything else is replaced.
+# A mock result never replaces a real one. Once the document is chunked, its text is
+# frozen: the chunks were cut from it, so a different text (a late real parse from a
+# step whose lease lapsed, say) would leave them describing something else. Changing
+# the text of a chunked document is `replace_outputs`' job.
 _PUT_PARSE: Final = """
 INSERT INTO parses (sha256, markdown, pages, failed_pages, parser_job_id, path)
 VALUES (?, ?, ?, ?, ?, ?)
@@ -75,6 +78,8 @@ ON CONFLICT (sha256) DO UPDATE SET
     markdown = excluded.markdown, pages = excluded.pages, failed_pages = excluded.failed_pages,
     parser_job_id = excluded.parser_job_id, path = excluded.path
 WHERE NOT (parses.path = 'real' AND excluded.path = 'mock')
+    AND (parses.markdown = excluded.markdown
+         OR NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.sha256 = parses.sha256))
 RETURNING sha256"""
 
 _PUT_EMBEDDING: Final = """

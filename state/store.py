@@ -223,7 +223,11 @@ class JobStore(Protocol):
         ...
 
     async def put_parse(self, parsed: ParsedDocument, path: ServedBy) -> bool:
-        """Store a document's parse result; True if it was written (see module rules)."""
+        """Store a document's parse result; True if it was written.
+
+        A mock result never replaces a real one, and once the document has
+        chunks its text never changes here (only `replace_outputs` does that).
+        """
         ...
 
     async def get_parse(self, sha256: str) -> StoredParse | None: ...

@@ -27,6 +27,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, TypeVar, Unpack
 
 from providers.llamaparse import Document, ParsedDocument, estimate_cost_usd
@@ -135,7 +136,10 @@ class Worker:
         """
         self._stopping = stop
         loop = asyncio.get_running_loop()
-        active: set[asyncio.Task[None]] = set()
+        # By job id: a lease that lapsed under a running step (a stalled process, a
+        # wall-clock jump) can come back to this same worker, and the job must then
+        # stay with the task already walking it, not get a second one.
+        active: dict[str, asyncio.Task[None]] = {}
         stopped = loop.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -145,16 +149,20 @@ class Worker:
                         self.owner, now=self.clock(), lease_s=self.lease_s, limit=free
                     )
                     for job in jobs:
+                        if job.id in active:
+                            continue
                         task = loop.create_task(self._hold(job))
-                        active.add(task)
-                        task.add_done_callback(active.discard)
+                        active[job.id] = task
+                        task.add_done_callback(partial(_drop, active, job.id))
                 await asyncio.wait(
-                    {stopped, *active}, timeout=idle_sleep_s, return_when=asyncio.FIRST_COMPLETED
+                    {stopped, *active.values()},
+                    timeout=idle_sleep_s,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
             stopped.cancel()
             if active:
-                await asyncio.gather(*active, return_exceptions=True)
+                await asyncio.gather(*active.values(), return_exceptions=True)
 
     # -- one job -------------------------------------------------------------
 
@@ -383,6 +391,10 @@ class Worker:
             now=self.clock() if now is None else now,
             **changes,
         )
+
+
+def _drop(active: dict[str, asyncio.Task[None]], job_id: str, _: asyncio.Task[None]) -> None:
+    active.pop(job_id, None)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

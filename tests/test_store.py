@@ -661,6 +661,25 @@ def test_parse_results_prefer_real_over_mock(db: str) -> None:
     run(db, body)
 
 
+def test_a_chunked_documents_text_is_frozen(db: str) -> None:
+    """A late real parse (from a step whose lease lapsed) must not change the text the
+    chunks were cut from; the same text may still be upgraded to real."""
+
+    async def body(store: Store) -> None:
+        sha = await with_chunks(store, 2)
+        assert await store.put_parse(ParsedDocument("mock text", 1, "mock-1", sha), "mock")
+        assert not await store.put_parse(ParsedDocument("# Real", 1, "lp-1", sha), "real")
+        stored = await store.get_parse(sha)
+        assert stored is not None
+        assert (stored.parsed.markdown, stored.path) == ("mock text", "mock")
+        assert await store.put_parse(ParsedDocument("mock text", 1, "lp-2", sha), "real")
+        stored = await store.get_parse(sha)
+        assert stored is not None
+        assert (stored.parsed.markdown, stored.path) == ("mock text", "real")
+
+    run(db, body)
+
+
 def test_replace_outputs_swaps_parse_chunks_and_vectors_all_or_nothing(db: str) -> None:
     async def body(store: Store) -> None:
         sha = await with_chunks(store, 3)
