@@ -39,6 +39,7 @@ from simulations.chaos.world import WEBHOOK_URL, World
 from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
 from simulations.emulators.faults import WebhookPlan
 from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
+from state.chunking import chunk
 from state.machine import JobState
 from state.worker import backfill
 
@@ -385,10 +386,7 @@ class PipelineChaos(RuleBasedStateMachine):
                     job.failure_reason or ""
                 ), f"job {job_id} failed: {job.failure_reason}"
             if job.state is JobState.COMPLETE:
-                mocked = world.run(world.store.served_by_mock(job.sha256))
-                assert job.degraded == mocked, (
-                    f"job {job_id}: degraded {job.degraded}, mock {mocked}"
-                )
+                self._check_outputs(job_id, job)
         self.spend_within_budget()
         if not world.crashes:
             # Quiescent and nothing lost with a crash: every reservation is settled, so
@@ -404,6 +402,34 @@ class PipelineChaos(RuleBasedStateMachine):
         assert not report.still_degraded, report.still_degraded
         assert not world.run(world.store.degraded_jobs()), "degraded jobs after backfill"
         self._record_coverage(jobs)
+
+    def _check_outputs(self, job_id: str, job: Any) -> None:
+        """A complete job's outputs agree with each other and with `degraded`.
+
+        Its chunks are exactly those its stored text gives, with one vector
+        each. Mock output anywhere means `degraded`; `degraded` means a mock
+        served one of its steps (a later real result may have replaced the
+        mock's output, when the text was the same).
+        """
+        world = self.w
+        store = world.store
+        process = world.processes[min(world.processes)]
+        parse = world.run(store.get_parse(job.sha256))
+        assert parse is not None, f"job {job_id} complete without a parse"
+        chunks = world.run(store.chunks(job.sha256))
+        expected = chunk(parse.parsed.markdown, process.pipeline.chunking)
+        assert [(c.index, c.text) for c in chunks] == [(c.index, c.text) for c in expected], (
+            f"job {job_id}: its chunks were not cut from its stored text"
+        )
+        embedder = process.pipeline.embedder
+        vectors = world.run(
+            store.embeddings(job.sha256, embedder.model, embedder.vector_dimensions)
+        )
+        assert [v.chunk_index for v in vectors] == [c.index for c in chunks], job_id
+        if world.run(store.served_by_mock(job.sha256)):
+            assert job.degraded, f"job {job_id} has mock output but is not degraded"
+        if job.degraded:
+            assert world.run(store.mock_steps(job_id)), f"job {job_id} degraded with no mock step"
 
     def _all_terminal(self) -> bool:
         counts = self.w.run(self.w.store.jobs_by_state())

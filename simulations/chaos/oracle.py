@@ -43,6 +43,11 @@ def edge_problem(source: str | None, dest: str, previous: str | None) -> str | N
     return None
 
 
+_MOCK_STEP: Final = """reason LIKE 'parsed (mock%'
+    OR (trigger = 'finish_embed' AND reason NOT LIKE '%, 0 mock')"""
+"""Audit rows of a step a mock served (the worker's reasons say which path served)."""
+
+
 class ProcessKilled(Exception):
     """The process this store belonged to was killed; it can reach nothing any more."""
 
@@ -159,14 +164,18 @@ class CheckedStore(SqliteJobStore):
             rows = await session.fetch("SELECT * FROM job_events ORDER BY seq")
         return [tuple(row) for row in rows]
 
+    async def mock_steps(self, job_id: str) -> int:
+        """The job's steps a mock served, by its audit rows."""
+        async with self._db.session() as session:
+            row = await session.fetch_one(
+                f"SELECT COUNT(*) FROM job_events WHERE job_id = ? AND ({_MOCK_STEP})", (job_id,)
+            )
+        return int(row[0]) if row else 0
+
     async def mock_served_count(self) -> int:
         """Parses and vectors a mock produced, ever (backfill replaces vectors, not this)."""
         async with self._db.session() as session:
-            row = await session.fetch_one(
-                """SELECT (SELECT COUNT(*) FROM job_events WHERE reason LIKE 'parsed (mock%')
-                + (SELECT COUNT(*) FROM job_events
-                   WHERE trigger = 'finish_embed' AND reason NOT LIKE '%, 0 mock')"""
-            )
+            row = await session.fetch_one(f"SELECT COUNT(*) FROM job_events WHERE {_MOCK_STEP}")
         return int(row[0]) if row else 0
 
 
