@@ -41,6 +41,11 @@ MUTANTS: Final = (
                 "if state == HALF_OPEN and self._probes < self.policy.half_open_max_calls:",
                 "if state == HALF_OPEN:",
             ),
+            # The guard asks `rejecting` first; it must agree with `acquire`.
+            (
+                "state == HALF_OPEN and self._probes >= self.policy.half_open_max_calls",
+                "False",
+            ),
         ),
     ),
     Mutant(
