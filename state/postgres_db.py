@@ -28,11 +28,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 
 from resilience.clock import thread_work
+from state.rows import Row
 from state.schema import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
 from state.sqlite_db import SchemaTooNew
 
@@ -41,12 +42,6 @@ MIGRATION_LOCK: Final = int.from_bytes(b"brkwater", "big")
 
 ForeignKeyViolation: Final[type[Exception]] = asyncpg.ForeignKeyViolationError
 """A row named a parent (document, chunk) that is not stored."""
-
-
-class Row(Protocol):
-    """A result row: `row["column"]` or `row[position]`. asyncpg's `Record` is one."""
-
-    def __getitem__(self, key: str | int, /) -> Any: ...
 
 
 class Connection:

@@ -35,9 +35,10 @@ from typing import Final, Self, Unpack
 from providers.llamaparse import ParsedDocument
 from resilience.clock import Clock, iso_utc, wall_time
 from resilience.router import Path as ServedBy
-from state.machine import Job, JobState, Trigger, WaitReason
-from state.postgres_db import Connection, ForeignKeyViolation, PostgresDatabase, Row
+from state.machine import Job, JobState, Trigger
+from state.postgres_db import Connection, ForeignKeyViolation, PostgresDatabase
 from state.postgres_ledger import PostgresLedger
+from state.rows import Row, event_from_row, job_from_row
 from state.rules import apply, check_changes, job_id_for, lease_problem
 from state.store import (
     ChunkText,
@@ -171,7 +172,7 @@ class PostgresJobStore:
         async with self._db.transaction() as tx:
             existing = await tx.fetch_one("SELECT * FROM jobs WHERE sha256 = $1", sha256)
             if existing is not None:
-                return Upload(_job(existing), created=False)
+                return Upload(job_from_row(existing), created=False)
             await tx.execute(
                 "INSERT INTO documents (sha256, content) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 sha256,
@@ -189,7 +190,7 @@ class PostgresJobStore:
             )
             if row is None:  # an upload of the same bytes committed while we waited
                 return Upload(await _load(tx, job_id_for(sha256)), created=False)
-            job = _job(row)
+            job = job_from_row(row)
             await tx.execute(
                 _AUDIT,
                 job.id,
@@ -206,7 +207,7 @@ class PostgresJobStore:
     async def get_job(self, job_id: str) -> Job | None:
         async with self._db.session() as session:
             row = await session.fetch_one("SELECT * FROM jobs WHERE id = $1", job_id)
-        return None if row is None else _job(row)
+        return None if row is None else job_from_row(row)
 
     async def document(self, sha256: str) -> bytes | None:
         async with self._db.session() as session:
@@ -218,19 +219,7 @@ class PostgresJobStore:
             rows = await session.fetch(
                 "SELECT * FROM job_events WHERE job_id = $1 ORDER BY seq", job_id
             )
-        return [
-            JobEvent(
-                job_id=str(row["job_id"]),
-                version=int(row["version"]),
-                source=None if row["source"] is None else JobState(row["source"]),
-                dest=JobState(row["dest"]),
-                trigger=str(row["trigger"]),
-                reason=str(row["reason"]),
-                correlation_id=_text(row["correlation_id"]),
-                at=str(row["at"]),
-            )
-            for row in rows
-        ]
+        return [event_from_row(row) for row in rows]
 
     async def lease(self, owner: str, *, now: float, lease_s: float, limit: int = 1) -> list[Job]:
         if not owner:
@@ -240,7 +229,9 @@ class PostgresJobStore:
         # One statement, so atomic without an explicit transaction.
         async with self._db.session() as session:
             rows = await session.fetch(_LEASE, owner, float(now + lease_s), float(now), limit)
-        return sorted(map(_job, rows), key=lambda job: (job.not_before, job.created_at, job.id))
+        return sorted(
+            map(job_from_row, rows), key=lambda job: (job.not_before, job.created_at, job.id)
+        )
 
     async def renew_lease(self, job_id: str, owner: str, *, now: float, lease_s: float) -> Job:
         if not lease_s > 0:
@@ -255,7 +246,7 @@ class PostgresJobStore:
                 float(now + lease_s),
                 job_id,
             )
-        return _job(_present(row))
+        return job_from_row(_present(row))
 
     async def release_lease(self, job_id: str, owner: str) -> bool:
         async with self._db.session() as session:
@@ -322,7 +313,7 @@ class PostgresJobStore:
                 correlation_id,
                 new.updated_at,
             )
-        return _job(_present(row))
+        return job_from_row(_present(row))
 
     async def jobs_by_state(self) -> dict[JobState, int]:
         async with self._db.session() as session:
@@ -337,7 +328,7 @@ class PostgresJobStore:
                 """SELECT * FROM jobs WHERE state = 'complete' AND degraded
                 ORDER BY created_at, id"""
             )
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def clear_degraded(
         self, job_id: str, *, reason: str, correlation_id: str | None, now: float
@@ -370,7 +361,7 @@ class PostgresJobStore:
                 correlation_id,
                 stamp,
             )
-        return _job(_present(row))
+        return job_from_row(_present(row))
 
     async def row_counts(self) -> dict[str, int]:
         counts = ", ".join(f"(SELECT COUNT(*) FROM {table})" for table in _TABLES)
@@ -540,7 +531,7 @@ async def _load(tx: Connection, job_id: str) -> Job:
     row = await tx.fetch_one("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", job_id)
     if row is None:
         raise JobNotFound(job_id)
-    return _job(row)
+    return job_from_row(row)
 
 
 def _present(row: Row | None) -> Row:
@@ -548,34 +539,3 @@ def _present(row: Row | None) -> Row:
     if row is None:
         raise RuntimeError("a write inside a locked transaction returned no row")
     return row
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _real(value: float | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def _job(row: Row) -> Job:
-    """The `Job` a `SELECT * FROM jobs` row describes."""
-    return Job(
-        id=str(row["id"]),
-        sha256=str(row["sha256"]),
-        filename=str(row["filename"]),
-        mime_type=str(row["mime_type"]),
-        state=JobState(row["state"]),
-        version=int(row["version"]),
-        step_attempts=int(row["step_attempts"]),
-        not_before=float(row["not_before"]),
-        wait_reason=None if row["wait_reason"] is None else WaitReason(row["wait_reason"]),
-        resume_to=None if row["resume_to"] is None else JobState(row["resume_to"]),
-        degraded=bool(row["degraded"]),
-        last_error=_text(row["last_error"]),
-        failure_reason=_text(row["failure_reason"]),
-        lease_owner=_text(row["lease_owner"]),
-        lease_expires_at=_real(row["lease_expires_at"]),
-        created_at=str(row["created_at"]),
-        updated_at=str(row["updated_at"]),
-    )

@@ -21,7 +21,8 @@ from typing import Final, Self, Unpack
 from providers.llamaparse import ParsedDocument
 from resilience.clock import Clock, iso_utc, wall_time
 from resilience.router import Path as ServedBy
-from state.machine import Job, JobState, Trigger, WaitReason
+from state.machine import Job, JobState, Trigger
+from state.rows import event_from_row, job_from_row
 from state.rules import apply, check_changes, job_id_for, lease_problem
 from state.sqlite_db import Session, SqliteDatabase
 from state.sqlite_ledger import SqliteLedger
@@ -200,19 +201,7 @@ class SqliteJobStore:
             rows = await session.fetch(
                 "SELECT * FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,)
             )
-        return [
-            JobEvent(
-                job_id=str(row["job_id"]),
-                version=int(row["version"]),
-                source=None if row["source"] is None else JobState(row["source"]),
-                dest=JobState(row["dest"]),
-                trigger=str(row["trigger"]),
-                reason=str(row["reason"]),
-                correlation_id=_text(row["correlation_id"]),
-                at=str(row["at"]),
-            )
-            for row in rows
-        ]
+        return [event_from_row(row) for row in rows]
 
     async def lease(self, owner: str, *, now: float, lease_s: float, limit: int = 1) -> list[Job]:
         if not owner:
@@ -492,34 +481,3 @@ def _present(row: sqlite3.Row | None) -> sqlite3.Row:
     if row is None:
         raise RuntimeError("a write inside a locked transaction returned no row")
     return row
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _real(value: float | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def job_from_row(row: sqlite3.Row) -> Job:
-    """The `Job` a `SELECT * FROM jobs` row describes."""
-    return Job(
-        id=str(row["id"]),
-        sha256=str(row["sha256"]),
-        filename=str(row["filename"]),
-        mime_type=str(row["mime_type"]),
-        state=JobState(row["state"]),
-        version=int(row["version"]),
-        step_attempts=int(row["step_attempts"]),
-        not_before=float(row["not_before"]),
-        wait_reason=None if row["wait_reason"] is None else WaitReason(row["wait_reason"]),
-        resume_to=None if row["resume_to"] is None else JobState(row["resume_to"]),
-        degraded=bool(row["degraded"]),
-        last_error=_text(row["last_error"]),
-        failure_reason=_text(row["failure_reason"]),
-        lease_owner=_text(row["lease_owner"]),
-        lease_expires_at=_real(row["lease_expires_at"]),
-        created_at=str(row["created_at"]),
-        updated_at=str(row["updated_at"]),
-    )

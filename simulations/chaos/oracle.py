@@ -14,8 +14,9 @@ from itertools import pairwise
 from typing import Final, Unpack
 
 from state.machine import Job, JobState, Trigger
+from state.rows import job_from_row
 from state.sqlite_db import SqliteDatabase
-from state.sqlite_store import SqliteJobStore, job_from_row
+from state.sqlite_store import SqliteJobStore
 from state.store import JobChanges
 
 S = JobState
