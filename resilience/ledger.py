@@ -15,7 +15,7 @@ Redis) implement `LedgerStore` alone and lose nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
@@ -40,6 +40,24 @@ class PeriodLimit:
     usd: float | None
     requests: int | None
     expires_at: float
+
+
+def fits(
+    limits: Sequence[PeriodLimit], used: Mapping[str, Totals], usd: float, requests: int
+) -> bool:
+    """Whether charging `usd` and `requests` to every limit's key keeps each within it.
+
+    `used` holds the keys' totals so far; a missing key has spent nothing. The
+    database ledgers call this inside their transaction. (`InMemoryLedger`
+    keeps its own copy of the loop: it is on the guard's per-call path.)
+    """
+    for limit in limits:
+        used_usd, used_requests = used.get(limit.key, (0.0, 0))
+        if limit.usd is not None and used_usd + usd > limit.usd + EPSILON:
+            return False
+        if limit.requests is not None and used_requests + requests > limit.requests:
+            return False
+    return True
 
 
 class LedgerStore(Protocol):

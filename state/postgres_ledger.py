@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from resilience.clock import Clock, wall_time
-from resilience.ledger import EPSILON, PeriodLimit, Totals
+from resilience.ledger import PeriodLimit, Totals, fits
 from state.postgres_db import Connection, PostgresDatabase
 
 SWEEP_EVERY: Final = 1024
@@ -79,12 +79,8 @@ class PostgresLedger:
         try:
             async with self._db.transaction() as tx:
                 used = await _lock(tx, expiries)
-                for limit in limits:
-                    used_usd, used_requests = used[limit.key]
-                    if limit.usd is not None and used_usd + usd > limit.usd + EPSILON:
-                        raise _Refused
-                    if limit.requests is not None and used_requests + requests > limit.requests:
-                        raise _Refused
+                if not fits(limits, used, usd, requests):
+                    raise _Refused
                 return [await _add(tx, limit.key, usd, requests) for limit in limits]
         except _Refused:
             return None

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from resilience.clock import Clock, wall_time
-from resilience.ledger import EPSILON, PeriodLimit, Totals
+from resilience.ledger import PeriodLimit, Totals, fits
 from state.sqlite_db import Session, SqliteDatabase
 
 SWEEP_EVERY: Final = 1024
@@ -61,12 +61,8 @@ class SqliteLedger:
                 f"SELECT key, usd, requests FROM budget_ledger WHERE key IN ({marks})", keys
             )
             used = {str(row[0]): (float(row[1]), int(row[2])) for row in rows}
-            for limit in limits:
-                used_usd, used_requests = used.get(limit.key, (0.0, 0))
-                if limit.usd is not None and used_usd + usd > limit.usd + EPSILON:
-                    return None
-                if limit.requests is not None and used_requests + requests > limit.requests:
-                    return None
+            if not fits(limits, used, usd, requests):
+                return None
             return [await _add(tx, limit.key, usd, requests, limit.expires_at) for limit in limits]
 
     async def add(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]:

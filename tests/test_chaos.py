@@ -23,16 +23,18 @@ pytestmark = pytest.mark.hypothesis
 SIMULATION_EXAMPLES: Final = {"dev": 6, "chaos-ci": 60, "chaos-explore": 250}
 """Test cases per profile; each simulates a few hundred jobs over virtual hours."""
 
+PACKAGES: Final = ("resilience", "providers", "state", "simulations")
+
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
 
 
 @pytest.fixture(autouse=True)
 def quiet() -> Iterator[None]:
     """The simulation emits thousands of events; writing them would dominate its cost."""
-    for package in ("resilience", "providers", "state", "simulations"):
+    for package in PACKAGES:
         logger.disable(package)
     yield
-    for package in ("resilience", "providers", "state", "simulations"):
+    for package in PACKAGES:
         logger.enable(package)
 
 
