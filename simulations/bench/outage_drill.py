@@ -133,7 +133,7 @@ from simulations.bench.throughput import (
     ENDPOINT,
     MODEL,
     RecordingTransport,
-    _events,
+    count_events,
 )
 from simulations.emulators import Emulator, FaultPlan, OpenAIPlan
 
@@ -522,7 +522,7 @@ def measure(scenario: Scenario) -> dict[str, Any]:
                 result = run()
             finally:
                 close_logging()
-            result.events = _events(log)
+            result.events = count_events(log)
             results[name] = asdict(result)
     policy = SETTINGS.breaker_policy()
     allowance, windows = probe_allowance(policy, scenario.outage_s)

@@ -509,7 +509,8 @@ def run_sdk(
     return _summarize(name, workers, emulator, recorder, tpm, outcome, wall_s, errors)
 
 
-def _events(path: Path) -> dict[str, int]:
+def count_events(path: Path) -> dict[str, int]:
+    """How many of each event a JSON-lines log holds, by name."""
     if not path.exists():
         return {}
     counts: Counter[str] = Counter()
@@ -542,7 +543,7 @@ def measure(
             ours, batches = run_breakwater(corpus, tpm=tpm, rpm=rpm, workers=workers, seed=seed)
         finally:
             close_logging()
-        ours.events = _events(log)
+        ours.events = count_events(log)
     runs = {OURS: asdict(ours)}
     runs[SDK] = asdict(run_sdk(batches, tpm=tpm, rpm=rpm, workers=workers, seed=seed))
     if workers > 1:
