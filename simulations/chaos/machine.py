@@ -40,7 +40,7 @@ from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
 from simulations.emulators.faults import WebhookPlan
 from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
 from state.chunking import chunk
-from state.machine import JobState
+from state.machine import Job, JobState
 from state.worker import backfill
 
 HORIZON_S: Final = 26 * 3600.0
@@ -403,7 +403,7 @@ class PipelineChaos(RuleBasedStateMachine):
         assert not world.run(world.store.degraded_jobs()), "degraded jobs after backfill"
         self._record_coverage(jobs)
 
-    def _check_outputs(self, job_id: str, job: Any) -> None:
+    def _check_outputs(self, job_id: str, job: Job) -> None:
         """A complete job's outputs agree with each other and with `degraded`.
 
         Its chunks are exactly those its stored text gives, with one vector
@@ -435,7 +435,7 @@ class PipelineChaos(RuleBasedStateMachine):
         counts = self.w.run(self.w.store.jobs_by_state())
         return all(n == 0 for state, n in counts.items() if state not in _TERMINAL)
 
-    def _record_coverage(self, jobs: dict[str, Any]) -> None:
+    def _record_coverage(self, jobs: dict[str, Job]) -> None:
         world = self.w
         seen: set[str] = set()
         for _provider, _number, transition in world.transitions:

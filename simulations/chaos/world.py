@@ -47,7 +47,7 @@ from providers import LLAMAPARSE, OPENAI
 from providers.transport import HttpRequest, HttpResponse, Transport
 from providers.webhooks import WebhookInbox
 from resilience import ServiceMode
-from resilience.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Transition
+from resilience.breaker import HALF_OPEN, OPEN, Breaker, Transition
 from resilience.budget import Budget
 from resilience.clock import wall_time
 from resilience.testing import VirtualTimeLoop
@@ -419,4 +419,4 @@ class World:
         self.loop.close()
 
 
-__all__ = ["CLOSED", "POISON_MIME", "WEBHOOK_URL", "Process", "Witness", "World"]
+__all__ = ["POISON_MIME", "WEBHOOK_URL", "Process", "Witness", "World"]
