@@ -70,30 +70,47 @@ def mutants(session: nox.Session) -> None:
     session.run("python", "-m", "simulations.mutants")
 
 
+INTEGRATION_SERVERS = {
+    "PostgreSQL": (
+        "tests.postgres",
+        "PostgreSQL binaries (initdb, pg_ctl) not found and BREAKWATER_TEST_POSTGRES_URL is unset",
+    ),
+    "Redis": (
+        "tests.redis_server",
+        "Redis (redis-server) not found and BREAKWATER_TEST_REDIS_URL is unset",
+    ),
+}
+"""Server -> (the test module that prints where it is, what its absence means)."""
+
+
 @nox.session
 def integration(session: nox.Session) -> None:
-    """The `postgres`-marked tests against a real PostgreSQL server, which must be there.
+    """The `postgres`- and `redis`-marked tests against real servers, which must be there.
 
-    BREAKWATER_TEST_POSTGRES_URL names a server (its role needs CREATEDB);
-    otherwise tests/postgres.py starts one from the installed binaries
-    (initdb, pg_ctl). With neither, the session errors rather than passing
-    with every test skipped, and BREAKWATER_REQUIRE_POSTGRES=1 makes any
-    test that still cannot get a server fail.
+    BREAKWATER_TEST_POSTGRES_URL names a PostgreSQL server (its role needs
+    CREATEDB), BREAKWATER_TEST_REDIS_URL a Redis server (flushed by every test);
+    otherwise tests/postgres.py and tests/redis_server.py start throwaway ones
+    from the installed binaries. If either server is missing, the session
+    errors naming it rather than passing with its tests skipped, and
+    BREAKWATER_REQUIRE_POSTGRES=1 and BREAKWATER_REQUIRE_REDIS=1 make any test
+    that still cannot get a server fail.
     """
     install(session)
-    where = session.run("python", "-m", "tests.postgres", silent=True)
-    if not isinstance(where, str) or not where.strip():
-        session.error(
-            "PostgreSQL binaries (initdb, pg_ctl) not found and BREAKWATER_TEST_POSTGRES_URL "
-            "is unset: the PostgreSQL integration tests did NOT run"
-        )
-    session.log(f"PostgreSQL: {where.strip()}")
+    missing = []
+    for server, (module, absent) in INTEGRATION_SERVERS.items():
+        where = session.run("python", "-m", module, silent=True)
+        if isinstance(where, str) and where.strip():
+            session.log(f"{server}: {where.strip()}")
+        else:
+            missing.append(absent)
+    if missing:
+        session.error("; ".join(missing) + ": the integration tests did NOT run")
     session.run(
         "pytest",
         "-m",
-        "postgres",
+        "postgres or redis",
         *session.posargs,
-        env={"BREAKWATER_REQUIRE_POSTGRES": "1"},
+        env={"BREAKWATER_REQUIRE_POSTGRES": "1", "BREAKWATER_REQUIRE_REDIS": "1"},
     )
 
 

@@ -15,8 +15,9 @@ from loguru import logger
 from resilience.clock import Clock, wall_time
 from resilience.ledger import InMemoryLedger, PeriodLimit, Totals
 
-# The PostgreSQL fixtures (`postgres_url`, `postgres_database`) for tests/test_store.py.
-pytest_plugins = ["tests.postgres"]
+# The PostgreSQL fixtures (`postgres_url`, `postgres_database`) for tests/test_store.py,
+# and the Redis ones (`redis_server`, `redis_url`).
+pytest_plugins = ["tests.postgres", "tests.redis_server"]
 
 # `tests` runs each property 60 times. `nox -s chaos` picks one of two explicit
 # profiles, so Hypothesis's own `ci` profile (loaded whenever CI is set) never
