@@ -15,6 +15,10 @@ have no side effects (no job, no rate-limit charge); a malformed answer
 comes after, so the job exists and the tokens are spent, as when a reply is
 garbled on the way back.
 
+Every embeddings request is also noted as an arrival (`Stats.arrived`) once
+it is over, answered or not: a hang or a client giving up mid-latency still
+reached OpenAI, and a rate check must count it.
+
 Outage windows count from the moment the plan was applied: the loop time of
 `set_faults` when called inside a running loop, otherwise (a plan given to
 the constructor, say) the emulator's first request, for both providers.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from typing import NoReturn
 
 from providers.transport import HttpRequest, HttpResponse, Transport
@@ -33,8 +38,8 @@ from simulations.emulators.faults import FaultPlan
 from simulations.emulators.ids import Ids
 from simulations.emulators.llamaparse_api import LlamaParseApi
 from simulations.emulators.openai_api import OpenAIApi
-from simulations.emulators.routing import Incoming, ProviderApi, json_response
-from simulations.emulators.stats import Stats, StatsSnapshot
+from simulations.emulators.routing import Incoming, ProviderApi, Route, json_response
+from simulations.emulators.stats import NEVER_ANSWERED, Stats, StatsSnapshot
 from simulations.emulators.webhook_delivery import WebhookSender
 
 DEFAULT_WEBHOOK_SECRET = "breakwater-emulator-secret"
@@ -142,7 +147,21 @@ class Emulator:
             response = api.not_found(incoming)
             self._stats.answered("unrouted", response.status)
             return response
+        status = NEVER_ANSWERED
+        try:
+            response = await self._answer(api, route, params, incoming)
+            status = response.status
+        finally:
+            if api is self._openai:  # its one route is /v1/embeddings
+                self._stats.arrived(incoming.received_at, status, self._openai.charged(incoming))
+        self._stats.answered(route.label, status)
+        return response
 
+    async def _answer(
+        self, api: ProviderApi, route: Route, params: Mapping[str, str], incoming: Incoming
+    ) -> HttpResponse:
+        """The routed request's answer, faults drawn and applied in the module's order."""
+        loop = asyncio.get_running_loop()
         injector = self._injectors[api.name]
         plan = injector.plan
         decision = injector.decide()
@@ -163,7 +182,6 @@ class Emulator:
             if decision.malformed is not None and response.status == 200:
                 self._stats.fault(api.name, "malformed")
                 response = api.malform(response, decision.malformed)
-        self._stats.answered(route.label, response.status)
         return response
 
     async def _hang(self) -> NoReturn:

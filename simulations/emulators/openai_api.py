@@ -94,6 +94,7 @@ class OpenAIApi:
         self._plan = OpenAIPlan()
         self._order = random.Random(0)
         self._buckets: dict[str, tuple[MinuteBucket, MinuteBucket]] = {}
+        self._charged: dict[int, int] = {}
         self.routes: Sequence[Route] = (Route("POST", "/v1/embeddings", self._embeddings),)
 
     def configure(self, plan: OpenAIPlan, rng: random.Random) -> None:
@@ -115,12 +116,22 @@ class OpenAIApi:
             headers.update(self._admit(request, now))
         except OpenAIError as error:
             return json_response(error.status, error.document(), {**headers, **error.headers})
+        self._charged[id(incoming)] = request.total_tokens
         result = self._result(request)
         # One draw per 200 whatever the rate, so the same traffic replays the same orders.
         if self._order.random() < self._plan.shuffle_rate:
             self._order.shuffle(result["data"])
             self._stats.fault(self.name, "shuffled")
         return json_response(200, result, headers)
+
+    def charged(self, incoming: Incoming) -> int:
+        """The tokens `incoming` was charged to the rate limits (0 if none), then forgotten.
+
+        The emulator asks once, when the request is over. A request is keyed by
+        identity because it has no id of its own, and it is alive until then, so
+        no other request can share its key.
+        """
+        return self._charged.pop(id(incoming), 0)
 
     def _authenticate(self, incoming: Incoming) -> None:
         scheme, _, key = incoming.headers.get("Authorization", "").partition(" ")
