@@ -36,7 +36,8 @@ from providers.http import error_from_response, rate_limits, reported
 from providers.pricing import embedding_cost_usd, output_dimensions
 from providers.tokens import count_tokens, split, truncate
 from providers.transport import HttpRequest, HttpResponse, Transport
-from resilience import ConfigError, ErrorClass, ProviderError, Router, TokenBucket, classify
+from resilience import ConfigError, ErrorClass, ProviderError, Router, classify
+from resilience.bucket import Throttle
 from resilience.clock import wall_time
 from resilience.events import emit
 from resilience.router import Path
@@ -201,7 +202,7 @@ class OpenAIEmbeddings:
         model: str = DEFAULT_MODEL,
         dimensions: int | None = None,
         long_inputs: LongInputs = "truncate",
-        buckets: tuple[TokenBucket | None, TokenBucket | None] | None = None,
+        buckets: tuple[Throttle | None, Throttle | None] | None = None,
     ) -> None:
         self.vector_dimensions = output_dimensions(model, dimensions)
         if long_inputs not in ("truncate", "split"):

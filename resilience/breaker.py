@@ -44,6 +44,7 @@ STATES: Final = (CLOSED, OPEN, HALF_OPEN)
 # trigger name, source states, destination
 _TRANSITIONS: Final = (
     ("trip", CLOSED, OPEN),
+    ("peer_trip", CLOSED, OPEN),
     ("half_open", OPEN, HALF_OPEN),
     ("close", HALF_OPEN, CLOSED),
     ("reopen", HALF_OPEN, OPEN),
@@ -419,6 +420,16 @@ class Breaker:
             raise ProviderError(f"{self.name}: probe exceeded {limit}s") from exc
 
     # -- manual control ----------------------------------------------------
+
+    def trip_from_peers(self, reason: str) -> None:
+        """Open as if tripped here, because other workers' breakers tripped (a shared quorum).
+
+        Unlike `force_open`, the cooldown and half-open probes follow as usual,
+        so this worker finds out for itself when the provider is back. Only a
+        closed breaker moves: one already open or probing knows more.
+        """
+        if self._model.state == CLOSED:
+            self._fire("peer_trip", reason)
 
     def force_open(self, reason: str) -> None:
         """Open and stay open (no scheduled half-open) until `force_closed` or `reset`."""

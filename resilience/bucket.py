@@ -18,8 +18,30 @@ import asyncio
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from resilience.errors import RateLimited
+
+
+class Throttle(Protocol):
+    """What a provider client tells a rate limiter: the server's feedback.
+
+    `TokenBucket` is one; a shared limiter (`resilience.redis_gate`) gives
+    each client an object of its own that passes the feedback on to Redis.
+    """
+
+    @property
+    def capacity(self) -> float:
+        """The most one call can take: a client keeps its requests under it."""
+        ...
+
+    def pause_until(self, t: float) -> None:
+        """Grant nothing before loop time `t` (a 429's Retry-After)."""
+        ...
+
+    def sync(self, remaining: float | None, reset_after_s: float | None) -> None:
+        """The server says `remaining` units are left (x-ratelimit-remaining-*)."""
+        ...
 
 
 @dataclass(slots=True)

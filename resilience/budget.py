@@ -94,8 +94,13 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
-class _Hour:
-    """The current hour's periods, their limits, and below which totals no alert can fire."""
+class HourPlan:
+    """The current hour's periods, their limits, and below which totals no alert can fire.
+
+    A shared ledger that charges in its own atomic step (Redis, with the rate
+    limits in the same script) takes the limits from here, then hands the
+    totals back to `Budget.opened` or `Budget.refused`.
+    """
 
     start: float
     end: float
@@ -144,7 +149,7 @@ class Budget:
         self._ids = itertools.count(1)
         self._open: set[int] = set()
         # Rebuilt only when the hour turns.
-        self._hour: _Hour | None = None
+        self._hour: HourPlan | None = None
         # Per period kind: the usd and request totals below which no alert can fire.
         lowest = levels[0] if levels else math.inf
         self._alert_floors: dict[PeriodKind, tuple[float, float]] = {}
@@ -295,12 +300,44 @@ class Budget:
         periods = self._current(self._clock()).periods
         return await self._ledger.totals(periods[0 if period == "hour" else 1].key)
 
-    def _current(self, now: float) -> _Hour:
+    def plan(self) -> HourPlan:
+        """The periods and limits a reservation made now is charged against."""
+        return self._current(self._clock())
+
+    def opened(
+        self,
+        provider: str,
+        cost: float,
+        requests: int,
+        plan: HourPlan,
+        totals: list[Totals],
+        correlation_id: str | None = None,
+    ) -> Reservation:
+        """Open a reservation that a shared ledger just charged to `plan`'s keys.
+
+        `totals` are the keys' new totals, one per period, for alerts.
+        """
+        return self._admit(provider, cost, requests, plan, totals, correlation_id)
+
+    def refused(
+        self,
+        provider: str,
+        cost: float,
+        requests: int,
+        plan: HourPlan,
+        used: list[Totals],
+        correlation_id: str | None = None,
+    ) -> BudgetExceeded:
+        """The error for a reservation a shared ledger refused; `used` are the keys' totals."""
+        now = self._clock()
+        return self._refusal(provider, cost, requests, plan.periods, used, now, correlation_id)
+
+    def _current(self, now: float) -> HourPlan:
         """The (hour, day) periods of `now` and their limits, cached for the hour."""
         hour = self._hour
         if hour is None or not hour.start <= now < hour.end:
             periods = (self._period("hour", now), self._period("day", now))
-            hour = self._hour = _Hour(
+            hour = self._hour = HourPlan(
                 periods[0].start,
                 periods[0].end,
                 periods,
@@ -324,7 +361,7 @@ class Budget:
         provider: str,
         cost: float,
         requests: int,
-        hour: _Hour,
+        hour: HourPlan,
         totals: list[Totals],
         correlation_id: str | None,
     ) -> Reservation:

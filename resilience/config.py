@@ -13,22 +13,26 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from resilience.breaker import BreakerPolicy
 from resilience.bucket import TokenBucket
-from resilience.budget import Budget
+from resilience.budget import Budget, BudgetLimits
 from resilience.errors import ConfigError
 from resilience.events import DEFAULT_LOG_PATH
-from resilience.guard import Guard
+from resilience.guard import Guard, SharedLimits
 from resilience.ledger import LedgerStore
 from resilience.retry import RetryPolicy
 from resilience.router import ServiceMode
+from resilience.shared_policy import BudgetWhenDown, SharedPolicy
 
 PREFIX: Final = "BREAKWATER_"
 SERVICE_MODES: Final = tuple(mode.value for mode in ServiceMode)
 DEFAULT_SERVICE_MODE: Final = "hybrid"
 DEFAULT_MAX_ATTEMPTS: Final = 4
+DEFAULT_FALLBACK_FRACTION: Final = 0.25
+DEFAULT_QUORUM: Final = 2
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
 GLOBAL_VARIABLES: Final[tuple[tuple[str, str], ...]] = (
     (
@@ -42,6 +46,32 @@ GLOBAL_VARIABLES: Final[tuple[tuple[str, str], ...]] = (
         f"default {DEFAULT_LOG_PATH}",
     ),
     ("BREAKWATER_DB", "Database URL where Breakwater keeps its state; unset: none"),
+    (
+        "BREAKWATER_REDIS_URL",
+        "Redis URL (redis://, rediss:// or unix://) whose rate limits and budgets every "
+        "worker shares; unset: each process keeps its own",
+    ),
+    (
+        "BREAKWATER_REDIS_BUDGET_WHEN_DOWN",
+        "While Redis is unreachable: closed (no spend without the shared ledger) or local "
+        "(spend against this process's budget at the fallback fraction of the limits); "
+        "default closed",
+    ),
+    (
+        "BREAKWATER_REDIS_FALLBACK_FRACTION",
+        "While Redis is unreachable, local rate limits refill at this fraction of the shared "
+        f"rate, a number in (0, 1]; default {DEFAULT_FALLBACK_FRACTION:g}",
+    ),
+    (
+        "BREAKWATER_BREAKER_SHARING",
+        "local (each process its own breakers) or quorum (breakers open everywhere once "
+        "BREAKWATER_BREAKER_QUORUM workers have tripped within a minute; needs "
+        "BREAKWATER_REDIS_URL); default local",
+    ),
+    (
+        "BREAKWATER_BREAKER_QUORUM",
+        f"Workers that must trip before all open, a positive integer; default {DEFAULT_QUORUM}",
+    ),
 )
 """The known names that belong to no provider, with their meanings.
 
@@ -53,6 +83,8 @@ _SECRET_MARKERS: Final = ("KEY", "SECRET", "TOKEN", "PASSWORD")
 """A variable whose name contains one of these never has its value put in a message."""
 
 _DEFAULT_POLICY: Final = BreakerPolicy()
+
+BreakerSharing = Literal["local", "quorum"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +119,37 @@ class ProviderSettings:
         }
         return replace(BreakerPolicy(), **overrides)
 
+    def budget_limits(self) -> BudgetLimits | None:
+        """The budget's limits, or None when none is set."""
+        limits = BudgetLimits(
+            self.daily_budget_usd, self.hourly_budget_usd, self.daily_requests, self.hourly_requests
+        )
+        return None if limits == BudgetLimits(None, None, None, None) else limits
+
+    def shares_limits(self) -> bool:
+        """Whether a shared gate has anything to enforce: a rate limit or a budget."""
+        return self.rpm is not None or self.tpm is not None or self.budget_limits() is not None
+
     def guard(
-        self, name: str, *, rng: random.Random | None = None, ledger: LedgerStore | None = None
+        self,
+        name: str,
+        *,
+        rng: random.Random | None = None,
+        ledger: LedgerStore | None = None,
+        shared: SharedLimits | None = None,
     ) -> Guard:
         """A `Guard` for provider `name` with these limits, retries and breaker.
 
         RPM and TPM become token buckets that hold one minute's allowance and
         refill continuously; budgets become one `Budget` scoped to the provider,
         kept in `ledger` (pass a persistent one so spend survives restarts;
-        the default is in memory).
+        the default is in memory). `shared` replaces both with limits kept for
+        many processes (see `SharedSettings.gate`).
         """
+        retry = RetryPolicy(max_attempts=self.max_attempts, rng=rng)
+        if shared is not None:
+            policy = self.breaker_policy()
+            return Guard(name, policy, retry=retry, max_wait_s=self.max_wait_s, shared=shared)
         requests = _per_minute(self.rpm, f"{name}.requests")
         tokens = _per_minute(self.tpm, f"{name}.tokens")
         limits = (
@@ -115,7 +168,7 @@ class ProviderSettings:
             self.breaker_policy(),
             requests=requests,
             tokens=tokens,
-            retry=RetryPolicy(max_attempts=self.max_attempts, rng=rng),
+            retry=retry,
             budget=budget,
             max_wait_s=self.max_wait_s,
         )
@@ -126,13 +179,30 @@ def _per_minute(limit: int | None, name: str) -> TokenBucket | None:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedSettings:
+    """Where the shared limits live, and the policies around them. See README's scale-out."""
+
+    redis_url: str | None = field(default=None, repr=False)
+    budget_when_down: BudgetWhenDown = "closed"
+    fallback_fraction: float = DEFAULT_FALLBACK_FRACTION
+    breaker_sharing: BreakerSharing = "local"
+    quorum: int = DEFAULT_QUORUM
+
+    def policy(self) -> SharedPolicy:
+        return SharedPolicy(
+            fallback_fraction=self.fallback_fraction, budget_when_down=self.budget_when_down
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """Everything `load_config` read. `db_url` is left out of the repr: URLs carry passwords."""
+    """Everything `load_config` read. URLs are left out of the repr: they carry passwords."""
 
     service_mode: str = DEFAULT_SERVICE_MODE
     """One of SERVICE_MODES, lower case."""
     log_path: str | None = None
     db_url: str | None = field(default=None, repr=False)
+    shared: SharedSettings = field(default_factory=SharedSettings)
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     """Settings per provider, keyed by the names passed to `load_config`."""
 
@@ -177,6 +247,7 @@ def _seconds_or_zero(text: str) -> float | None:
 
 _INTEGER: Final = "a positive integer"
 _NUMBER: Final = "a positive number"
+_FRACTION: Final = "a number in (0, 1]"
 
 _NO_LIMIT: Final = "unset: no limit"
 
@@ -271,7 +342,9 @@ def _provider_names(providers: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _shown(name: str, raw: str) -> str:
-    if any(marker in name.upper() for marker in _SECRET_MARKERS):
+    upper = name.upper()
+    # URLs carry passwords ("HOURLY" contains "URL", so only a suffix counts).
+    if upper.endswith("_URL") or any(marker in upper for marker in _SECRET_MARKERS):
         return f"{name} (value hidden)"
     return f"{name}={raw!r}"
 
@@ -379,14 +452,67 @@ def load_config(environ: Mapping[str, str], providers: Sequence[str]) -> Config:
                 settings[provider].breaker_policy()
             except ValueError as error:
                 problems.append(_breaker_conflict(environ, provider, error))
+    shared = _shared_settings(environ, problems)
     if problems:
         raise ConfigError("\n".join(problems))
     return Config(
         service_mode=(mode or DEFAULT_SERVICE_MODE).lower(),
         log_path=_value(environ, "BREAKWATER_LOG"),
         db_url=_value(environ, "BREAKWATER_DB"),
+        shared=shared,
         providers=settings,
     )
+
+
+def _shared_settings(environ: Mapping[str, str], problems: list[str]) -> SharedSettings:
+    """The BREAKWATER_REDIS_* and BREAKWATER_BREAKER_* variables; problems are appended."""
+    url = _value(environ, "BREAKWATER_REDIS_URL")
+    if url is not None and not url.startswith(REDIS_SCHEMES):
+        problems.append(
+            "BREAKWATER_REDIS_URL (value hidden) is not valid: expected a URL starting with "
+            + ", ".join(REDIS_SCHEMES)
+        )
+    values: dict[str, Any] = {"redis_url": url}
+    choices: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+        ("BREAKWATER_REDIS_BUDGET_WHEN_DOWN", "budget_when_down", ("closed", "local")),
+        ("BREAKWATER_BREAKER_SHARING", "breaker_sharing", ("local", "quorum")),
+    )
+    for name, attr, allowed in choices:
+        raw = _value(environ, name)
+        if raw is None:
+            continue
+        if raw.lower() not in allowed:
+            problems.append(
+                f"{_shown(name, raw)} is not valid: expected one of {', '.join(allowed)}"
+            )
+        else:
+            values[attr] = raw.lower()
+    numbers: tuple[tuple[str, str, Callable[[str], int | float | None], str], ...] = (
+        (
+            "BREAKWATER_REDIS_FALLBACK_FRACTION",
+            "fallback_fraction",
+            _fraction,
+            "a number in (0, 1]",
+        ),
+        ("BREAKWATER_BREAKER_QUORUM", "quorum", _positive_int, _INTEGER),
+    )
+    for name, attr, parse, expected in numbers:
+        raw = _value(environ, name)
+        if raw is None:
+            continue
+        parsed = parse(raw)
+        if parsed is None:
+            problems.append(f"{_shown(name, raw)} is not valid: expected {expected}")
+        else:
+            values[attr] = parsed
+    if values.get("breaker_sharing") == "quorum" and url is None:
+        problems.append("BREAKWATER_BREAKER_SHARING=quorum needs BREAKWATER_REDIS_URL to be set")
+    return SharedSettings(**values)
+
+
+def _fraction(text: str) -> float | None:
+    value = _finite(text)
+    return value if value is not None and 0 < value <= 1 else None
 
 
 def describe_variables(providers: Sequence[str]) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ import asyncio
 import functools
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from backoff.types import Details
 
@@ -37,6 +37,30 @@ from resilience.retry import RetryPolicy, is_retryable
 T = TypeVar("T")
 
 
+class SharedLimits(Protocol):
+    """Buckets and a budget shared with other processes (`resilience.redis_gate.RedisGate`).
+
+    `admit` takes from the buckets and reserves the budget in one step, so a
+    shared store pays one round trip per call, not one per limit.
+    """
+
+    budget: Budget | None
+
+    async def admit(
+        self, units: float, cost: float, correlation_id: str, max_wait_s: float | None
+    ) -> Reservation | None: ...
+
+    async def settle(
+        self, reservation: Reservation, actual_cost: float | None, *, tokens: int
+    ) -> None: ...
+
+    async def release(self, reservation: Reservation, *, error_class: str) -> None: ...
+
+    async def keep(self, reservation: Reservation, *, error_class: str) -> None: ...
+
+    async def pause(self, retry_after_s: float) -> None: ...
+
+
 def _outcome_known(exc: BaseException) -> bool:
     """Did the provider answer? Only then do we know it did not bill us."""
     return isinstance(exc, ProviderError) and exc.status is not None
@@ -48,6 +72,8 @@ class Guard:
     `requests` limits calls per second and `tokens` limits `units` per second;
     either may be None. `max_wait_s` bounds how long a call waits for a bucket
     before failing fast with `RateLimited` (None waits as long as it takes).
+    `shared` replaces the buckets and the budget with ones kept for many
+    processes (then `budget` is the shared one, and `requests`, `tokens` None).
     """
 
     def __init__(
@@ -60,13 +86,17 @@ class Guard:
         budget: Budget | None = None,
         *,
         max_wait_s: float | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
+        if shared is not None and (requests or tokens or budget):
+            raise ValueError("a guard with shared limits takes no local buckets or budget")
         self.name = name
         self.breaker = breaker if isinstance(breaker, Breaker) else Breaker(name, breaker)
         self.requests = requests
         self.tokens = tokens
         self.retry = retry or RetryPolicy()
-        self.budget = budget
+        self.budget = shared.budget if shared is not None else budget
+        self.shared = shared
         self.max_wait_s = max_wait_s
         self._ids = itertools.count(1)
         self._retrying = self.retry.after_first_failure(self._retry, self._on_backoff)
@@ -161,6 +191,8 @@ class Guard:
         cid: str,
     ) -> Any:
         """One try through buckets, breaker and budget. The caller saw the breaker not open."""
+        if self.shared is not None:
+            return await self._attempt_shared(self.shared, fn, args, kwargs, units, cost, cid)
         breaker = self.breaker
         # Finding the running loop costs a system call, so it is found once per attempt.
         loop = asyncio.get_running_loop()
@@ -215,6 +247,50 @@ class Guard:
                 await budget.settle(reservation, actual, tokens=used)
         return result
 
+    async def _attempt_shared(
+        self,
+        shared: SharedLimits,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        units: float,
+        cost: float,
+        cid: str,
+    ) -> Any:
+        """`_attempt` with shared limits: one `admit` for buckets and budget, then the breaker.
+
+        The breaker comes after the (possibly waiting) admission, as after the
+        local buckets, so a probe permit is never held while a call waits.
+        """
+        reservation = await shared.admit(units, cost, cid, self.max_wait_s)
+        breaker = self.breaker
+        ticket = breaker.acquire()
+        if ticket is None:
+            if reservation is not None:
+                await shared.release(reservation, error_class="circuit_open")
+            raise CircuitOpen(self.name, breaker.retry_after_s())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            call = fn(*args, **kwargs)
+            result = await (breaker.bounded(call) if ticket.probe else call)
+        except BaseException as exc:
+            breaker.finish(ticket, exc, started, loop.time(), cid)
+            if (
+                isinstance(exc, ProviderError)
+                and exc.retry_after_s is not None
+                and classify(exc) is ErrorClass.RATE_LIMITED
+            ):
+                await shared.pause(exc.retry_after_s)
+            if reservation is not None:
+                await _settle_failure(shared, reservation, exc)
+            raise
+        breaker.finish(ticket, None, started, loop.time(), cid)
+        if reservation is not None:
+            actual: float | None = getattr(result, "cost_usd", None)
+            await shared.settle(reservation, actual, tokens=getattr(result, "tokens", 0))
+        return result
+
     def _pause_on_429(self, exc: ProviderError) -> None:
         if exc.retry_after_s is None or classify(exc) is not ErrorClass.RATE_LIMITED:
             return
@@ -237,7 +313,9 @@ class Guard:
         )
 
 
-async def _settle_failure(budget: Budget, reservation: Reservation, exc: BaseException) -> None:
+async def _settle_failure(
+    budget: Budget | SharedLimits, reservation: Reservation, exc: BaseException
+) -> None:
     """Refund a call the provider answered with an error; keep the charge when unknown."""
     error_class = "cancelled" if isinstance(exc, asyncio.CancelledError) else classify(exc)
     if _outcome_known(exc):

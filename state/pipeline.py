@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from providers import LLAMAPARSE, OPENAI
 from providers.llamaparse import LlamaParse, LlamaParseConfig
@@ -27,11 +27,14 @@ from providers.openai_embeddings import DEFAULT_BASE_URL as OPENAI_DEFAULT_URL
 from providers.openai_embeddings import OpenAIConfig, OpenAIEmbeddings
 from providers.transport import AiohttpTransport, Transport
 from providers.webhooks import WebhookInbox
-from resilience import Guard, Router, ServiceMode
-from resilience.config import load_config
+from resilience import ConfigError, Guard, Router, ServiceMode
+from resilience.config import SharedSettings, load_config
 from resilience.events import emit
 from resilience.ledger import LedgerStore
 from state.chunking import ChunkingPolicy
+
+if TYPE_CHECKING:
+    from resilience.redis_shared import RedisShared
 
 PARSE: Final = "parse"
 EMBED: Final = "embed"
@@ -68,6 +71,7 @@ class Pipeline:
         chunking: ChunkingPolicy,
         owned_transport: AiohttpTransport | None = None,
         parser: LlamaParse | None = None,
+        shared: RedisShared | None = None,
     ) -> None:
         missing = {PARSE, EMBED} - set(capabilities)
         if missing:
@@ -79,6 +83,8 @@ class Pipeline:
         self._owned_transport = owned_transport
         self.parser = parser
         """The real LlamaParse client, when known: the API server asks it which jobs are ours."""
+        self.shared = shared
+        """The limits shared through Redis, when BREAKWATER_REDIS_URL is set; closed by `close`."""
         self._routers = self.routers_for(self.mode)
 
     def __repr__(self) -> str:
@@ -134,8 +140,11 @@ class Pipeline:
         if transport is None:
             transport = owned = AiohttpTransport()
         shared: Transport = transport
+        shared_limits = _open_shared(config.shared, rng)
         guards = {
-            name: config.providers[name].guard(name, rng=rng, ledger=ledger)
+            name: shared_limits.guard(name, config.providers[name])
+            if shared_limits is not None
+            else config.providers[name].guard(name, rng=rng, ledger=ledger)
             for name in (OPENAI, LLAMAPARSE)
         }
 
@@ -144,9 +153,12 @@ class Pipeline:
         # Without a key the client only plans batches: its real path is never routed to.
         openai_config = OpenAIConfig.from_env(environ) if openai_key else OpenAIConfig("", base_url)
         openai_guard = guards[OPENAI]
-        embedder = OpenAIEmbeddings(
-            openai_config, shared, buckets=(openai_guard.requests, openai_guard.tokens)
+        buckets = (
+            shared_limits.throttles(OPENAI)
+            if shared_limits is not None
+            else (openai_guard.requests, openai_guard.tokens)
         )
+        embedder = OpenAIEmbeddings(openai_config, shared, buckets=buckets)
         mock_embed = mock_embedder or MockEmbedder(embedder.model, embedder.dimensions)
 
         parse_config = LlamaParseConfig.from_env(environ)
@@ -179,9 +191,26 @@ class Pipeline:
             chunking=chunking or ChunkingPolicy(),
             owned_transport=owned,
             parser=parser,
+            shared=shared_limits,
         )
 
     async def close(self) -> None:
-        """Close the transport if `from_env` made it."""
+        """Close the transport if `from_env` made it, and the link to Redis."""
         if self._owned_transport is not None:
             await self._owned_transport.close()
+        if self.shared is not None:
+            await self.shared.close()
+
+
+def _open_shared(settings: SharedSettings, rng: random.Random | None) -> RedisShared | None:
+    """The Redis link when BREAKWATER_REDIS_URL is set; it needs the `redis` extra."""
+    if settings.redis_url is None:
+        return None
+    try:
+        from resilience.redis_shared import RedisShared
+    except ImportError:
+        raise ConfigError(
+            "BREAKWATER_REDIS_URL is set but the redis package is missing: "
+            "pip install 'breakwater[redis]'"
+        ) from None
+    return RedisShared(settings, rng=rng)

@@ -14,6 +14,7 @@ from resilience.breaker import BreakerPolicy
 from resilience.config import (
     Config,
     ProviderSettings,
+    SharedSettings,
     describe_variables,
     load_config,
     variable_name,
@@ -209,7 +210,9 @@ def test_unknown_name_under_a_configured_provider_is_an_error_even_if_not_close(
 def test_misspelt_global_variable_is_an_error() -> None:
     assert config_error({"BREAKWATER_LGO": "x.jsonl"}) == (
         "BREAKWATER_LGO is not a known variable; did you mean BREAKWATER_LOG? "
-        "Valid names: SERVICE_MODE, BREAKWATER_LOG, BREAKWATER_DB"
+        "Valid names: SERVICE_MODE, BREAKWATER_LOG, BREAKWATER_DB, BREAKWATER_REDIS_URL, "
+        "BREAKWATER_REDIS_BUDGET_WHEN_DOWN, BREAKWATER_REDIS_FALLBACK_FRACTION, "
+        "BREAKWATER_BREAKER_SHARING, BREAKWATER_BREAKER_QUORUM"
     )
 
 
@@ -291,13 +294,21 @@ def test_describe_variables_covers_exactly_what_load_config_reads() -> None:
     described = describe_variables(["openai", "anthropic"])
     names = [name for name, _ in described]
     assert names[:3] == ["SERVICE_MODE", "BREAKWATER_LOG", "BREAKWATER_DB"]
-    assert len(names) == len(set(names)) == 3 + 2 * 13
+    assert len(names) == len(set(names)) == 8 + 2 * 13
     assert all(meaning for _, meaning in described)
     # Every described name is accepted (no typo error) and actually read.
-    environ = {name: "1" for name in names} | {"SERVICE_MODE": "real"}
+    environ = {name: "1" for name in names} | {
+        "SERVICE_MODE": "real",
+        "BREAKWATER_REDIS_URL": "redis://127.0.0.1:1/0",
+        "BREAKWATER_REDIS_BUDGET_WHEN_DOWN": "local",
+        "BREAKWATER_REDIS_FALLBACK_FRACTION": "0.5",
+        "BREAKWATER_BREAKER_SHARING": "quorum",
+        "BREAKWATER_BREAKER_QUORUM": "3",
+    }
     config = load_config(environ, ["openai", "anthropic"])
     assert config.log_path == "1"
     assert config.db_url == "1"
+    assert config.shared == SharedSettings("redis://127.0.0.1:1/0", "local", 0.5, "quorum", 3)
     for settings in config.providers.values():
         assert set(astuple(settings)) == {1}
 
@@ -357,3 +368,48 @@ def test_the_env_example_is_a_valid_configuration() -> None:
     assert config.service_mode == "hybrid"
     assert config.providers["openai"].daily_budget_usd == 1.0
     assert config.providers["openai"].tpm == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "expected"),
+    [
+        (
+            "BREAKWATER_REDIS_URL",
+            "http://user:hunter2@cache:6379",
+            "BREAKWATER_REDIS_URL (value hidden) is not valid: expected a URL starting with "
+            "redis://, rediss://, unix://",
+        ),
+        (
+            "BREAKWATER_REDIS_BUDGET_WHEN_DOWN",
+            "open",
+            "BREAKWATER_REDIS_BUDGET_WHEN_DOWN='open' is not valid: expected one of closed, local",
+        ),
+        (
+            "BREAKWATER_REDIS_FALLBACK_FRACTION",
+            "1.5",
+            "BREAKWATER_REDIS_FALLBACK_FRACTION='1.5' is not valid: expected a number in (0, 1]",
+        ),
+        (
+            "BREAKWATER_BREAKER_QUORUM",
+            "0",
+            "BREAKWATER_BREAKER_QUORUM='0' is not valid: expected a positive integer",
+        ),
+    ],
+)
+def test_bad_shared_settings_name_the_variable(name: str, raw: str, expected: str) -> None:
+    message = config_error({name: raw})
+    assert message == expected
+    assert "hunter2" not in message
+
+
+def test_quorum_sharing_needs_redis() -> None:
+    assert config_error({"BREAKWATER_BREAKER_SHARING": "quorum"}) == (
+        "BREAKWATER_BREAKER_SHARING=quorum needs BREAKWATER_REDIS_URL to be set"
+    )
+
+
+def test_redis_url_stays_out_of_the_repr() -> None:
+    url = "redis://:hunter2@cache:6379/0"
+    config = load_config({"BREAKWATER_REDIS_URL": url}, ["openai"])
+    assert config.shared.redis_url == url
+    assert "hunter2" not in repr(config)
