@@ -88,7 +88,7 @@ class Guard:
         max_wait_s: float | None = None,
         shared: SharedLimits | None = None,
     ) -> None:
-        if shared is not None and (requests or tokens or budget):
+        if shared is not None and any(x is not None for x in (requests, tokens, budget)):
             raise ValueError("a guard with shared limits takes no local buckets or budget")
         self.name = name
         self.breaker = breaker if isinstance(breaker, Breaker) else Breaker(name, breaker)

@@ -116,6 +116,14 @@ def announce(pipeline: Pipeline, db: Path | str, out: TextIO) -> None:
     """The start banner: budgets, mode, database, and every provider that cannot spend."""
     print(budget_banner(pipeline), file=out)
     print(f"Mode: {pipeline.mode.value}; database: {shown(db)}", file=out)
+    settings = pipeline.shared.settings if pipeline.shared is not None else None
+    if settings is not None and (url := settings.redis_url) is not None:
+        print(
+            f"Limits and budgets shared through Redis at {shown(url)} "
+            f"(unreachable: budgets {settings.budget_when_down}, local limits at "
+            f"{settings.fallback_fraction:g} of the rate; breakers {settings.breaker_sharing})",
+            file=out,
+        )
     for capability in (PARSE, EMBED):
         if pipeline.mode.value != "mock" and not pipeline.can_spend(capability):
             name = pipeline.guard(capability).name
