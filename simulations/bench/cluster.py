@@ -223,7 +223,5 @@ def _wait_for(process: subprocess.Popen[str], output: Path, text: str) -> str:
         if text in written:
             return written
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{process.args!r} never said {text!r}:\n{written}"
-            )
+            raise RuntimeError(f"{process.args!r} never said {text!r}:\n{written}")
         time.sleep(0.05)
