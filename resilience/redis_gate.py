@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -121,6 +122,9 @@ class RedisGate:
             kind: shaped(limit, self.policy.burst_fraction) if limit is not None else None
             for kind, limit in (("requests", rpm), ("tokens", tpm))
         }
+        self._bucket_shapes = [
+            value for shape in self._buckets.values() for value in (shape or (0.0, 0.0))
+        ]
         self._fallback = {
             kind: TokenBucket(
                 shape[0], shape[1] * self.policy.fallback_fraction, name=f"{name}.{kind}.local"
@@ -217,7 +221,7 @@ class RedisGate:
         if self._down():
             return
         try:
-            await self._run(self._pause, [self._keys[2]], [retry_after_s])
+            await self._run(self._pause, [self._keys[2]], retry_after_s)
         except UNREACHABLE as exc:
             self._went_down(exc)
 
@@ -240,7 +244,7 @@ class RedisGate:
             return
         keys = [self._applied_key, *batch.deltas]
         try:
-            await self._run(self._flush, keys, [len(batch.deltas), *_flat(batch)])
+            await self._run(self._flush, keys, _deltas(batch))
         except UNREACHABLE as exc:
             self._went_down(exc)
             return
@@ -279,8 +283,8 @@ class RedisGate:
         batch = self._take_batch()
         deltas = batch.deltas if batch is not None else {}
         keys = [self._applied_key, *(self._ledger_key(lim.key) for lim in limits), *deltas]
-        args: list[Any] = [usd, requests, len(limits), len(deltas), *_flat_limits(limits)]
-        reply = await self._run(self._try_add, keys, [*args, *_flat(batch)])
+        fields = {"c": usd, "r": requests, "l": _limits_json(limits), **_deltas(batch)}
+        reply = await self._run(self._try_add, keys, fields)
         self._applied(batch)
         if reply[0] != "ok":
             return None
@@ -290,7 +294,7 @@ class RedisGate:
         batch = self._take_batch()
         deltas = batch.deltas if batch is not None else {}
         keys = [self._applied_key, self._ledger_key(key), *deltas]
-        reply = await self._run(self._totals, keys, [len(deltas), *_flat(batch)])
+        reply = await self._run(self._totals, keys, _deltas(batch))
         self._applied(batch)
         return self._remember([key], reply)[0]
 
@@ -315,21 +319,17 @@ class RedisGate:
             *(self._ledger_key(limit.key) for limit in limits),
             *deltas,
         ]
-        args: list[Any] = [
-            *self._bucket_args("requests"),
-            *self._bucket_args("tokens"),
-            units,
-            cost,
-            1,
-            len(limits),
-            len(deltas),
-            caps.get("requests", ""),
-            caps.get("tokens", ""),
-            *_flat_limits(limits),
-            *_flat(batch),
-        ]
+        fields = {
+            "b": self._bucket_shapes,
+            "u": units,
+            "c": cost,
+            "r": 1,
+            "k": [caps.get("requests", -1), caps.get("tokens", -1)],
+            "l": _limits_json(limits),
+            **_deltas(batch),
+        }
         try:
-            reply = await self._run(self._admit, keys, args)
+            reply = await self._run(self._admit, keys, fields)
         except UNREACHABLE as exc:
             self._went_down(exc)
             return await self._admit_locally(units, cost, correlation_id)
@@ -380,16 +380,13 @@ class RedisGate:
             raise RuntimeError(f"{self.name}: the gate has no budget to settle with")
         return self.budget
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[str]:
+    async def _run(self, script: Any, keys: list[str], fields: dict[str, Any] | float) -> list[str]:
+        """Run `script` with `fields` as its one JSON argument (see `redis_scripts`)."""
         self.round_trips += 1
-        reply: list[str] = await script(keys=keys, args=args)
+        reply: list[str] = await script(keys=keys, args=[orjson.dumps(fields)])
         if self._down_until is not None:
             self._came_back()
         return reply
-
-    def _bucket_args(self, kind: str) -> tuple[float, float]:
-        shape = self._buckets[kind]
-        return (0.0, 0.0) if shape is None else shape
 
     def _take_batch(self) -> _Batch | None:
         """The batch of deltas to send: one sent before without a reply, else a new one."""
@@ -507,20 +504,20 @@ def _limits(
     )
 
 
-def _flat_limits(limits: Sequence[PeriodLimit]) -> list[Any]:
-    flat: list[Any] = []
-    for limit in limits:
-        usd = "" if limit.usd is None else repr(limit.usd)
-        requests = "" if limit.requests is None else limit.requests
-        flat += [usd, requests, math.ceil(limit.expires_at)]
-    return flat
+def _limits_json(limits: Sequence[PeriodLimit]) -> list[list[float]]:
+    """Limits as the scripts read them: -1 for none, expiry in whole seconds."""
+    return [
+        [
+            -1 if limit.usd is None else limit.usd,
+            -1 if limit.requests is None else limit.requests,
+            math.ceil(limit.expires_at),
+        ]
+        for limit in limits
+    ]
 
 
-def _flat(batch: _Batch | None) -> list[Any]:
-    """The batch's sequence number, then its deltas as the scripts read them."""
+def _deltas(batch: _Batch | None) -> dict[str, Any]:
+    """A batch's fields for the scripts: its deltas (`d`) and its sequence number (`s`)."""
     if batch is None:
-        return [0]
-    flat: list[Any] = [batch.seq]
-    for usd, requests in batch.deltas.values():
-        flat += [repr(usd), int(requests)]
-    return flat
+        return {"d": [], "s": 0}
+    return {"d": list(batch.deltas.values()), "s": batch.seq}

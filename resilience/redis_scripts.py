@@ -5,7 +5,15 @@ from every one" cannot interleave with another worker's. Time inside them is
 the Redis server's (`TIME`): every worker then measures refills on one clock,
 which no worker's own clock could give.
 
-Floats come back as strings: Redis turns a Lua number into an integer reply.
+Each script takes one argument, a JSON object (decoded by Redis's `cjson`):
+encoding thirty separate arguments cost redis-py more than the script's
+run. Fields: `d` deferred ledger deltas `[[usd, requests], ...]` and `s`
+their batch's sequence number; `l` limits `[[usd, requests, expires_at],
+...]` (-1: no limit); and for `ADMIT`, `b` the buckets `[requests capacity,
+requests rate, tokens capacity, tokens rate]` (capacity 0: no such bucket),
+`u` the tokens wanted, `c` the cost, `r` the requests charged, and `k` the
+server-reported caps `[requests, tokens]` (-1: none). Floats come back as
+strings: Redis turns a Lua number into an integer reply.
 
 Key layout (the provider in braces, so a cluster keeps one provider on one slot):
 
@@ -21,23 +29,22 @@ from __future__ import annotations
 from typing import Final
 
 _PRELUDE: Final = """
+local a = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
--- Deferred ledger deltas (settlements, refunds). ARGV[argv_at] is the batch's
--- sequence number; a worker sends its batches in order, and `applied_key` holds
--- the last one applied, so a batch resent after a lost reply is skipped. A key
--- that has expired is not recreated: its period is over.
-local function apply_deltas(applied_key, first_key, count, argv_at)
-    if count == 0 then return end
-    local seq = tonumber(ARGV[argv_at])
-    if seq <= tonumber(redis.call('GET', applied_key) or '0') then return end
-    redis.call('SET', applied_key, seq, 'EX', 172800)
-    for i = 0, count - 1 do
-        local key = KEYS[first_key + i]
+-- Deferred ledger deltas (settlements, refunds), from KEYS[first_key] on. A
+-- worker sends its batches in order and `applied_key` holds the last one
+-- applied, so a batch resent after a lost reply is skipped. A key that has
+-- expired is not recreated: its period is over.
+local function apply_deltas(applied_key, first_key)
+    if #a.d == 0 or a.s <= tonumber(redis.call('GET', applied_key) or '0') then return end
+    redis.call('SET', applied_key, a.s, 'EX', 172800)
+    for i, delta in ipairs(a.d) do
+        local key = KEYS[first_key + i - 1]
         if redis.call('EXISTS', key) == 1 then
-            redis.call('HINCRBYFLOAT', key, 'usd', ARGV[argv_at + 1 + 2 * i])
-            redis.call('HINCRBY', key, 'requests', ARGV[argv_at + 2 + 2 * i])
+            redis.call('HINCRBYFLOAT', key, 'usd', delta[1])
+            redis.call('HINCRBY', key, 'requests', delta[2])
         end
     end
 end
@@ -47,24 +54,20 @@ local function totals(key)
     return tonumber(h[1]) or 0, tonumber(h[2]) or 0
 end
 
--- Checks every limit; on success charges every key and returns their new totals.
--- Returns nil (charging nothing) when a limit would be crossed.
-local function charge(first_key, count, argv_at, usd, requests)
-    for i = 0, count - 1 do
-        local used_usd, used_requests = totals(KEYS[first_key + i])
-        local usd_limit = tonumber(ARGV[argv_at + 3 * i])
-        local requests_limit = tonumber(ARGV[argv_at + 3 * i + 1])
-        if usd_limit and used_usd + usd > usd_limit + 1e-9 then return nil end
-        if requests_limit and used_requests + requests > requests_limit then return nil end
+-- Checks every limit of `a.l` (keys from KEYS[first_key] on); if all hold,
+-- charges every key and returns their new totals, else nil, charging nothing.
+local function charge(first_key, usd, requests)
+    for i, limit in ipairs(a.l) do
+        local used_usd, used_requests = totals(KEYS[first_key + i - 1])
+        if limit[1] >= 0 and used_usd + usd > limit[1] + 1e-9 then return nil end
+        if limit[2] >= 0 and used_requests + requests > limit[2] then return nil end
     end
     local out = {}
-    for i = 0, count - 1 do
-        local key = KEYS[first_key + i]
-        local new_usd = redis.call('HINCRBYFLOAT', key, 'usd', usd)
-        local new_requests = redis.call('HINCRBY', key, 'requests', requests)
-        redis.call('EXPIREAT', key, ARGV[argv_at + 3 * i + 2])
-        out[#out + 1] = new_usd
-        out[#out + 1] = tostring(new_requests)
+    for i, limit in ipairs(a.l) do
+        local key = KEYS[first_key + i - 1]
+        out[#out + 1] = redis.call('HINCRBYFLOAT', key, 'usd', usd)
+        out[#out + 1] = tostring(redis.call('HINCRBY', key, 'requests', requests))
+        redis.call('EXPIREAT', key, limit[3])
     end
     return out
 end
@@ -84,14 +87,7 @@ ADMIT: Final = (
     _PRELUDE
     + """
 -- KEYS: requests bucket, tokens bucket, pause, applied, limit keys..., delta keys...
--- ARGV: 1 requests capacity, 2 requests rate, 3 tokens capacity, 4 tokens rate
---       (capacity 0: no such bucket), 5 units, 6 cost, 7 requests charged,
---       8 limit count, 9 delta count, 10 requests cap, 11 tokens cap (server
---       feedback, '' for none), then per limit usd, requests, expires_at
---       ('' for no limit), then the batch's sequence number and per delta usd, requests.
-local n_limits, n_deltas = tonumber(ARGV[8]), tonumber(ARGV[9])
-apply_deltas(KEYS[4], 5 + n_limits, n_deltas, 12 + 3 * n_limits)
-
+apply_deltas(KEYS[4], 5 + #a.l)
 local pause = tonumber(redis.call('GET', KEYS[3]) or '0')
 if pause > now then return {'paused', tostring(pause - now)} end
 
@@ -102,13 +98,14 @@ local function level(key, capacity, rate, cap)
     -- A 429 restarts the bucket empty at the pause's end: a ramp, not a burst.
     if pause > stamp then lvl, stamp = 0, pause end
     if now > stamp then lvl = math.min(capacity, lvl + (now - stamp) * rate) end
-    if cap and cap < lvl then lvl = cap end
+    if cap >= 0 and cap < lvl then lvl = cap end
     return lvl
 end
 
+-- {key, capacity, rate, units wanted, server cap, level}
 local buckets = {
-    {KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), 1, tonumber(ARGV[10])},
-    {KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[11])},
+    {KEYS[1], a.b[1], a.b[2], 1, a.k[1]},
+    {KEYS[2], a.b[3], a.b[4], a.u, a.k[2]},
 }
 local wait = 0
 for _, b in ipairs(buckets) do
@@ -119,7 +116,7 @@ for _, b in ipairs(buckets) do
 end
 if wait > 0 then
     for _, b in ipairs(buckets) do
-        if b[2] > 0 and b[5] then  -- keep the server's report, though nothing was taken
+        if b[2] > 0 and b[5] >= 0 then  -- keep the server's report, though nothing was taken
             redis.call('HSET', b[1], 'level', tostring(b[6]), 'stamp', tostring(now))
             redis.call('EXPIRE', b[1], math.ceil(b[2] / b[3]) + 60)
         end
@@ -127,9 +124,9 @@ if wait > 0 then
     return {'rate', tostring(wait)}
 end
 
-local charged = charge(5, n_limits, 12, tonumber(ARGV[6]), tonumber(ARGV[7]))
+local charged = charge(5, a.c, a.r)
 if charged == nil then
-    local out = all_totals(5, n_limits)
+    local out = all_totals(5, #a.l)
     table.insert(out, 1, 'budget')
     return out
 end
@@ -149,12 +146,9 @@ return charged
 LEDGER_TRY_ADD: Final = (
     _PRELUDE
     + """
--- KEYS: applied, limit keys..., delta keys...
--- ARGV: 1 usd, 2 requests, 3 limit count, 4 delta count, then per limit
---       usd, requests, expires_at, then the batch sequence and per delta usd, requests.
-local n_limits, n_deltas = tonumber(ARGV[3]), tonumber(ARGV[4])
-apply_deltas(KEYS[1], 2 + n_limits, n_deltas, 5 + 3 * n_limits)
-local charged = charge(2, n_limits, 5, tonumber(ARGV[1]), tonumber(ARGV[2]))
+-- KEYS: applied, limit keys..., delta keys...   Fields: c usd, r requests.
+apply_deltas(KEYS[1], 2 + #a.l)
+local charged = charge(2, a.c, a.r)
 if charged == nil then return {'refused'} end
 table.insert(charged, 1, 'ok')
 return charged
@@ -166,8 +160,7 @@ LEDGER_TOTALS: Final = (
     _PRELUDE
     + """
 -- KEYS: applied, the key to read, delta keys...
--- ARGV: 1 delta count, then the batch sequence and per delta usd, requests.
-apply_deltas(KEYS[1], 3, tonumber(ARGV[1]), 2)
+apply_deltas(KEYS[1], 3)
 return all_totals(2, 1)
 """
 )
@@ -177,8 +170,7 @@ LEDGER_FLUSH: Final = (
     _PRELUDE
     + """
 -- KEYS: applied, delta keys...
--- ARGV: 1 delta count, then the batch sequence and per delta usd, requests.
-apply_deltas(KEYS[1], 2, tonumber(ARGV[1]), 2)
+apply_deltas(KEYS[1], 2)
 return 'ok'
 """
 )

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 
 from resilience.breaker import Breaker, BreakerPolicy
@@ -125,10 +126,12 @@ def test_a_resent_batch_of_corrections_is_applied_once(redis_url: str) -> None:
         client = connect(redis_url)
         await client.hset("ledger", mapping={"usd": "1.0", "requests": "3"})
         flush = client.register_script(LEDGER_FLUSH)
+        batch = orjson.dumps({"d": [[-0.25, -1]], "s": 7})
         for _ in range(2):
-            await flush(keys=["applied:w1", "ledger"], args=[1, 7, "-0.25", -1])
+            await flush(keys=["applied:w1", "ledger"], args=[batch])
         assert await client.hgetall("ledger") == {"usd": "0.75", "requests": "2"}
-        await flush(keys=["applied:w1", "ledger"], args=[1, 8, "-0.25", -1])
+        later = orjson.dumps({"d": [[-0.25, -1]], "s": 8})
+        await flush(keys=["applied:w1", "ledger"], args=[later])
         assert await client.hgetall("ledger") == {"usd": "0.5", "requests": "1"}
         await client.aclose()
 
