@@ -11,29 +11,20 @@ with their own clocks and connections can show. They need both servers
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from providers.pricing import embedding_cost_usd
 from simulations.bench.cluster import Cluster, documents
 from simulations.emulators.stats import max_in_window
 from tests.redis_server import RedisServer
+from tests.test_cli_postgres import fetch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 WORKERS = 4
 MODEL = "text-embedding-3-small"
 NO_UPLOAD_LIMIT = {"llamaparse": {"parse_time_s": 0.2, "upload_limit": 100_000}}
-
-
-async def fetch(url: str, sql: str) -> list[Any]:
-    connection = await asyncpg.connect(url)
-    try:
-        return list(await connection.fetch(sql))
-    finally:
-        await connection.close()
 
 
 def assert_each_job_completed_once(cluster: Cluster, total: int) -> None:
