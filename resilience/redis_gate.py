@@ -148,6 +148,9 @@ class RedisGate:
         self._batch_ids = itertools.count(1)
         self._known: dict[str, Totals] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._deltas_since: float | None = None
+        """Loop time the oldest delta not yet in a batch was queued."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._down_until: float | None = None
         self._queue = asyncio.Lock()
@@ -250,14 +253,19 @@ class RedisGate:
             return
         self._applied(batch)
 
-    async def close(self) -> None:
-        """Flush, stop the flush timer, and close the client."""
+    async def drain(self) -> None:
+        """Stop the flush timer and send what is deferred: at shutdown, client still open."""
+        self._closing = True
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        await self.flush()
         for task in list(self._tasks):
             await task
+        await self.flush()
+
+    async def close(self) -> None:
+        """`drain`, then close the client."""
+        await self.drain()
         await self.client.aclose()
 
     # -- the ledger side (`RedisLedger` calls these) --------------------------
@@ -272,9 +280,9 @@ class RedisGate:
             usd_now, requests_now = self._known.get(key, (0.0, 0))
             totals.append((usd_now + usd, requests_now + requests))
             self._known[key] = totals[-1]
-        if self._flush_timer is None:
-            loop = asyncio.get_running_loop()
-            self._flush_timer = loop.call_later(self.policy.flush_after_s, self._flush_later)
+        if self._deltas_since is None:
+            self._deltas_since = asyncio.get_running_loop().time()
+        self._arm_flush()
         return totals
 
     async def try_add(
@@ -393,6 +401,7 @@ class RedisGate:
         if self._batch is None and self._deltas:
             self._batch = _Batch(next(self._batch_ids), self._deltas)
             self._deltas = {}
+            self._deltas_since = None
         return self._batch
 
     def _applied(self, batch: _Batch | None) -> None:
@@ -408,10 +417,30 @@ class RedisGate:
         return totals
 
     def _flush_later(self) -> None:
+        """Flush what no call has carried for `flush_after_s`; under load, calls carry it all."""
         self._flush_timer = None
-        task = asyncio.get_running_loop().create_task(self.flush())
+        loop = asyncio.get_running_loop()
+        since = self._deltas_since
+        if since is None and self._batch is None:
+            return
+        if since is not None and self._batch is None:
+            due = since + self.policy.flush_after_s
+            if loop.time() < due:
+                self._flush_timer = loop.call_at(due, self._flush_later)
+                return
+        task = loop.create_task(self.flush())
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._deltas or self._batch is not None:
+            self._arm_flush()  # what arrived meanwhile, or what Redis was down for
+
+    def _arm_flush(self) -> None:
+        if self._flush_timer is None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self.policy.flush_after_s, self._flush_later)
 
     def _down(self) -> bool:
         """Whether to skip Redis for now (it failed less than `recheck_s` ago)."""

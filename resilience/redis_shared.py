@@ -63,5 +63,5 @@ class RedisShared:
         for signals in self.signals:
             await signals.close()
         for gate in self.gates.values():
-            await gate.flush()
+            await gate.drain()
         await self.client.aclose()
