@@ -151,6 +151,8 @@ class RedisGate:
         self._closing = False
         self._deltas_since: float | None = None
         """Loop time the oldest delta not yet in a batch was queued."""
+        self._batch_sent = 0.0
+        """Loop time `_batch` was last sent (it stays until a reply confirms it)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._down_until: float | None = None
         self._queue = asyncio.Lock()
@@ -402,6 +404,8 @@ class RedisGate:
             self._batch = _Batch(next(self._batch_ids), self._deltas)
             self._deltas = {}
             self._deltas_since = None
+        if self._batch is not None:
+            self._batch_sent = asyncio.get_running_loop().time()
         return self._batch
 
     def _applied(self, batch: _Batch | None) -> None:
@@ -420,14 +424,15 @@ class RedisGate:
         """Flush what no call has carried for `flush_after_s`; under load, calls carry it all."""
         self._flush_timer = None
         loop = asyncio.get_running_loop()
-        since = self._deltas_since
-        if since is None and self._batch is None:
+        waiting = [] if self._deltas_since is None else [self._deltas_since]
+        if self._batch is not None:
+            waiting.append(self._batch_sent)
+        if not waiting:
             return
-        if since is not None and self._batch is None:
-            due = since + self.policy.flush_after_s
-            if loop.time() < due:
-                self._flush_timer = loop.call_at(due, self._flush_later)
-                return
+        due = min(waiting) + self.policy.flush_after_s
+        if loop.time() < due:  # a call carried what was pending, or soon will
+            self._flush_timer = loop.call_at(due, self._flush_later)
+            return
         task = loop.create_task(self.flush())
         self._tasks.add(task)
         task.add_done_callback(self._flushed)

@@ -152,11 +152,11 @@ async def guard_cost(redis_url: str, calls: int) -> GuardCost:
     before, trips = await _scripts_run(redis_url), gate.round_trips
     redis = await _timed(shared, calls)
     scripts = await _scripts_run(redis_url) - before
+    trips_per_call = (gate.round_trips - trips) / calls
     started = time.perf_counter()  # clock-ok: benchmark
     for _ in range(calls):
         await client.ping()
     ping = (time.perf_counter() - started) / calls  # clock-ok: benchmark
-    trips_per_call = (gate.round_trips - trips) / calls
     result = GuardCost(in_memory, redis, ping, trips_per_call, scripts / calls)
     await gate.close()
     return result
