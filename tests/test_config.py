@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from dataclasses import astuple, replace
 from pathlib import Path
@@ -413,3 +414,33 @@ def test_redis_url_stays_out_of_the_repr() -> None:
     config = load_config({"BREAKWATER_REDIS_URL": url}, ["openai"])
     assert config.shared.redis_url == url
     assert "hunter2" not in repr(config)
+
+
+def test_the_start_banner_names_redis_without_its_password() -> None:
+    """`breakwater` announces the shared limits and their policy; the URL's password stays out."""
+    from simulations.commands.common import announce
+    from state.pipeline import Pipeline
+
+    environ = {
+        "BREAKWATER_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0",  # never connected to here
+        "BREAKWATER_REDIS_BUDGET_WHEN_DOWN": "local",
+        "BREAKWATER_OPENAI_RPM": "60",
+    }
+
+    async def banner() -> str:
+        pipeline = Pipeline.from_env(environ)
+        out = io.StringIO()
+        announce(pipeline, Path("jobs.sqlite3"), out)
+        assert pipeline.shared is not None
+        assert set(pipeline.shared.gates) == {"openai"}  # the provider with a limit
+        assert pipeline.guard("embed").shared is pipeline.shared.gates["openai"]
+        assert pipeline.guard("parse").shared is None
+        await pipeline.close()
+        return out.getvalue()
+
+    text = asyncio.run(banner())
+    assert (
+        "Limits and budgets shared through Redis at redis://127.0.0.1:1/0 (unreachable: "
+        "budgets local, local limits at 0.25 of the rate; breakers local)"
+    ) in text
+    assert "hunter2" not in text

@@ -57,8 +57,9 @@ def shown(where: Path | str) -> str:
     if isinstance(where, Path):
         return str(where)
     parts = urlsplit(where)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0] + "@" if at else ""
+    userinfo, _, host = parts.netloc.rpartition("@")
+    name = userinfo.split(":", 1)[0]
+    user = f"{name}@" if name else ""  # redis://:password@host has no user to show
     return f"{parts.scheme}://{user}{host}{parts.path}"
 
 
