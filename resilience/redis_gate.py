@@ -117,7 +117,7 @@ class RedisGate:
         base = f"{prefix}:{{{name}}}"
         self._keys = (f"{base}:requests", f"{base}:tokens", f"{base}:pause")
         self._applied_key = f"{base}:applied:{self.worker_id}"
-        self._ledger_prefix = f"{prefix}:ledger:"
+        self._ledger_prefix = f"{base}:ledger:"  # one hash slot with the buckets
         self._buckets = {
             kind: shaped(limit, self.policy.burst_fraction) if limit is not None else None
             for kind, limit in (("requests", rpm), ("tokens", tpm))

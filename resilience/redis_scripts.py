@@ -15,11 +15,13 @@ requests rate, tokens capacity, tokens rate]` (capacity 0: no such bucket),
 server-reported caps `[requests, tokens]` (-1: none). Floats come back as
 strings: Redis turns a Lua number into an integer reply.
 
-Key layout (the provider in braces, so a cluster keeps one provider on one slot):
+Key layout (the provider in braces: a Redis Cluster keeps all of a provider's
+keys in one slot, so its scripts never cross slots):
 
 * `{p}:requests`, `{p}:tokens`: bucket hashes, fields `level` and `stamp`;
 * `{p}:pause`: server time before which the buckets grant nothing (a 429);
-* ledger keys, one hash per budget period, fields `usd` and `requests`;
+* `{p}:ledger:<period key>`: one hash per budget period, fields `usd` and
+  `requests`;
 * `{p}:applied:<worker>`: the last batch of deferred ledger deltas applied
   from that worker, so a batch resent after a lost reply is applied once.
 """

@@ -116,7 +116,7 @@ async def spent_today(redis_url: str) -> float:
 
     client = Redis.from_url(redis_url, decode_responses=True)
     try:
-        keys = await client.keys("breakwater:ledger:openai:day:*")
+        keys = await client.keys("breakwater:{openai}:ledger:openai:day:*")
         assert len(keys) == 1
         return float(await client.hget(keys[0], "usd") or 0)
     finally:
