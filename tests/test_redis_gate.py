@@ -80,6 +80,9 @@ def test_racing_reservations_never_cross_the_shared_budget(redis_url: str) -> No
         )
         assert gates[0].budget is not None
         spent = await gates[0].budget.spent("day")
+        # Period keys expire on their own: a day's key a day after the day ends.
+        (day_key,) = await gates[0].client.keys("breakwater:{openai}:ledger:openai:day:*")
+        assert 86_400 < await gates[0].client.ttl(day_key) <= 2 * 86_400
         for g in gates:
             await g.close()
         return granted, spent
