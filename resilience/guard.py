@@ -46,6 +46,11 @@ class SharedLimits(Protocol):
 
     budget: Budget | None
 
+    @property
+    def reachable(self) -> bool:
+        """False while the shared store cannot be reached and a fallback serves."""
+        ...
+
     async def admit(
         self, units: float, cost: float, correlation_id: str, max_wait_s: float | None
     ) -> Reservation | None: ...

@@ -142,7 +142,14 @@ class Metrics:
             "gauge",
             "Units available now in each token bucket of a guard.",
         )
+        shared = Family(
+            "breakwater_shared_limits_reachable",
+            "gauge",
+            "1 while a guard's shared limits (Redis) answer, 0 while it uses its fallback.",
+        )
         for name, guard in guards.items():
+            if guard.shared is not None:
+                shared.add(1.0 if guard.shared.reachable else 0.0, provider=name)
             current = guard.breaker.state
             for candidate in STATES:
                 state.add(1.0 if candidate == current else 0.0, provider=name, state=candidate)
@@ -180,7 +187,7 @@ class Metrics:
             "breakwater_store_up", "gauge", "1 if the job store answered this scrape, else 0."
         )
         store_up.add(0.0 if jobs is None else 1.0)
-        return [state, transitions, calls, cost, levels, job_family, store_up]
+        return [state, transitions, calls, cost, levels, shared, job_family, store_up]
 
     def render_snapshot(
         self,

@@ -24,6 +24,7 @@ from resilience.redis_scripts import LEDGER_FLUSH
 from resilience.redis_signals import BreakerSignals
 from resilience.retry import RetryPolicy
 from resilience.shared_policy import SharedPolicy
+from state.metrics import Metrics, render
 from tests.conftest import Events
 from tests.redis_server import RedisServer
 
@@ -205,6 +206,11 @@ def test_server_feedback_lowers_the_shared_bucket(redis_url: str) -> None:
     run(body)
 
 
+def scrape(guards: dict[str, Guard]) -> str:
+    """What `GET /metrics` would show for these guards."""
+    return render(Metrics().families(guards=guards, usage_summary={}, jobs=None))
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -219,9 +225,12 @@ def test_unreachable_redis_fails_closed_for_budgets(events: Events) -> None:
             rpm=600,
             budget_limits=BudgetLimits(1.0, None, None, None),
         )
+        guards = {"openai": Guard("openai", shared=g)}
+        assert 'breakwater_shared_limits_reachable{provider="openai"} 1' in scrape(guards)
         with pytest.raises(BudgetExceeded, match="unreachable: no spend without it"):
             await g.admit(1, 0.01, "x", None)
         assert not g.reachable
+        assert 'breakwater_shared_limits_reachable{provider="openai"} 0' in scrape(guards)
         await g.client.aclose()
 
     run(body)
