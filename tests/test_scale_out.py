@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from providers.pricing import embedding_cost_usd
@@ -99,6 +100,7 @@ def test_four_workers_never_overspend_a_shared_budget(
         degraded = asyncio.run(cluster.degraded())
         arrivals = embedding_arrivals(cluster)
         ledger = asyncio.run(spent_today(redis_url))
+        costs = orjson.loads(cluster.command("costs", "--export", "json"))
 
     billed_tokens = sum(n for _, status, n in arrivals if status == 200)
     billed = embedding_cost_usd(MODEL, billed_tokens)
@@ -108,6 +110,10 @@ def test_four_workers_never_overspend_a_shared_budget(
     assert 0 < degraded < total  # the rest were served by the mock, to be backfilled
     assert ledger <= limit + 1e-9
     assert ledger == pytest.approx(billed, rel=1e-6)
+    # `breakwater costs`, run where Redis is set, reports the shared ledger.
+    (today,) = [row for row in costs if row["provider"] == "openai" and row["period"] == "day"]
+    assert today["cost_usd"] == pytest.approx(ledger, abs=1e-9)  # printed to 9 places
+    assert today["limit_usd"] == limit
 
 
 async def spent_today(redis_url: str) -> float:

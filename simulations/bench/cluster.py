@@ -102,9 +102,9 @@ class Cluster:
                 name, url = line.split("base URL:")
                 self.urls[name.strip()] = url.split()[0]
 
-    def start_workers(self, count: int, *, concurrency: int, lease_s: float = 10.0) -> None:
-        """Start `count` workers and wait until each says it runs (its SIGTERM handler is in)."""
-        env = {
+    def environment(self) -> dict[str, str]:
+        """What every `breakwater` command here runs with: the store, Redis, keys, limits."""
+        return {
             "SERVICE_MODE": "hybrid",
             "BREAKWATER_DB": self.db_url,
             "OPENAI_API_KEY": "sk-cluster",
@@ -114,17 +114,33 @@ class Cluster:
             **({"BREAKWATER_REDIS_URL": self.redis_url} if self.redis_url else {}),
             **self.env,
         }
+
+    def start_workers(self, count: int, *, concurrency: int, lease_s: float = 10.0) -> None:
+        """Start `count` workers and wait until each says it runs (its SIGTERM handler is in)."""
         first = len(self.workers)
         for n in range(first, first + count):
             log = self.workdir / f"worker-{n}.jsonl"
             command = ["worker", "--concurrency", str(concurrency), "--lease-s", str(lease_s)]
-            self.workers.append(self._spawn([*command, "--log", str(log)], env, f"worker-{n}"))
+            worker = self._spawn([*command, "--log", str(log)], self.environment(), f"worker-{n}")
+            self.workers.append(worker)
         for n in range(first, first + count):
             _wait_for(self.workers[n], self.output_path(n), " running (concurrency ")
 
     def output_path(self, n: int) -> Path:
         """Where worker `n`'s standard output and error go."""
         return self.workdir / f"worker-{n}.out"
+
+    def command(self, *args: str) -> str:
+        """Run `breakwater ARGS...` to the end with the workers' environment; its output."""
+        name = f"command-{args[0]}"
+        process = self._spawn(
+            [*args, "--log", str(self.workdir / f"{name}.jsonl")], self.environment(), name
+        )
+        if process.wait(timeout=120) != 0:
+            raise RuntimeError(
+                f"breakwater {' '.join(args)}: {(self.workdir / f'{name}.out').read_text()}"
+            )
+        return (self.workdir / f"{name}.out").read_text()
 
     def kill(self, n: int) -> None:
         """SIGKILL worker `n`: no handler runs, its leases are simply abandoned."""
