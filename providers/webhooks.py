@@ -245,6 +245,16 @@ class WebhookInbox:
                     waiter.set_result(event)
         return True
 
+    async def close(self) -> None:
+        """Nothing to release here; a shared inbox stops listening."""
+
+    async def known(self, job_id: str) -> bool:
+        """Does a parse in another process wait for `job_id`? This inbox knows of none.
+
+        A shared inbox (`providers.shared_webhooks.SharedInbox`) answers from Redis.
+        """
+        return False
+
     async def wait(self, job_id: str, timeout_s: float) -> WebhookEvent | None:
         """The job's first terminal event, or None if none comes within `timeout_s`."""
         record = self._jobs.get(job_id)

@@ -162,6 +162,9 @@ class Pipeline:
         mock_embed = mock_embedder or MockEmbedder(embedder.model, embedder.dimensions)
 
         parse_config = LlamaParseConfig.from_env(environ)
+        if shared_limits is not None and (inbox is not None or parse_config.webhook_url):
+            # Webhooks reach one server; with Redis, the parse may wait in any process.
+            inbox = _shared_inbox(shared_limits)
         parser = LlamaParse(parse_config, shared, inbox=inbox)
         mock_parse = mock_parser or MockParser()
 
@@ -198,8 +201,19 @@ class Pipeline:
         """Close the transport if `from_env` made it, and the link to Redis."""
         if self._owned_transport is not None:
             await self._owned_transport.close()
+        if self.parser is not None and self.parser.inbox is not None:
+            await self.parser.inbox.close()
         if self.shared is not None:
             await self.shared.close()
+
+
+def _shared_inbox(shared: RedisShared) -> WebhookInbox:
+    """An inbox whose accepted webhooks reach every process on the same Redis, listening."""
+    from providers.shared_webhooks import SharedInbox
+
+    inbox = SharedInbox(shared.client)
+    inbox.start()
+    return inbox
 
 
 def _open_shared(settings: SharedSettings, rng: random.Random | None) -> RedisShared | None:

@@ -17,6 +17,7 @@ import pytest
 
 from providers.pricing import embedding_cost_usd
 from simulations.bench.cluster import Cluster, documents
+from simulations.emulators import DEFAULT_WEBHOOK_SECRET
 from simulations.emulators.stats import max_in_window
 from tests.redis_server import RedisServer
 from tests.test_cli_postgres import fetch
@@ -176,3 +177,33 @@ async def wait_for_completed(cluster: Cluster, count: int) -> None:
     while (await cluster.states()).get("complete", 0) < count:
         assert loop.time() < deadline, await cluster.states()
         await asyncio.sleep(0.1)
+
+
+def test_webhooks_reach_workers_in_other_processes(postgres_database: str, redis_url: str) -> None:
+    """`serve` takes LlamaParse's webhooks; two separate workers' parses are woken by them.
+
+    Without Redis a delivery for another process's job gets 404 and that
+    parse polls; with it, every delivery is accepted and relayed.
+    """
+    total, secret = 24, DEFAULT_WEBHOOK_SECRET  # what the emulator signs with
+    faults = {"llamaparse": {"parse_time_s": 0.5, "upload_limit": 100_000}}
+    env = {"BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD": "10"}
+    with Cluster(postgres_database, redis_url, faults=faults, env=env) as cluster:
+        server = cluster.start_server(secret)
+        cluster.env = {**env, "LLAMA_CLOUD_WEBHOOK_URL": f"{server}/webhooks/llamaparse"}
+        asyncio.run(cluster.submit(documents(total, seed=10)))
+        cluster.start_workers(2, concurrency=4)
+        asyncio.run(cluster.wait_until_done(total, timeout_s=120))
+        assert cluster.stop_workers() == [0, 0]
+        assert_each_job_completed_once(cluster, total)
+        stats = cluster.emulator_stats()
+
+    webhooks = stats["webhooks"]
+    assert webhooks["delivered"] == total
+    assert webhooks["attempts"] == total  # every first delivery accepted: no 404, no retry
+    polled = sum(
+        sum(by_status.values())
+        for endpoint, by_status in stats["requests"].items()
+        if endpoint.endswith("/job/{job_id}")
+    )
+    assert polled == 0, stats["requests"]  # woken by the webhook, never polling

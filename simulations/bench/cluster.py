@@ -80,6 +80,7 @@ class Cluster:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bw-cluster-")))
     urls: dict[str, str] = field(default_factory=dict)
     workers: list[subprocess.Popen[str]] = field(default_factory=list)
+    server: subprocess.Popen[str] | None = None
     _emulator: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Cluster:
@@ -126,6 +127,15 @@ class Cluster:
         for n in range(first, first + count):
             _wait_for(self.workers[n], self.output_path(n), " running (concurrency ")
 
+    def start_server(self, secret: str) -> str:
+        """`breakwater serve --workers 0`: the API and webhook endpoint only; its base URL."""
+        env = {**self.environment(), "LLAMA_CLOUD_WEBHOOK_SECRET": secret}
+        command = ["serve", "--port", "0", "--workers", "0"]
+        log = str(self.workdir / "server.jsonl")
+        self.server = self._spawn([*command, "--log", log], env, "server")
+        text = _wait_for(self.server, self.workdir / "server.out", "Serving on ")
+        return text.split("Serving on ", 1)[1].split()[0]
+
     def output_path(self, n: int) -> Path:
         """Where worker `n`'s standard output and error go."""
         return self.workdir / f"worker-{n}.out"
@@ -155,7 +165,7 @@ class Cluster:
         return [worker.wait(timeout=60) for worker in self.workers]
 
     def close(self) -> None:
-        for process in [*self.workers, self._emulator]:
+        for process in [*self.workers, self.server, self._emulator]:
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)

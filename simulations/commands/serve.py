@@ -49,11 +49,16 @@ DEFAULT_WORKERS: Final = 2
 
 
 def known_job_of(pipeline: Pipeline) -> KnownJob:
-    """The server's `known_job`: is this a LlamaParse job the pipeline's client waits on?"""
+    """The server's `known_job`: does a parse here, or in a process sharing Redis, wait on it?"""
     parser = pipeline.parser
 
     async def known_job(llamaparse_job_id: str) -> bool:
-        return parser is not None and parser.awaiting(llamaparse_job_id)
+        if parser is None:
+            return False
+        if parser.awaiting(llamaparse_job_id):
+            return True
+        # A worker in another process may wait for it (a shared inbox asks Redis).
+        return parser.inbox is not None and await parser.inbox.known(llamaparse_job_id)
 
     return known_job
 

@@ -1,0 +1,147 @@
+"""LlamaParse webhooks for parses waiting in other processes, relayed through Redis.
+
+A webhook reaches one `breakwater serve`; the parse waiting for it may run
+in any worker process, on any host. With Redis configured, `SharedInbox`
+(a `WebhookInbox`) makes that work:
+
+* a parse that starts waiting registers its LlamaParse job id in Redis
+  (`<prefix>:webhooks:waiting:<job>`, expiring with the wait), so the server
+  that receives the delivery knows the job is ours (`known`) instead of
+  answering 404;
+* an event the server accepts is published on one channel, and a terminal
+  one is also kept for a day, for a parse that starts waiting just after;
+* every process's relay (`start`) hands the events it hears to its own
+  inbox, which deduplicates them and wakes the waiting parse.
+
+Redis failing is never fatal here: registering or publishing falls back to
+what one process can do, and a parse that hears nothing polls LlamaParse
+once its webhook deadline passes, as it would without webhooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Final
+
+import orjson
+from redis.asyncio import Redis
+
+from providers.webhooks import WebhookEvent, WebhookInbox
+from resilience.events import emit
+from resilience.redis_gate import UNREACHABLE
+
+KEEP_EVENT_S: Final = 86_400
+RESUBSCRIBE_S: Final = 1.0
+
+
+def _encode(event: WebhookEvent) -> bytes:
+    return orjson.dumps(
+        {"job_id": event.job_id, "event": event.event, "status": event.status, "data": event.data}
+    )
+
+
+def _decode(raw: bytes | str) -> WebhookEvent:
+    fields = orjson.loads(raw)
+    return WebhookEvent(fields["job_id"], fields["event"], fields["status"], fields["data"])
+
+
+class SharedInbox(WebhookInbox):
+    """A `WebhookInbox` whose accepted events reach every process. Call `start` in a loop."""
+
+    def __init__(
+        self, client: Redis, *, prefix: str = "breakwater", max_jobs: int = 10_000
+    ) -> None:
+        super().__init__(max_jobs=max_jobs)
+        self.client = client
+        self._prefix = f"{prefix}:webhooks"
+        self.channel = f"{self._prefix}:events"
+        self._listener: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscribed = asyncio.Event()
+
+    def start(self) -> None:
+        """Listen for the events other processes accepted."""
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def subscribed(self) -> None:
+        """Wait until the relay hears events (tests use it to avoid a race)."""
+        await self._subscribed.wait()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+        for task in list(self._tasks):
+            await task
+
+    async def known(self, job_id: str) -> bool:
+        """Does a parse in some process wait for LlamaParse job `job_id`?"""
+        try:
+            return bool(await self.client.exists(self._waiting(job_id)))
+        except UNREACHABLE:
+            return False
+
+    def accept(self, event: WebhookEvent) -> bool:
+        """Record `event` here and, if it is new, share it with every process."""
+        new = super().accept(event)
+        if new:
+            task = asyncio.get_running_loop().create_task(self._share(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return new
+
+    async def wait(self, job_id: str, timeout_s: float) -> WebhookEvent | None:
+        key = self._waiting(job_id)
+        try:
+            await self.client.set(key, "1", ex=math.ceil(timeout_s) + 60)
+            kept = await self.client.get(self._event(job_id))
+        except UNREACHABLE:
+            kept = None  # only this process's deliveries can reach the parse now
+        if kept is not None:
+            super().accept(_decode(kept))
+        try:
+            return await super().wait(job_id, timeout_s)
+        finally:
+            try:
+                await self.client.delete(key)
+            except UNREACHABLE:
+                pass  # the key expires on its own
+
+    async def _share(self, event: WebhookEvent) -> None:
+        payload = _encode(event)
+        try:
+            if event.terminal:
+                await self.client.set(self._event(event.job_id), payload, ex=KEEP_EVENT_S)
+            await self.client.publish(self.channel, payload)
+        except UNREACHABLE as exc:
+            # The parse that waits elsewhere will poll once its webhook deadline passes.
+            emit(
+                "webhook.share_failed",
+                level="WARNING",
+                job_id=event.job_id,
+                error=type(exc).__name__,
+            )
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self.client.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._subscribed.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            # The base class's accept: what others shared is not shared again.
+                            super().accept(_decode(message["data"]))
+            except UNREACHABLE:
+                self._subscribed.clear()
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    def _waiting(self, job_id: str) -> str:
+        return f"{self._prefix}:waiting:{job_id}"
+
+    def _event(self, job_id: str) -> str:
+        return f"{self._prefix}:event:{job_id}"
