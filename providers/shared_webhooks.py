@@ -29,10 +29,10 @@ from redis.asyncio import Redis
 
 from providers.webhooks import WebhookEvent, WebhookInbox
 from resilience.events import emit
+from resilience.redis_channel import listen, stop
 from resilience.redis_gate import UNREACHABLE
 
 KEEP_EVENT_S: Final = 86_400
-RESUBSCRIBE_S: Final = 1.0
 
 
 def _encode(event: WebhookEvent) -> bytes:
@@ -62,21 +62,15 @@ class SharedInbox(WebhookInbox):
 
     def start(self) -> None:
         """Listen for the events other processes accepted."""
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        listening = listen(self.client, self.channel, self._heard, self._subscribed)
+        self._listener = asyncio.get_running_loop().create_task(listening)
 
     async def subscribed(self) -> None:
         """Wait until the relay hears events (tests use it to avoid a race)."""
         await self._subscribed.wait()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            try:
-                await self._listener
-            except asyncio.CancelledError:
-                pass
-        for task in list(self._tasks):
-            await task
+        await stop(self._listener, self._tasks)
 
     async def known(self, job_id: str) -> bool:
         """Does a parse in some process wait for LlamaParse job `job_id`?"""
@@ -126,19 +120,9 @@ class SharedInbox(WebhookInbox):
                 error=type(exc).__name__,
             )
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self.client.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    self._subscribed.set()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            # The base class's accept: what others shared is not shared again.
-                            super().accept(_decode(message["data"]))
-            except UNREACHABLE:
-                self._subscribed.clear()
-                await asyncio.sleep(RESUBSCRIBE_S)
+    def _heard(self, data: bytes | str) -> None:
+        # The base class's accept: what another process shared is not shared again.
+        super().accept(_decode(data))
 
     def _waiting(self, job_id: str) -> str:
         return f"{self._prefix}:waiting:{job_id}"

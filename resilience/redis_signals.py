@@ -21,16 +21,14 @@ once it is back.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
 
 from redis.asyncio import Redis
 
 from resilience.breaker import OPEN, Breaker, Transition
 from resilience.events import emit
+from resilience.redis_channel import listen, stop
 from resilience.redis_gate import UNREACHABLE
 from resilience.redis_scripts import TRIP
-
-RESUBSCRIBE_S: Final = 1.0
 
 
 class BreakerSignals:
@@ -67,21 +65,15 @@ class BreakerSignals:
     def start(self) -> None:
         """Subscribe to the breaker's transitions and to the other workers' announcements."""
         self.breaker.subscribe(self._on_transition)
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        listening = listen(self.client, self.channel, self._heard, self._subscribed)
+        self._listener = asyncio.get_running_loop().create_task(listening)
 
     async def subscribed(self) -> None:
         """Wait until the listener hears announcements (tests use it to avoid a race)."""
         await self._subscribed.wait()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            try:
-                await self._listener
-            except asyncio.CancelledError:
-                pass
-        for task in list(self._tasks):
-            await task
+        await stop(self._listener, self._tasks)
 
     def _on_transition(self, change: Transition) -> None:
         if change.dest != OPEN or change.trigger != "trip":
@@ -116,22 +108,8 @@ class BreakerSignals:
             announced=bool(int(first)),
         )
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self.client.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    self._subscribed.set()
-                    async for message in pubsub.listen():
-                        self._heard(message)
-            except UNREACHABLE:
-                self._subscribed.clear()
-                await asyncio.sleep(RESUBSCRIBE_S)
-
-    def _heard(self, message: dict[str, Any]) -> None:
-        if message.get("type") != "message":
-            return
-        sender, _, seen = str(message["data"]).partition(" ")
+    def _heard(self, data: str) -> None:
+        sender, _, seen = data.partition(" ")
         if sender == self.worker_id:
             return
         self.breaker.trip_from_peers(
