@@ -163,7 +163,7 @@ class SqliteDatabase:
     async def _configure(self, busy_timeout_s: float) -> None:
         async with self.session() as session:
             await session.fetch(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            mode = await session.fetch_one("PRAGMA journal_mode = WAL")
+            mode = await _switch_to_wal(session, busy_timeout_s)
             if mode is None or str(mode[0]).lower() != "wal":
                 raise RuntimeError(f"SQLite refused WAL mode (got {mode and mode[0]!r})")
             await session.fetch("PRAGMA synchronous = NORMAL")
@@ -224,3 +224,22 @@ class SqliteDatabase:
 async def _version(session: Session) -> int:
     row = await session.fetch_one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
     return int(row[0]) if row is not None else 0
+
+
+async def _switch_to_wal(session: Session, timeout_s: float) -> sqlite3.Row | None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection holds the file.
+
+    Switching needs the database to itself, and SQLite may refuse at once
+    with "database is locked" without waiting on `busy_timeout` (seen when
+    several stores open one new file together), so this waits itself, on
+    the loop clock, for at most `timeout_s`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            return await session.fetch_one("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or loop.time() >= deadline:
+                raise
+        await asyncio.sleep(0.01)
