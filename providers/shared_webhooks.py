@@ -20,7 +20,6 @@ once its webhook deadline passes, as it would without webhooks.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Final
 
@@ -29,7 +28,7 @@ from redis.asyncio import Redis
 
 from providers.webhooks import WebhookEvent, WebhookInbox
 from resilience.events import emit
-from resilience.redis_channel import listen, stop
+from resilience.redis_channel import Channel
 from resilience.redis_gate import UNREACHABLE
 
 KEEP_EVENT_S: Final = 86_400
@@ -55,22 +54,18 @@ class SharedInbox(WebhookInbox):
         super().__init__(max_jobs=max_jobs)
         self.client = client
         self._prefix = f"{prefix}:webhooks"
-        self.channel = f"{self._prefix}:events"
-        self._listener: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._subscribed = asyncio.Event()
+        self.channel = Channel(client, f"{self._prefix}:events", self._heard)
 
     def start(self) -> None:
         """Listen for the events other processes accepted."""
-        listening = listen(self.client, self.channel, self._heard, self._subscribed)
-        self._listener = asyncio.get_running_loop().create_task(listening)
+        self.channel.start()
 
     async def subscribed(self) -> None:
         """Wait until the relay hears events (tests use it to avoid a race)."""
-        await self._subscribed.wait()
+        await self.channel.subscribed()
 
     async def close(self) -> None:
-        await stop(self._listener, self._tasks)
+        await self.channel.close()
 
     async def known(self, job_id: str) -> bool:
         """Does a parse in some process wait for LlamaParse job `job_id`?"""
@@ -83,9 +78,7 @@ class SharedInbox(WebhookInbox):
         """Record `event` here and, if it is new, share it with every process."""
         new = super().accept(event)
         if new:
-            task = asyncio.get_running_loop().create_task(self._share(event))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.channel.spawn(self._share(event))
         return new
 
     async def wait(self, job_id: str, timeout_s: float) -> WebhookEvent | None:
@@ -110,7 +103,7 @@ class SharedInbox(WebhookInbox):
         try:
             if event.terminal:
                 await self.client.set(self._event(event.job_id), payload, ex=KEEP_EVENT_S)
-            await self.client.publish(self.channel, payload)
+            await self.client.publish(self.channel.name, payload)
         except UNREACHABLE as exc:
             # The parse that waits elsewhere will poll once its webhook deadline passes.
             emit(

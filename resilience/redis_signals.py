@@ -20,13 +20,11 @@ once it is back.
 
 from __future__ import annotations
 
-import asyncio
-
 from redis.asyncio import Redis
 
 from resilience.breaker import OPEN, Breaker, Transition
 from resilience.events import emit
-from resilience.redis_channel import listen, stop
+from resilience.redis_channel import Channel
 from resilience.redis_gate import UNREACHABLE
 from resilience.redis_scripts import TRIP
 
@@ -56,31 +54,25 @@ class BreakerSignals:
         base = f"{prefix}:{{{breaker.name}}}"
         self._trips = f"{base}:trips"
         self._announced = f"{base}:announced"
-        self.channel = f"{base}:breaker"
+        self.channel = Channel(client, f"{base}:breaker", self._heard)
         self._trip = client.register_script(TRIP)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
 
     def start(self) -> None:
         """Subscribe to the breaker's transitions and to the other workers' announcements."""
         self.breaker.subscribe(self._on_transition)
-        listening = listen(self.client, self.channel, self._heard, self._subscribed)
-        self._listener = asyncio.get_running_loop().create_task(listening)
+        self.channel.start()
 
     async def subscribed(self) -> None:
         """Wait until the listener hears announcements (tests use it to avoid a race)."""
-        await self._subscribed.wait()
+        await self.channel.subscribed()
 
     async def close(self) -> None:
-        await stop(self._listener, self._tasks)
+        await self.channel.close()
 
     def _on_transition(self, change: Transition) -> None:
         if change.dest != OPEN or change.trigger != "trip":
             return  # only trips on this worker's own failures count towards the quorum
-        task = asyncio.get_running_loop().create_task(self._report())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.channel.spawn(self._report())
 
     async def _report(self) -> None:
         try:
@@ -89,7 +81,7 @@ class BreakerSignals:
                 args=[self.worker_id, self.window_s, self.quorum],
             )
             if int(first):
-                await self.client.publish(self.channel, f"{self.worker_id} {int(seen)}")
+                await self.client.publish(self.channel.name, f"{self.worker_id} {int(seen)}")
         except UNREACHABLE as exc:
             emit(
                 "breaker.signal_lost",
