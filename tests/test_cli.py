@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -83,6 +85,34 @@ def keyless_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "BREAKWATER_LOG"}
     env.update(PYTHONPATH=str(ROOT), SERVICE_MODE="hybrid")
     return env
+
+
+@contextmanager
+def keyed_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`breakwater emulate` in its own process, with keys and base URLs pointing at it."""
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", "emulate", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=keyless_environment(),
+    )
+    try:
+        assert emulator.stdout is not None
+        urls = {}
+        for line in emulator.stdout:
+            if "base URL:" in line:
+                name, url = line.split("base URL:")
+                urls[name.strip()] = url.split()[0]
+            if len(urls) == 2:
+                break
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setenv("OPENAI_BASE_URL", urls["OpenAI"])
+        monkeypatch.setenv("LLAMA_CLOUD_API_KEY", "llx-test")
+        monkeypatch.setenv("LLAMA_CLOUD_BASE_URL", urls["LlamaParse"])
+        yield
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
 
 
 @pytest.fixture
@@ -174,33 +204,12 @@ def test_ingest_with_keys_spends_and_costs_exports_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", "emulate", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=keyless_environment(),
-    )
-    try:
-        assert emulator.stdout is not None
-        urls = {}
-        for line in emulator.stdout:
-            if "base URL:" in line:
-                name, url = line.split("base URL:")
-                urls[name.strip()] = url.split()[0]
-            if len(urls) == 2:
-                break
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        monkeypatch.setenv("OPENAI_BASE_URL", urls["OpenAI"])
-        monkeypatch.setenv("LLAMA_CLOUD_API_KEY", "llx-test")
-        monkeypatch.setenv("LLAMA_CLOUD_BASE_URL", urls["LlamaParse"])
+    with keyed_emulator(monkeypatch):
         assert main(["ingest", *own_files, *cli(tmp_path)]) == 0
         out = capsys.readouterr().out
         assert "no API key" not in out
         assert "Degraded jobs: 0" in out
         assert "Parses: real 2, mock 0" in out
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
 
     assert main(["costs", "--export", "json", *cli(tmp_path)]) == 0
     rows = orjson.loads(capsys.readouterr().out)

@@ -24,7 +24,7 @@ import pytest
 from simulations.cli import main
 from state.open import open_store
 from tests.postgres import _free_port
-from tests.test_cli import KEYS, SAMPLES, keyless_environment
+from tests.test_cli import KEYS, SAMPLES, keyed_emulator, keyless_environment
 
 PASSWORD = "not-shown-anywhere"
 
@@ -226,33 +226,12 @@ def test_spend_is_kept_in_the_postgres_ledger(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", "emulate", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=keyless_environment(),
-    )
-    try:
-        assert emulator.stdout is not None
-        urls = {}
-        for line in emulator.stdout:
-            if "base URL:" in line:
-                name, base = line.split("base URL:")
-                urls[name.strip()] = base.split()[0]
-            if len(urls) == 2:
-                break
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        monkeypatch.setenv("OPENAI_BASE_URL", urls["OpenAI"])
-        monkeypatch.setenv("LLAMA_CLOUD_API_KEY", "llx-test")
-        monkeypatch.setenv("LLAMA_CLOUD_BASE_URL", urls["LlamaParse"])
-        db = ["--db", postgres_database, *log(tmp_path)]
+    db = ["--db", postgres_database, *log(tmp_path)]
+    with keyed_emulator(monkeypatch):
         assert main(["ingest", *own_files, *db]) == 0
         out = capsys.readouterr().out
         assert "Parses: real 2, mock 0" in out
         assert "Degraded jobs: 0" in out
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
 
     ledger = asyncio.run(fetch(postgres_database, "SELECT key, usd, requests FROM budget_ledger"))
     assert sum(row["requests"] for row in ledger if "llamaparse" in row["key"]) > 0
