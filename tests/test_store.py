@@ -424,6 +424,29 @@ def test_lease_takes_the_earliest_ready_jobs_up_to_the_limit(db: str) -> None:
     run(db, body)
 
 
+async def cancel_each_statement(
+    store: Store, victim: list[asyncio.Task[Job]], plan: dict[str, int], *, statements: int
+) -> list[tuple[int, int, bool]]:
+    """Start a transition `statements` times, cancelling it at statement 0, 1, ...
+
+    Returns each job's (version, history length, whether the task saw the
+    cancellation), then checks the connection is out of any transaction.
+    """
+    outcomes = []
+    for cancel_at in range(statements):
+        job = await leased_job(store, f"doc {cancel_at}".encode())
+        plan.update(cancel_at=cancel_at, seen=0)
+        victim.append(asyncio.ensure_future(move(store, job, T.START_PARSE)))
+        await asyncio.gather(victim[0], return_exceptions=True)
+        cancelled = victim.pop().cancelled()
+        after = await store.get_job(job.id)
+        assert after is not None
+        outcomes.append((after.version, len(await store.history(job.id)), cancelled))
+    # The connection is out of any transaction: the next one works.
+    assert (await leased_job(store, b"after")).state is S.UPLOADED
+    return outcomes
+
+
 def test_a_cancelled_transition_is_all_or_nothing(
     sqlite_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -446,19 +469,7 @@ def test_a_cancelled_transition_is_all_or_nothing(
     monkeypatch.setattr(Session, "fetch", cancelling_fetch)
 
     async def body(store: Store) -> list[tuple[int, int, bool]]:
-        outcomes = []
-        for cancel_at in range(6):
-            job = await leased_job(store, f"doc {cancel_at}".encode())
-            plan.update(cancel_at=cancel_at, seen=0)
-            victim.append(asyncio.ensure_future(move(store, job, T.START_PARSE)))
-            await asyncio.gather(victim[0], return_exceptions=True)
-            cancelled = victim.pop().cancelled()
-            after = await store.get_job(job.id)
-            assert after is not None
-            outcomes.append((after.version, len(await store.history(job.id)), cancelled))
-        # The connection is out of any transaction: the next one works.
-        assert (await leased_job(store, b"after")).state is S.UPLOADED
-        return outcomes
+        return await cancel_each_statement(store, victim, plan, statements=6)
 
     assert run(str(sqlite_db), body) == [
         (1, 1, True),  # BEGIN
@@ -498,18 +509,7 @@ def test_a_cancelled_postgres_transition_is_all_or_nothing(
         monkeypatch.setattr(Connection, name, cancelling(name))
 
     async def body(store: Store) -> list[tuple[int, int, bool]]:
-        outcomes = []
-        for cancel_at in range(4):
-            job = await leased_job(store, f"doc {cancel_at}".encode())
-            plan.update(cancel_at=cancel_at, seen=0)
-            victim.append(asyncio.ensure_future(move(store, job, T.START_PARSE)))
-            await asyncio.gather(victim[0], return_exceptions=True)
-            cancelled = victim.pop().cancelled()
-            after = await store.get_job(job.id)
-            assert after is not None
-            outcomes.append((after.version, len(await store.history(job.id)), cancelled))
-        assert (await leased_job(store, b"after")).state is S.UPLOADED
-        return outcomes
+        return await cancel_each_statement(store, victim, plan, statements=4)
 
     assert run(postgres_database, body) == [
         (1, 1, True),  # SELECT ... FOR UPDATE
