@@ -103,6 +103,10 @@ class Guard:
         self.budget = shared.budget if shared is not None else budget
         self.shared = shared
         self.max_wait_s = max_wait_s
+        # One attempt, chosen once here so the local hot path never asks which.
+        self._try_once: Callable[..., Coroutine[Any, Any, Any]] = (
+            self._attempt if shared is None else functools.partial(self._attempt_shared, shared)
+        )
         self._ids = itertools.count(1)
         self._retrying = self.retry.after_first_failure(self._retry, self._on_backoff)
 
@@ -145,7 +149,7 @@ class Guard:
         if self.breaker.rejecting:
             raise CircuitOpen(self.name, self.breaker.retry_after_s())
         try:
-            result: T = await self._attempt(fn, args, kwargs, units, cost, cid)
+            result: T = await self._try_once(fn, args, kwargs, units, cost, cid)
         except Exception as exc:
             if self.retry.max_attempts == 1 or not is_retryable(exc):
                 raise
@@ -184,7 +188,7 @@ class Guard:
         """A later attempt: like the first (see `call`), refused at once by an open breaker."""
         if self.breaker.rejecting:
             raise CircuitOpen(self.name, self.breaker.retry_after_s())
-        return await self._attempt(fn, args, kwargs, units, cost, cid)
+        return await self._try_once(fn, args, kwargs, units, cost, cid)
 
     async def _attempt(
         self,
@@ -196,8 +200,6 @@ class Guard:
         cid: str,
     ) -> Any:
         """One try through buckets, breaker and budget. The caller saw the breaker not open."""
-        if self.shared is not None:
-            return await self._attempt_shared(self.shared, fn, args, kwargs, units, cost, cid)
         breaker = self.breaker
         # Finding the running loop costs a system call, so it is found once per attempt.
         loop = asyncio.get_running_loop()
