@@ -1,10 +1,12 @@
-"""Shared test helpers: an event recorder, an awaited ledger and Hypothesis profiles."""
+"""Shared test helpers: an event recorder, an awaited ledger, Hypothesis profiles,
+and the CLI tests' samples and keyless environment."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +42,29 @@ settings.register_profile(
     **_COMMON,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "simulations" / "samples"
+KEYS = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_SECRET")
+"""The provider secrets a test that must spend nothing removes from its environment."""
+
+
+@pytest.fixture
+def keyless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No provider key and no Breakwater store or log from the caller's environment."""
+    for name in (*KEYS, "SERVICE_MODE", "BREAKWATER_DB", "BREAKWATER_LOG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def own_files(tmp_path: Path) -> list[str]:
+    """Two of the bundled samples, copied as if they were the user's own files."""
+    paths = []
+    for name in ("circuit-breakers.md", "rate-limits.txt"):
+        target = tmp_path / f"mine-{name}"
+        target.write_bytes((SAMPLES / name).read_bytes())
+        paths.append(str(target))
+    return paths
 
 
 class Events:

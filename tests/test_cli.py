@@ -22,6 +22,7 @@ import pytest
 from resilience.events import close_logging, configure_logging, emit
 from simulations.cli import main
 from state import SqliteJobStore
+from tests.conftest import KEYS, SAMPLES
 
 
 def test_logs_prints_the_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,9 +77,7 @@ def test_a_bad_variable_stops_start_up_naming_it(
 
 # -- the database commands: ingest, worker, backfill, costs, serve ------------------
 
-SAMPLES = Path(__file__).resolve().parent.parent / "simulations" / "samples"
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_SECRET")
 
 
 def keyless_environment() -> dict[str, str]:
@@ -113,22 +112,6 @@ def keyed_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
-
-
-@pytest.fixture
-def keyless(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (*KEYS, "SERVICE_MODE", "BREAKWATER_DB", "BREAKWATER_LOG"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def own_files(tmp_path: Path) -> list[str]:
-    paths = []
-    for name in ("circuit-breakers.md", "rate-limits.txt"):
-        target = tmp_path / f"mine-{name}"
-        target.write_bytes((SAMPLES / name).read_bytes())
-        paths.append(str(target))
-    return paths
 
 
 def cli(tmp_path: Path, *args: str) -> list[str]:

@@ -23,26 +23,11 @@ import pytest
 
 from simulations.cli import main
 from state.open import open_store
+from tests.conftest import SAMPLES
 from tests.postgres import _free_port
-from tests.test_cli import KEYS, SAMPLES, keyed_emulator, keyless_environment
+from tests.test_cli import keyed_emulator, keyless_environment
 
 PASSWORD = "not-shown-anywhere"
-
-
-@pytest.fixture
-def keyless(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (*KEYS, "SERVICE_MODE", "BREAKWATER_DB", "BREAKWATER_LOG"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def own_files(tmp_path: Path) -> list[str]:
-    paths = []
-    for name in ("circuit-breakers.md", "rate-limits.txt"):
-        target = tmp_path / f"mine-{name}"
-        target.write_bytes((SAMPLES / name).read_bytes())
-        paths.append(str(target))
-    return paths
 
 
 def with_password(url: str) -> str:
