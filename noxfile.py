@@ -40,27 +40,23 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def chaos(session: nox.Session) -> None:
-    """The Hypothesis property tests and the pipeline chaos simulation, at full size.
+    """The Hypothesis property tests, then the pipeline chaos simulation at full size.
 
     Profile `chaos-ci` under CI (derandomized, no database), else
-    `chaos-explore`. Prints the simulation's statistics, and fails if any
+    `chaos-explore`. The simulation's two shards run side by side, one per
+    core (pytest-xdist). Prints the simulation's statistics, and fails if any
     coverage event never happened. `-- --hypothesis-seed=N` replays a run.
     """
     install(session)
     profile = "chaos-ci" if os.environ.get("CI") else "chaos-explore"
-    session.run(
-        "pytest",
-        "-m",
-        "hypothesis",
-        "-p",
-        "no:cacheprovider",
-        *session.posargs,
-        env={
-            "HYPOTHESIS_PROFILE": profile,
-            "BREAKWATER_CHAOS_COVERAGE": "required",
-            "PYTHONHASHSEED": "0",
-        },
-    )
+    env = {
+        "HYPOTHESIS_PROFILE": profile,
+        "BREAKWATER_CHAOS_COVERAGE": "required",
+        "PYTHONHASHSEED": "0",
+    }
+    common = ["-p", "no:cacheprovider", *session.posargs]
+    session.run("pytest", "-m", "hypothesis", "-k", "not Shard", *common, env=env)
+    session.run("pytest", "tests/test_chaos.py", "-k", "Shard", "-n", "2", *common, env=env)
 
 
 @nox.session

@@ -1,8 +1,8 @@
 """Proof of strength: five deliberate bugs, applied one at a time, each caught by the chaos suite.
 
 `python -m simulations.mutants` edits one source file, runs the chaos
-simulation (`tests/test_chaos.py`, profile `chaos-ci`: derandomized, so
-every run explores the same test cases), expects it to fail, and restores
+simulation (`tests/test_chaos.py`'s two shards, profile `chaos-ci`:
+derandomized, so every run explores the same test cases), expects it to fail, and restores
 the file byte for byte before the next bug, also when interrupted. It exits
 1 if any bug survives, or if the suite fails on the code as it is.
 
@@ -96,7 +96,11 @@ COMMAND: Final = (
     sys.executable,
     "-m",
     "pytest",
-    "tests/test_chaos.py::TestPipelineChaos",
+    "tests/test_chaos.py",
+    "-k",
+    "Shard",
+    "-n",
+    "2",  # the two shards side by side; -x stops both at the first failure
     "-x",
     "-q",
     "-p",

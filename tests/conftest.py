@@ -116,14 +116,33 @@ class AwaitedLedger:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     from simulations.chaos.stats import RUN
 
-    if RUN.examples:
+    if RUN.examples and not _is_shard(terminalreporter.config):
         terminalreporter.write_line(RUN.report())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under `nox -s chaos`, fail the run if a coverage event never happened."""
+    """Hand a shard's counts to the controller; under `nox -s chaos`, fail the run if a
+    coverage event never happened in any shard."""
     from simulations.chaos.stats import RUN
 
+    if _is_shard(session.config):
+        session.config.workeroutput["chaos"] = RUN.to_json()  # type: ignore[attr-defined]
+        return
     required = os.environ.get("BREAKWATER_CHAOS_COVERAGE") == "required"
     if required and RUN.examples and RUN.missing() and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist: a shard finished; add its chaos counts to the run's."""
+    from simulations.chaos.stats import RUN
+
+    shard = getattr(node, "workeroutput", {}).get("chaos")
+    if shard and shard["examples"]:
+        RUN.merge(shard)
+
+
+def _is_shard(config: pytest.Config) -> bool:
+    """Is this a pytest-xdist worker process (its controller reports)?"""
+    return hasattr(config, "workeroutput")

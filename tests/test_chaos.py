@@ -1,8 +1,8 @@
 """The chaos simulation: Hypothesis drives faults into the whole pipeline on virtual time.
 
 `PipelineChaos` (simulations/chaos/machine.py) holds the rules, invariants
-and teardown checks. Here it runs at the size the profile asks for, and a
-second test proves a run replays byte for byte.
+and teardown checks. Here it runs at the size the profile asks for, in two
+shards, and a last test proves a run replays byte for byte.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from simulations.chaos.machine import PipelineChaos
 
 pytestmark = pytest.mark.hypothesis
 
-SIMULATION_EXAMPLES: Final = {"dev": 6, "chaos-ci": 60, "chaos-explore": 250}
-"""Test cases per profile; each simulates a few hundred jobs over virtual hours."""
+SIMULATION_EXAMPLES: Final = {"dev": 6, "chaos-ci": 80, "chaos-explore": 250}
+"""Test cases per profile, split between the two shards; each simulates tens of jobs
+over virtual hours."""
 
 PACKAGES: Final = ("resilience", "providers", "state", "simulations")
 
@@ -42,14 +43,30 @@ def quiet() -> Iterator[None]:
 # turns shrinking off; everyone else gets the smallest failing program.
 _SHRINK = os.environ.get("BREAKWATER_CHAOS_SHRINK", "on") != "off"
 
-TestPipelineChaos = PipelineChaos.TestCase
-TestPipelineChaos.settings = settings(
-    max_examples=SIMULATION_EXAMPLES.get(_PROFILE, 6),
+_SETTINGS = settings(
+    max_examples=SIMULATION_EXAMPLES.get(_PROFILE, 6) // 2,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     phases=list(Phase) if _SHRINK else [Phase.explicit, Phase.reuse, Phase.generate],
 )
+
+
+# Two shards of half the examples each, so `nox -s chaos` can run them side by side
+# on a 2-core machine (pytest-xdist). Hypothesis derives a derandomized run from the
+# machine class's source, so each shard draws its own test cases.
+class PipelineChaosShardA(PipelineChaos):
+    """The simulation's first shard."""
+
+
+class PipelineChaosShardB(PipelineChaos):
+    """The simulation's second shard."""
+
+
+TestPipelineChaosShardA = PipelineChaosShardA.TestCase
+TestPipelineChaosShardA.settings = _SETTINGS
+TestPipelineChaosShardB = PipelineChaosShardB.TestCase
+TestPipelineChaosShardB.settings = _SETTINGS
 
 
 def test_one_seed_replays_byte_for_byte() -> None:

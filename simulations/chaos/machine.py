@@ -459,10 +459,12 @@ class PipelineChaos(RuleBasedStateMachine):
 
     def _count(self) -> None:
         world = self.w
-        RUN.examples += 1
-        RUN.jobs += len(self.accepted)
-        RUN.simulated_s += world.now
-        RUN.wall_s += time.perf_counter() - self.started
+        RUN.count_example(
+            jobs=len(self.accepted),
+            simulated_s=world.now,
+            began=self.started,
+            ended=time.perf_counter(),
+        )
         for _provider, _number, transition in world.transitions:
             RUN.transitions[f"{transition.source}->{transition.dest}"] += 1
 

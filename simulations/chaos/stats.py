@@ -4,13 +4,20 @@ Hypothesis's `event()` shows what share of test cases reached a path; these
 counters add what the run as a whole did, so `nox -s chaos` can print it and
 fail when a coverage event never happened: a simulation that never reaches a
 path proves nothing about it.
+
+`nox -s chaos` runs the simulation in shards, one per core (pytest-xdist).
+Each shard process counts its own examples; the shards hand their counts to
+the controlling process (`to_json`, `merge`), which reports the run as a
+whole. Its wall time is the span from the first example's start to the last
+one's end across all shards, so running shards side by side shows as the
+speed it is.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 COVERAGE: Final = (
     "breaker opened",
@@ -34,11 +41,55 @@ class RunStats:
     examples: int = 0
     jobs: int = 0
     simulated_s: float = 0.0
-    wall_s: float = 0.0
+    began: float = float("inf")
+    """`time.perf_counter()` when the first example started; the system-wide monotonic
+    clock on Linux, so shards in other processes compare with it."""
+    ended: float = float("-inf")
+    shards: int = 0
+    """Processes whose counts were merged in; 0 when this process ran them itself."""
     invariant_checks: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     transitions: Counter[str] = field(default_factory=Counter)
     coverage: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def wall_s(self) -> float:
+        return max(self.ended - self.began, 0.0)
+
+    def count_example(self, *, jobs: int, simulated_s: float, began: float, ended: float) -> None:
+        self.examples += 1
+        self.jobs += jobs
+        self.simulated_s += simulated_s
+        self.began = min(self.began, began)
+        self.ended = max(self.ended, ended)
+
+    def to_json(self) -> dict[str, Any]:
+        """What a shard hands to the controlling process (plain types only)."""
+        return {
+            "shards": max(self.shards, 1),
+            "examples": self.examples,
+            "jobs": self.jobs,
+            "simulated_s": self.simulated_s,
+            "began": self.began,
+            "ended": self.ended,
+            "invariant_checks": self.invariant_checks,
+            "faults": dict(self.faults),
+            "transitions": dict(self.transitions),
+            "coverage": dict(self.coverage),
+        }
+
+    def merge(self, shard: dict[str, Any]) -> None:
+        """Add a shard's `to_json` to these statistics."""
+        self.shards += shard["shards"]
+        self.examples += shard["examples"]
+        self.jobs += shard["jobs"]
+        self.simulated_s += shard["simulated_s"]
+        self.began = min(self.began, shard["began"])
+        self.ended = max(self.ended, shard["ended"])
+        self.invariant_checks += shard["invariant_checks"]
+        self.faults.update(shard["faults"])
+        self.transitions.update(shard["transitions"])
+        self.coverage.update(shard["coverage"])
 
     def missing(self) -> list[str]:
         """Coverage events that never happened, in `COVERAGE` order."""
@@ -54,11 +105,11 @@ class RunStats:
 
         lines = [
             "chaos simulation statistics",
-            f"  examples run        {self.examples}",
+            f"  examples run        {self.examples}, in {max(self.shards, 1)} process(es)",
             f"  simulated jobs      {self.jobs}",
             f"  simulated hours     {self.simulated_s / 3600:.1f}",
             f"  invariant checks    {self.invariant_checks}",
-            f"  wall time           {self.wall_s:.1f} s",
+            f"  wall time           {self.wall_s:.1f} s, first example start to last end",
             f"  simulated/wall time {self.simulated_s / wall:,.0f}x",
             f"  jobs per wall s     {jobs_per_s:,.0f} "
             f"(target >= {JOBS_PER_S_TARGET:,.0f}: {verdict(jobs_per_s, JOBS_PER_S_TARGET)})",
