@@ -22,9 +22,9 @@ import orjson
 import pytest
 
 from simulations.cli import main
+from simulations.servers import free_port
 from state.open import open_store
 from tests.conftest import SAMPLES
-from tests.postgres import _free_port
 from tests.test_cli import keyed_emulator, keyless_environment
 
 PASSWORD = "not-shown-anywhere"
@@ -101,7 +101,7 @@ def test_a_bad_db_argument_stops_ingest_before_any_file_is_stored(
 def test_an_unreachable_postgres_server_stops_start_up_without_showing_the_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"postgresql://breakwater:{PASSWORD}@127.0.0.1:{_free_port()}/jobs"  # nobody listens
+    url = f"postgresql://breakwater:{PASSWORD}@127.0.0.1:{free_port()}/jobs"  # nobody listens
     monkeypatch.setenv("BREAKWATER_DB", url)
     assert main(["costs", *log(tmp_path)]) == 2
     captured = capsys.readouterr()

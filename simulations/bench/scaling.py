@@ -20,7 +20,7 @@ Two parts, both against real servers:
 
 Servers: `--db` and `--redis` (or BREAKWATER_BENCH_DB and
 BREAKWATER_BENCH_REDIS) name them; otherwise throwaway ones are started
-from the installed binaries with the test suite's helpers. Without either,
+from the installed binaries (`simulations.servers`). Without either,
 the run says so and exits 2: it never reports a scaling it did not measure.
 """
 
@@ -44,6 +44,12 @@ from resilience.budget import Budget, BudgetLimits
 from resilience.guard import Guard
 from resilience.redis_gate import RedisGate, connect
 from simulations.bench.cluster import Cluster, documents
+from simulations.servers import (
+    PostgresServer,
+    ThrowawayRedis,
+    find_postgres_binaries,
+    find_redis_binary,
+)
 
 PROCESSES: Final = (1, 2, 4)
 CONCURRENCY: Final = 4
@@ -164,28 +170,23 @@ async def guard_cost(redis_url: str, calls: int) -> GuardCost:
 
 @contextmanager
 def _servers(db: str | None, redis_url: str | None) -> Iterator[tuple[str, str]]:
-    """The named servers, or throwaway ones started with the test suite's helpers."""
+    """The named servers, or throwaway ones (`simulations.servers`)."""
     with ExitStack() as stack:
-        if db is None or redis_url is None:
-            # The helpers live with the tests; the benchmark runs from a checkout.
-            from tests.postgres import Server, find_binaries
-            from tests.redis_server import ThrowawayRedis, find_binary
-
-            if db is None:
-                binaries = find_binaries()
-                if binaries is None:
-                    raise _absent("PostgreSQL (initdb, pg_ctl)", "BREAKWATER_BENCH_DB")
-                server = Server(binaries)
-                stack.callback(server.stop)
-                db = server.start()
-            if redis_url is None:
-                binary = find_binary()
-                if binary is None:
-                    raise _absent("redis-server", "BREAKWATER_BENCH_REDIS")
-                redis_server = ThrowawayRedis(binary)
-                stack.callback(redis_server.close)
-                redis_server.start()
-                redis_url = redis_server.url
+        if db is None:
+            binaries = find_postgres_binaries()
+            if binaries is None:
+                raise _absent("PostgreSQL (initdb, pg_ctl)", "BREAKWATER_BENCH_DB")
+            server = PostgresServer(binaries)
+            stack.callback(server.stop)
+            db = server.start()
+        if redis_url is None:
+            binary = find_redis_binary()
+            if binary is None:
+                raise _absent("redis-server", "BREAKWATER_BENCH_REDIS")
+            redis_server = ThrowawayRedis(binary)
+            stack.callback(redis_server.close)
+            redis_server.start()
+            redis_url = redis_server.url
         yield db, redis_url
 
 
