@@ -66,6 +66,17 @@ class SharedLimits(Protocol):
     async def pause(self, retry_after_s: float) -> None: ...
 
 
+def _rate_limit_pause_s(exc: BaseException) -> float | None:
+    """How long a 429 asked every caller to wait (its Retry-After), or None if it was not one."""
+    if (
+        isinstance(exc, ProviderError)
+        and exc.retry_after_s is not None
+        and classify(exc) is ErrorClass.RATE_LIMITED
+    ):
+        return exc.retry_after_s
+    return None
+
+
 def _outcome_known(exc: BaseException) -> bool:
     """Did the provider answer? Only then do we know it did not bill us."""
     return isinstance(exc, ProviderError) and exc.status is not None
@@ -239,8 +250,9 @@ class Guard:
             result = await (breaker.bounded(call) if ticket.probe else call)
         except BaseException as exc:
             breaker.finish(ticket, exc, started, loop.time(), cid)
-            if isinstance(exc, ProviderError):
-                self._pause_on_429(exc)
+            pause_s = _rate_limit_pause_s(exc)
+            if pause_s is not None:
+                self._pause_buckets(pause_s)
             if budget is not None and reservation is not None:
                 await _settle_failure(budget, reservation, exc)
             raise
@@ -283,12 +295,9 @@ class Guard:
             result = await (breaker.bounded(call) if ticket.probe else call)
         except BaseException as exc:
             breaker.finish(ticket, exc, started, loop.time(), cid)
-            if (
-                isinstance(exc, ProviderError)
-                and exc.retry_after_s is not None
-                and classify(exc) is ErrorClass.RATE_LIMITED
-            ):
-                await shared.pause(exc.retry_after_s)
+            pause_s = _rate_limit_pause_s(exc)
+            if pause_s is not None:
+                await shared.pause(pause_s)
             if reservation is not None:
                 await _settle_failure(shared, reservation, exc)
             raise
@@ -298,10 +307,8 @@ class Guard:
             await shared.settle(reservation, actual, tokens=getattr(result, "tokens", 0))
         return result
 
-    def _pause_on_429(self, exc: ProviderError) -> None:
-        if exc.retry_after_s is None or classify(exc) is not ErrorClass.RATE_LIMITED:
-            return
-        until = asyncio.get_running_loop().time() + exc.retry_after_s
+    def _pause_buckets(self, pause_s: float) -> None:
+        until = asyncio.get_running_loop().time() + pause_s
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
                 bucket.pause_until(until)
