@@ -25,6 +25,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from simulations.servers import PostgresServer, ServerFailed, find_postgres_binaries
+from tests.servers import unavailable
 
 URL_VARIABLE: Final = "BREAKWATER_TEST_POSTGRES_URL"
 REQUIRE_VARIABLE: Final = "BREAKWATER_REQUIRE_POSTGRES"
@@ -32,9 +33,7 @@ _names = itertools.count(1)
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get(REQUIRE_VARIABLE) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_VARIABLE}=1: the PostgreSQL tests did not run")
-    pytest.skip(reason)
+    unavailable(reason, require_variable=REQUIRE_VARIABLE, server="PostgreSQL")
 
 
 @pytest.fixture(scope="session")

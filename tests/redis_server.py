@@ -30,6 +30,7 @@ import pytest
 import redis
 
 from simulations.servers import ServerFailed, ThrowawayRedis, find_redis_binary
+from tests.servers import unavailable
 
 URL_VARIABLE: Final = "BREAKWATER_TEST_REDIS_URL"
 REQUIRE_VARIABLE: Final = "BREAKWATER_REQUIRE_REDIS"
@@ -71,9 +72,7 @@ class GivenRedis:
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get(REQUIRE_VARIABLE) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_VARIABLE}=1: the Redis tests did not run")
-    pytest.skip(reason)
+    unavailable(reason, require_variable=REQUIRE_VARIABLE, server="Redis")
 
 
 @pytest.fixture(scope="session")

@@ -244,6 +244,17 @@ def test_worker_works_jobs_until_sigterm(tmp_path: Path) -> None:
     assert "Worker stopped: 2 completed" in out
 
 
+def serve_banner(server: subprocess.Popen[str]) -> list[str]:
+    """`breakwater serve`'s start lines, up to and including "Serving on URL ..."."""
+    assert server.stdout is not None
+    lines = []
+    for line in server.stdout:
+        lines.append(line)
+        if line.startswith("Serving on "):
+            break
+    return lines
+
+
 def test_serve_answers_health_until_sigint(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "simulations.cli", "serve", "--port", "0", *cli(tmp_path)],
@@ -252,12 +263,7 @@ def test_serve_answers_health_until_sigint(tmp_path: Path) -> None:
         env=keyless_environment(),
     )
     try:
-        assert server.stdout is not None
-        lines = []
-        for line in server.stdout:
-            lines.append(line)
-            if line.startswith("Serving on "):
-                break
+        lines = serve_banner(server)
         url = lines[-1].split()[2]
         assert "webhooks cannot verify and are refused" in "".join(lines)
         assert "a worker holds up to 2 jobs" in lines[-1]

@@ -25,7 +25,7 @@ from simulations.cli import main
 from simulations.servers import free_port
 from state.open import open_store
 from tests.conftest import SAMPLES
-from tests.test_cli import keyed_emulator, keyless_environment
+from tests.test_cli import keyed_emulator, keyless_environment, serve_banner
 
 PASSWORD = "not-shown-anywhere"
 
@@ -254,12 +254,7 @@ def test_serve_on_postgres_answers_health(postgres_database: str, tmp_path: Path
         env=env,
     )
     try:
-        assert server.stdout is not None
-        lines = []
-        for line in server.stdout:
-            lines.append(line)
-            if line.startswith("Serving on "):
-                break
+        lines = serve_banner(server)
         assert f"database: {shown(with_password(postgres_database))}" in "".join(lines)
         assert PASSWORD not in "".join(lines)
         url = lines[-1].split()[2]
