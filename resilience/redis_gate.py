@@ -196,7 +196,7 @@ class RedisGate:
             )
         loop = asyncio.get_running_loop()
         started = loop.time()
-        wait = await self._try_admit(units, cost, correlation_id)
+        wait = await self._try_admit(units, cost, correlation_id, max_wait_s)
         if not isinstance(wait, float):
             return wait
         async with self._queue:  # one poller per worker, the rest queued in order
@@ -205,7 +205,8 @@ class RedisGate:
                 if max_wait_s is not None and waited + wait > max_wait_s:
                     raise RateLimited(self.name, wait, f"shared buckets: would wait {wait:.3f}s")
                 await asyncio.sleep(wait)
-                wait = await self._try_admit(units, cost, correlation_id)
+                left = None if max_wait_s is None else max_wait_s - (loop.time() - started)
+                wait = await self._try_admit(units, cost, correlation_id, left)
                 if not isinstance(wait, float):
                     return wait
 
@@ -311,11 +312,14 @@ class RedisGate:
     # -- internals -------------------------------------------------------------
 
     async def _try_admit(
-        self, units: float, cost: float, correlation_id: str
+        self, units: float, cost: float, correlation_id: str, max_wait_s: float | None
     ) -> Reservation | float | None:
-        """One attempt: the reservation (or None) when admitted, else seconds to wait."""
+        """One attempt: the reservation (or None) when admitted, else seconds to wait.
+
+        `max_wait_s` bounds only the local fallback's wait; `admit` bounds the shared one.
+        """
         if self._down():
-            return await self._admit_locally(units, cost, correlation_id)
+            return await self._admit_locally(units, cost, correlation_id, max_wait_s)
         budget = self.budget
         plan = budget.plan() if budget is not None else None
         limits = plan.limits if plan is not None else ()
@@ -342,7 +346,7 @@ class RedisGate:
             reply = await self._run(self._admit, keys, fields)
         except UNREACHABLE as exc:
             self._went_down(exc)
-            return await self._admit_locally(units, cost, correlation_id)
+            return await self._admit_locally(units, cost, correlation_id, max_wait_s)
         self._applied(batch)
         kind = reply[0]
         if kind == "ok":
@@ -356,7 +360,7 @@ class RedisGate:
         return float(reply[1])  # "rate" or "paused": how long until it could grant
 
     async def _admit_locally(
-        self, units: float, cost: float, correlation_id: str
+        self, units: float, cost: float, correlation_id: str, max_wait_s: float | None
     ) -> Reservation | None:
         """The fallback: local buckets, and the budget as `budget_when_down` says."""
         reservation = None
@@ -374,7 +378,7 @@ class RedisGate:
             for kind, amount in (("requests", 1.0), ("tokens", units)):
                 bucket = self._fallback.get(kind)
                 if bucket is not None:
-                    await bucket.acquire(amount)
+                    await bucket.acquire(amount, max_wait_s)
         except BaseException:
             if reservation is not None:
                 await self.release(reservation, error_class="cancelled")

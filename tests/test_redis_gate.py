@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from resilience.redis_scripts import LEDGER_FLUSH
 from resilience.redis_signals import BreakerSignals
 from resilience.retry import RetryPolicy
 from resilience.shared_policy import SharedPolicy
+from simulations.servers import free_port
 from state.metrics import Metrics, render
 from tests.conftest import Events
 from tests.redis_server import RedisServer
@@ -211,16 +211,10 @@ def scrape(guards: dict[str, Guard]) -> str:
     return render(Metrics().families(guards=guards, usage_summary={}, jobs=None))
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_unreachable_redis_fails_closed_for_budgets(events: Events) -> None:
     async def body() -> None:
         g = gate(
-            f"redis://127.0.0.1:{_closed_port()}/0",
+            f"redis://127.0.0.1:{free_port()}/0",
             1,
             rpm=600,
             budget_limits=BudgetLimits(1.0, None, None, None),
@@ -242,7 +236,7 @@ def test_unreachable_redis_fails_closed_for_budgets(events: Events) -> None:
 def test_unreachable_redis_falls_back_to_local_limits_when_allowed() -> None:
     async def body() -> None:
         g = gate(
-            f"redis://127.0.0.1:{_closed_port()}/0",
+            f"redis://127.0.0.1:{free_port()}/0",
             1,
             rpm=600,
             budget_limits=BudgetLimits(0.03, None, None, None),
@@ -259,6 +253,23 @@ def test_unreachable_redis_falls_back_to_local_limits_when_allowed() -> None:
         # The local budget holds half the limit: one $0.01 call fits in $0.015.
         assert len(granted) == 1
         await g.settle(granted[0], 0.01, tokens=0)
+        await g.client.aclose()
+
+    run(body)
+
+
+def test_the_local_fallback_keeps_the_callers_wait_limit() -> None:
+    """While Redis is down, a call that would wait past `max_wait_s` for the local
+    buckets fails fast with RateLimited, as it would on the shared ones."""
+
+    async def body() -> None:
+        g = gate(f"redis://127.0.0.1:{free_port()}/0", 1, rpm=60)
+        capacity = shaped(60, SharedPolicy().burst_fraction)[0]
+        for n in range(int(capacity)):  # the local bucket starts full
+            assert await g.admit(1, 0.0, f"c{n}", 0.0) is None
+        assert not g.reachable
+        with pytest.raises(RateLimited):
+            await asyncio.wait_for(g.admit(1, 0.0, "over", 0.0), timeout=1.0)
         await g.client.aclose()
 
     run(body)
