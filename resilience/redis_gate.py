@@ -141,7 +141,6 @@ class RedisGate:
             self._local_budget = Budget(
                 *_limits(budget_limits, fraction), scope=f"{name}.local", clock=clock
             )
-        self._local_reservations: set[int] = set()
         self._caps: dict[str, float] = {}
         self._deltas: dict[str, list[float]] = {}
         self._batch: _Batch | None = None
@@ -373,7 +372,6 @@ class RedisGate:
                     "the shared budget ledger (Redis) is unreachable: no spend without it",
                 )
             reservation = await local.reserve(self.name, cost, correlation_id=correlation_id)
-            self._local_reservations.add(id(reservation))
         try:
             for kind, amount in (("requests", 1.0), ("tokens", units)):
                 bucket = self._fallback.get(kind)
@@ -386,10 +384,10 @@ class RedisGate:
         return reservation
 
     def _budget_of(self, reservation: Reservation) -> Budget:
-        if id(reservation) in self._local_reservations:
-            self._local_reservations.discard(id(reservation))
-            assert self._local_budget is not None
-            return self._local_budget
+        """The budget that made `reservation`: its ledger keys name the budget's scope."""
+        local, keys = self._local_budget, reservation.keys
+        if local is not None and keys and keys[0].startswith(f"{local.scope}:"):
+            return local
         if self.budget is None:
             raise RuntimeError(f"{self.name}: the gate has no budget to settle with")
         return self.budget
