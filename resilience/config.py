@@ -13,7 +13,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from resilience.breaker import BreakerPolicy
 from resilience.bucket import TokenBucket
@@ -30,7 +30,7 @@ PREFIX: Final = "BREAKWATER_"
 SERVICE_MODES: Final = tuple(mode.value for mode in ServiceMode)
 DEFAULT_SERVICE_MODE: Final = "hybrid"
 DEFAULT_MAX_ATTEMPTS: Final = 4
-DEFAULT_FALLBACK_FRACTION: Final = 0.25
+DEFAULT_FALLBACK_FRACTION: Final = SharedPolicy().fallback_fraction
 DEFAULT_QUORUM: Final = 2
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
@@ -469,13 +469,13 @@ def _shared_settings(environ: Mapping[str, str], problems: list[str]) -> SharedS
     url = _value(environ, "BREAKWATER_REDIS_URL")
     if url is not None and not url.startswith(REDIS_SCHEMES):
         problems.append(
-            "BREAKWATER_REDIS_URL (value hidden) is not valid: expected a URL starting with "
+            f"{_shown('BREAKWATER_REDIS_URL', url)} is not valid: expected a URL starting with "
             + ", ".join(REDIS_SCHEMES)
         )
     values: dict[str, Any] = {"redis_url": url}
     choices: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-        ("BREAKWATER_REDIS_BUDGET_WHEN_DOWN", "budget_when_down", ("closed", "local")),
-        ("BREAKWATER_BREAKER_SHARING", "breaker_sharing", ("local", "quorum")),
+        ("BREAKWATER_REDIS_BUDGET_WHEN_DOWN", "budget_when_down", get_args(BudgetWhenDown)),
+        ("BREAKWATER_BREAKER_SHARING", "breaker_sharing", get_args(BreakerSharing)),
     )
     for name, attr, allowed in choices:
         raw = _value(environ, name)
@@ -488,12 +488,7 @@ def _shared_settings(environ: Mapping[str, str], problems: list[str]) -> SharedS
         else:
             values[attr] = raw.lower()
     numbers: tuple[tuple[str, str, Callable[[str], int | float | None], str], ...] = (
-        (
-            "BREAKWATER_REDIS_FALLBACK_FRACTION",
-            "fallback_fraction",
-            _fraction,
-            "a number in (0, 1]",
-        ),
+        ("BREAKWATER_REDIS_FALLBACK_FRACTION", "fallback_fraction", _fraction, _FRACTION),
         ("BREAKWATER_BREAKER_QUORUM", "quorum", _positive_int, _INTEGER),
     )
     for name, attr, parse, expected in numbers:

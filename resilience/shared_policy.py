@@ -7,7 +7,7 @@ policy without importing `redis`, which is an optional dependency.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 BudgetWhenDown = Literal["closed", "local"]
 
@@ -33,7 +33,7 @@ class SharedPolicy:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"SharedPolicy.{name} must lie in (0, 1], got {value!r}")
-        if self.budget_when_down not in ("closed", "local"):
+        if self.budget_when_down not in get_args(BudgetWhenDown):
             raise ValueError(
                 "SharedPolicy.budget_when_down must be closed or local, "
                 f"got {self.budget_when_down!r}"
