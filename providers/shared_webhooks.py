@@ -26,7 +26,7 @@ from typing import Final
 import orjson
 from redis.asyncio import Redis
 
-from providers.webhooks import WebhookEvent, WebhookInbox
+from providers.webhooks import WebhookEvent, WebhookInbox, parse_webhook_body
 from resilience.events import emit
 from resilience.redis_channel import Channel
 from resilience.redis_gate import UNREACHABLE
@@ -35,14 +35,19 @@ KEEP_EVENT_S: Final = 86_400
 
 
 def _encode(event: WebhookEvent) -> bytes:
+    """The event in the webhook wire format, so `_decode` is the webhook parser itself."""
     return orjson.dumps(
-        {"job_id": event.job_id, "event": event.event, "status": event.status, "data": event.data}
+        {
+            "event_type": event.event,
+            "job_id": event.job_id,
+            "status": event.status,
+            "data": event.data,
+        }
     )
 
 
 def _decode(raw: bytes | str) -> WebhookEvent:
-    fields = orjson.loads(raw)
-    return WebhookEvent(fields["job_id"], fields["event"], fields["status"], fields["data"])
+    return parse_webhook_body(raw.encode() if isinstance(raw, str) else raw)
 
 
 class SharedInbox(WebhookInbox):
