@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,10 +166,14 @@ class Cluster:
         return [worker.wait(timeout=60) for worker in self.workers]
 
     def close(self) -> None:
-        for process in [*self.workers, self.server, self._emulator]:
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+        """Kill what still runs and delete the working directory with its logs."""
+        try:
+            for process in [*self.workers, self.server, self._emulator]:
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=10)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(
         self, command: list[str], env: Mapping[str, str], name: str
