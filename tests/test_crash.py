@@ -30,9 +30,9 @@ from simulations.cli import main
 from state import JobState, SqliteJobStore
 from state.machine import Job
 from state.pipeline import Pipeline
+from tests.conftest import KEYS, SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "simulations" / "samples"
 DOCS = (
     ("circuit-breakers.md", "text/markdown"),
     ("rate-limits.txt", "text/plain"),
@@ -42,7 +42,6 @@ LATENCY_S = 2.0
 LEASE_S = 2.0
 PLAN = {"openai": {"latency_s": LATENCY_S}, "llamaparse": {"parse_time_s": 0.05}}
 History = tuple[Job, list[JobState]]
-KEYS = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_SECRET")
 
 
 def child_environment(**extra: str) -> dict[str, str]:

@@ -57,7 +57,13 @@ WORDS: Final = (
     "backfill",
     "ledger",
 )
-PROVIDER_KEYS: Final = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_URL")
+PROVIDER_KEYS: Final = (
+    "OPENAI_API_KEY",
+    "LLAMA_CLOUD_API_KEY",
+    "LLAMA_CLOUD_WEBHOOK_URL",
+    "LLAMA_CLOUD_WEBHOOK_SECRET",
+)
+"""The caller's provider settings, never passed on: a worker gets only what `env` gives."""
 
 
 def documents(count: int, seed: int, *, words: int = 120) -> list[bytes]:
