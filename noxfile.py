@@ -19,10 +19,17 @@ def install(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff==0.17.6")  # the same ruff as the dev extra: formats drift
+    """ruff, then the architecture: import-linter's layers and deptry's declared imports.
+
+    import-linter holds the layers (resilience <- providers <- state <- simulations)
+    and keeps `resilience` free of aiohttp; deptry checks that what the wheel
+    ships imports only declared dependencies, and that each one is used.
+    """
+    install(session)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
+    session.run("deptry", ".")
 
 
 @nox.session

@@ -26,7 +26,7 @@ from resilience.errors import RateLimited
 class Throttle(Protocol):
     """What a provider client tells a rate limiter: the server's feedback.
 
-    `TokenBucket` is one; a shared limiter (`resilience.redis_gate`) gives
+    `TokenBucket` is one; a shared limiter (`resilience.shared.gate`) gives
     each client an object of its own that passes the feedback on to Redis.
     """
 

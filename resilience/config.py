@@ -24,7 +24,7 @@ from resilience.guard import Guard, SharedLimits
 from resilience.ledger import LedgerStore
 from resilience.retry import RetryPolicy
 from resilience.router import ServiceMode
-from resilience.shared_policy import BudgetWhenDown, SharedPolicy
+from resilience.shared.policy import BudgetWhenDown, SharedPolicy
 
 PREFIX: Final = "BREAKWATER_"
 SERVICE_MODES: Final = tuple(mode.value for mode in ServiceMode)

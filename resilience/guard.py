@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 
 class SharedLimits(Protocol):
-    """Buckets and a budget shared with other processes (`resilience.redis_gate.RedisGate`).
+    """Buckets and a budget shared with other processes (`resilience.shared.gate.RedisGate`).
 
     `admit` takes from the buckets and reserves the budget in one step, so a
     shared store pays one round trip per call, not one per limit.

@@ -34,17 +34,17 @@ from typing import Final, TextIO
 from providers import LLAMAPARSE, OPENAI
 from resilience.events import close_logging, configure_logging, emit
 from resilience.logreport import analyze, render
-from simulations.commands.common import (
+from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, OpenAIPlan, start
+from state import SqliteJobStore
+from state.app.common import (
     Progress,
     budget_banner,
     ingest_file,
     summary,
     work_until_done,
 )
-from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, OpenAIPlan, start
-from state import SqliteJobStore
-from state.pipeline import EMBED, Pipeline
-from state.worker import Worker, backfill
+from state.pipeline.wiring import EMBED, Pipeline
+from state.pipeline.worker import Worker, backfill
 
 DEMO_LOG: Final = "breakwater-demo.log.jsonl"
 """Where the demo logs when neither --log nor BREAKWATER_LOG says otherwise."""

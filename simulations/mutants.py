@@ -50,7 +50,7 @@ MUTANTS: Final = (
     ),
     Mutant(
         "commit ignores an expired lease",
-        "state/rules.py",
+        "state/store/rules.py",
         (
             (
                 "    if not live:\n        return f\"{owner}'s lease lapsed",
@@ -60,7 +60,7 @@ MUTANTS: Final = (
     ),
     Mutant(
         "the budget is checked without reserving",
-        "state/sqlite_ledger.py",
+        "state/store/sqlite_ledger.py",
         (
             (
                 "return [await _add(tx, limit.key, usd, requests, limit.expires_at)"
@@ -71,7 +71,7 @@ MUTANTS: Final = (
     ),
     Mutant(
         "webhook dedupe is off",
-        "providers/webhooks.py",
+        "providers/llamaparse/webhooks.py",
         (
             ("return record is not None and event.event in record.events", "return False"),
             (

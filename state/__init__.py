@@ -1,6 +1,6 @@
 """Durable job state for the document pipeline: the state machine and its store.
 
-`state.machine` says which moves a job may make; `state.store` is the
+`state.machine` says which moves a job may make; `state.store.protocol` is the
 `JobStore` protocol every backend implements; `SqliteJobStore` is the
 embedded default, with the budget's ledger in the same file.
 """
@@ -15,10 +15,7 @@ from state.machine import (
     WaitReason,
     next_state,
 )
-from state.sqlite_db import SchemaTooNew
-from state.sqlite_ledger import SqliteLedger
-from state.sqlite_store import SqliteJobStore
-from state.store import (
+from state.store.protocol import (
     ChunkText,
     Embedding,
     EmbeddingRow,
@@ -32,6 +29,9 @@ from state.store import (
     StoredParse,
     Upload,
 )
+from state.store.sqlite_db import SchemaTooNew
+from state.store.sqlite_ledger import SqliteLedger
+from state.store.sqlite_store import SqliteJobStore
 
 __all__ = [
     "STEPS",

@@ -1,6 +1,6 @@
 """Helpers for the emulator suites: the emulator in process on virtual time or served
 on 127.0.0.1, a wire recorder, and a webhook receiver app built on
-`providers.webhooks.check_delivery`.
+`providers.llamaparse.webhooks.check_delivery`.
 
 Nothing here stands in for our own code. `Wire` only listens to aiohttp's
 own trace hooks on the session the real `AiohttpTransport` sends with, and
@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from providers.llamaparse.webhooks import WebhookEvent, WebhookInbox, WebhookVerdict, check_delivery
 from providers.transport import AiohttpTransport
-from providers.webhooks import WebhookEvent, WebhookInbox, WebhookVerdict, check_delivery
 from resilience.clock import wall_time
 from resilience.testing import run_virtual
 from simulations.emulators import Emulator, InProcessTransport, RunningEmulator, start

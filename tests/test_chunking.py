@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.tokens import count_tokens, encode, encoding
-from state.chunking import MIN_SIZE_TOKENS, Chunk, ChunkingPolicy, chunk
+from state.pipeline.chunking import MIN_SIZE_TOKENS, Chunk, ChunkingPolicy, chunk
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "simulations" / "samples" / "circuit-breakers.md"
@@ -178,7 +178,7 @@ def test_same_input_same_chunks(text: str, policy: ChunkingPolicy) -> None:
 def test_chunks_do_not_depend_on_hash_seed() -> None:
     """Another process with another string-hash seed cuts the sample identically."""
     script = (
-        "import pathlib, sys; from state.chunking import ChunkingPolicy, chunk; "
+        "import pathlib, sys; from state.pipeline.chunking import ChunkingPolicy, chunk; "
         "print(repr(chunk(pathlib.Path(sys.argv[1]).read_text(), ChunkingPolicy(96, 12))))"
     )
     here = repr(chunk(SAMPLE.read_text(), ChunkingPolicy(96, 12)))

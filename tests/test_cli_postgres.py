@@ -23,7 +23,7 @@ import pytest
 
 from simulations.cli import main
 from simulations.servers import free_port
-from state.open import open_store
+from state.store.open import open_store
 from tests.conftest import SAMPLES
 from tests.test_cli import keyed_emulator, keyless_environment, serve_banner
 

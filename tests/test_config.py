@@ -418,8 +418,8 @@ def test_redis_url_stays_out_of_the_repr() -> None:
 
 def test_the_start_banner_names_redis_without_its_password() -> None:
     """`breakwater` announces the shared limits and their policy; the URL's password stays out."""
-    from simulations.commands.common import announce
-    from state.pipeline import Pipeline
+    from state.app.common import announce
+    from state.pipeline.wiring import Pipeline
 
     environ = {
         "BREAKWATER_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0",  # never connected to here

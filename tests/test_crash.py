@@ -29,7 +29,7 @@ from resilience.clock import wall_time
 from simulations.cli import main
 from state import JobState, SqliteJobStore
 from state.machine import Job
-from state.pipeline import Pipeline
+from state.pipeline.wiring import Pipeline
 from tests.conftest import KEYS, SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ from state.machine import (
     WaitReason,
     next_state,
 )
-from state.rules import apply, check_changes, job_id_for, lease_problem
-from state.store import JobChanges
+from state.store.protocol import JobChanges
+from state.store.rules import apply, check_changes, job_id_for, lease_problem
 
 S, T = JobState, Trigger
 WORKING = (S.UPLOADED, S.PARSING, S.PARSED, S.CHUNKED, S.EMBEDDING)
@@ -163,7 +163,7 @@ def test_the_shared_machine_is_safe_across_threads() -> None:
     assert failures == []
 
 
-# -- what a transition does besides the state (state.rules) -------------------
+# -- what a transition does besides the state (state.store.rules) -------------------
 
 
 def test_forward_moves_reset_attempts_and_error_and_keep_the_lease() -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 import pytest
 
-from providers.llamaparse import (
+from providers.llamaparse.client import (
     DEFAULT_BASE_URL,
     Document,
     LlamaParse,
@@ -28,10 +28,10 @@ from providers.llamaparse import (
     estimate_cost_usd,
     estimate_pages,
 )
-from providers.mock_parser import MockParser
+from providers.llamaparse.mock import MockParser
+from providers.llamaparse.webhooks import WebhookInbox, parse_webhook_body
 from providers.pricing import USD_PER_CREDIT, parse_cost_usd
 from providers.transport import HttpRequest, HttpResponse, TransportError
-from providers.webhooks import WebhookInbox, parse_webhook_body
 from resilience import (
     ConfigError,
     ErrorClass,

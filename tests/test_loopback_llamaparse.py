@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from providers.llamaparse import (
+from providers.llamaparse.client import (
     Document,
     LlamaParse,
     LlamaParseConfig,
     ParsedDocument,
     estimate_cost_usd,
 )
-from providers.mock_parser import MockParser
+from providers.llamaparse.mock import MockParser
 from providers.pricing import USD_PER_CREDIT
 from providers.transport import Transport
 from resilience import (

@@ -18,8 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from providers.mock_embedder import MockEmbedder
-from providers.openai_embeddings import (
+from providers.openai.client import (
     DEFAULT_MODEL,
     MAX_REQUEST_INPUTS,
     MAX_REQUEST_TOKENS,
@@ -27,6 +26,7 @@ from providers.openai_embeddings import (
     OpenAIConfig,
     OpenAIEmbeddings,
 )
+from providers.openai.mock import MockEmbedder
 from resilience import (
     BreakerPolicy,
     CircuitOpen,

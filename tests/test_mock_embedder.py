@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from providers.mock_embedder import MockEmbedder
-from providers.openai_embeddings import Batch, OpenAIConfig, OpenAIEmbeddings
+from providers.openai.client import Batch, OpenAIConfig, OpenAIEmbeddings
+from providers.openai.mock import MockEmbedder
 from providers.transport import HttpRequest, HttpResponse
 from resilience import Guard, ProviderError, Router, ServiceMode
 from resilience.testing import run_virtual
@@ -58,9 +58,7 @@ def test_the_same_text_always_gives_the_same_vector() -> None:
 
 def test_vectors_are_the_same_in_another_process() -> None:
     """Seeded from SHA-256, not from Python's per-process string hash."""
-    script = (
-        "from providers.mock_embedder import MockEmbedder; print(MockEmbedder().vector('a')[:4])"
-    )
+    script = "from providers.openai.mock import MockEmbedder; print(MockEmbedder().vector('a')[:4])"
     runs = [
         subprocess.run(
             [sys.executable, "-c", script],

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from providers.llamaparse import Document, ParsedDocument
-from providers.mock_parser import PAGE_SEPARATOR, MockParser, html_to_markdown
+from providers.llamaparse.client import Document, ParsedDocument
+from providers.llamaparse.mock import PAGE_SEPARATOR, MockParser, html_to_markdown
 from resilience import ErrorClass, ProviderError, classify
 from resilience.testing import run_virtual
 from simulations.samples.make_pdf import serialize

@@ -17,8 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from providers.mock_embedder import MockEmbedder
-from providers.openai_embeddings import (
+from providers.openai.client import (
     MAX_INPUT_TOKENS,
     MAX_REQUEST_INPUTS,
     MAX_REQUEST_TOKENS,
@@ -26,6 +25,7 @@ from providers.openai_embeddings import (
     OpenAIConfig,
     OpenAIEmbeddings,
 )
+from providers.openai.mock import MockEmbedder
 from providers.tokens import count_tokens
 from providers.transport import HttpRequest, HttpResponse, TransportError
 from resilience import (

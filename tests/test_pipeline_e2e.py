@@ -17,8 +17,8 @@ from resilience.clock import follow_loop, wall_time
 from resilience.testing import DEFAULT_WALL_EPOCH
 from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, OpenAIPlan, RunningEmulator
 from state import JobState, SqliteJobStore
-from state.pipeline import EMBED, Pipeline
-from state.worker import Worker, backfill
+from state.pipeline.wiring import EMBED, Pipeline
+from state.pipeline.worker import Worker, backfill
 from tests.loopback import serving, transport
 
 SAMPLES = Path(__file__).resolve().parent.parent / "simulations" / "samples"

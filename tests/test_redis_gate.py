@@ -18,13 +18,13 @@ from resilience.breaker import Breaker, BreakerPolicy
 from resilience.budget import BudgetLimits
 from resilience.errors import BudgetExceeded, ProviderError, RateLimited
 from resilience.guard import Guard
-from resilience.redis_gate import RedisGate, connect, shaped
-from resilience.redis_scripts import LEDGER_FLUSH
-from resilience.redis_signals import BreakerSignals
 from resilience.retry import RetryPolicy
-from resilience.shared_policy import SharedPolicy
+from resilience.shared.gate import RedisGate, connect, shaped
+from resilience.shared.policy import SharedPolicy
+from resilience.shared.scripts import LEDGER_FLUSH
+from resilience.shared.signals import BreakerSignals
 from simulations.servers import free_port
-from state.metrics import Metrics, render
+from state.app.metrics import Metrics, render
 from tests.conftest import Events
 from tests.redis_server import RedisServer
 

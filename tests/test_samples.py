@@ -9,11 +9,11 @@ import pytest
 from pypdf import PdfReader
 
 import simulations
-from providers.llamaparse import Document
-from providers.mock_parser import PAGE_SEPARATOR, MockParser
+from providers.llamaparse.client import Document
+from providers.llamaparse.mock import PAGE_SEPARATOR, MockParser
 from resilience.testing import run_virtual
 from simulations.samples import make_pdf
-from state.chunking import ChunkingPolicy, chunk
+from state.pipeline.chunking import ChunkingPolicy, chunk
 
 SAMPLES = Path(simulations.__file__).resolve().parent / "samples"
 DOCUMENTS = [

@@ -23,13 +23,13 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from providers.webhooks import LC_SIGNATURE_HEADER, WebhookInbox, sign_lc
-from simulations.commands.serve import serve_app
+from providers.llamaparse.webhooks import LC_SIGNATURE_HEADER, WebhookInbox, sign_lc
 from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, RunningEmulator
 from state import SqliteJobStore
-from state.metrics import Metrics
-from state.pipeline import Pipeline
-from state.worker import Worker
+from state.app.metrics import Metrics
+from state.app.serve import serve_app
+from state.pipeline.wiring import Pipeline
+from state.pipeline.worker import Worker
 from tests.loopback import serving, transport
 
 SECRET = "serve-webhook-signing-secret"

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from providers.webhooks import (
+from providers.llamaparse.webhooks import (
     LC_SIGNATURE_HEADER,
     WebhookInbox,
     sign_lc,
@@ -31,8 +31,8 @@ from providers.webhooks import (
 from resilience import BreakerPolicy, Budget, ConfigError, Guard, TokenBucket
 from resilience.usage import UsageLog
 from state import JobState, SqliteJobStore, Trigger
-from state.metrics import Family, Metrics, render
-from state.server import create_app
+from state.app.metrics import Family, Metrics, render
+from state.app.server import create_app
 
 SECRET = "whk-test-signing-secret-do-not-leak"
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z

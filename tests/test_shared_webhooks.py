@@ -1,4 +1,4 @@
-"""Webhooks relayed between processes through Redis (`providers.shared_webhooks`).
+"""Webhooks relayed between processes through Redis (`providers.llamaparse.relay`).
 
 Two `SharedInbox`es on separate connections stand for the server's process
 and a worker's; a real Redis (tests/redis_server.py) carries the events.
@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
-from providers.shared_webhooks import SharedInbox
-from providers.webhooks import WebhookEvent
-from resilience.redis_gate import connect
+from providers.llamaparse.relay import SharedInbox
+from providers.llamaparse.webhooks import WebhookEvent
+from resilience.shared.gate import connect
 
 pytestmark = pytest.mark.redis
 

@@ -6,7 +6,7 @@ between connections and reopening are the behaviour under test. PostgreSQL
 runs on a throwaway server with a fresh database per test (`tests.postgres`);
 its variants carry the `postgres` marker and skip when no server can be had.
 
-PostgreSQL works on the virtual loop because `state.postgres_db` holds the
+PostgreSQL works on the virtual loop because `state.store.postgres_db` holds the
 clock (`resilience.clock.thread_work`) while a statement is out: the server
 answers in real time, so without the hold time would jump to the next timer
 whenever its socket was not ready at that instant. The store takes `now`
@@ -31,7 +31,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from providers.llamaparse import ParsedDocument
+from providers.llamaparse.client import ParsedDocument
 from resilience import Budget, BudgetExceeded
 from resilience.clock import wall_time
 from resilience.errors import ConfigError
@@ -53,13 +53,13 @@ from state import (
     Trigger,
     WaitReason,
 )
-from state.chunking import ChunkingPolicy, chunk
-from state.open import locate, open_store
-from state.postgres_db import Connection
-from state.postgres_store import PostgresJobStore
-from state.schema import LATEST, MIGRATIONS
-from state.sqlite_db import Params, Session
-from state.vectors import pack_f32, unpack_f32
+from state.pipeline.chunking import ChunkingPolicy, chunk
+from state.store.open import locate, open_store
+from state.store.postgres_db import Connection
+from state.store.postgres_store import PostgresJobStore
+from state.store.schema import LATEST, MIGRATIONS
+from state.store.sqlite_db import Params, Session
+from state.store.vectors import pack_f32, unpack_f32
 
 S, T = JobState, Trigger
 R = TypeVar("R")

@@ -23,9 +23,9 @@ import aiohttp
 import orjson
 import pytest
 
-from providers.llamaparse import Document, LlamaParse, LlamaParseConfig
+from providers.llamaparse.client import Document, LlamaParse, LlamaParseConfig
+from providers.llamaparse.webhooks import LC_SIGNATURE_HEADER, WebhookEvent, WebhookInbox, sign_lc
 from providers.transport import Transport
-from providers.webhooks import LC_SIGNATURE_HEADER, WebhookEvent, WebhookInbox, sign_lc
 from resilience import TokenBucket
 from simulations.emulators import (
     Emulator,

@@ -8,7 +8,7 @@ import base64
 import orjson
 import pytest
 
-from providers.webhooks import (
+from providers.llamaparse.webhooks import (
     WebhookEvent,
     WebhookInbox,
     check_delivery,

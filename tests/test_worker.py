@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from providers.mock_parser import MockParser
+from providers.llamaparse.mock import MockParser
 from resilience import ConfigError, ServiceMode
 from resilience.clock import wall_time
 from resilience.testing import run_virtual
@@ -28,11 +28,11 @@ from simulations.emulators import (
     OpenAIPlan,
 )
 from state import JobState, SqliteJobStore, StaleJob
-from state.chunking import chunk
+from state.app.metrics import Metrics
 from state.machine import Job
-from state.metrics import Metrics
-from state.pipeline import EMBED, PARSE, Pipeline
-from state.worker import Worker, backfill
+from state.pipeline.chunking import chunk
+from state.pipeline.wiring import EMBED, PARSE, Pipeline
+from state.pipeline.worker import Worker, backfill
 from tests.conftest import Events
 
 T = TypeVar("T")
@@ -375,7 +375,7 @@ def test_sigterm_stops_the_worker(tmp_path: Path) -> None:
     import os
     import signal
 
-    from state.worker import install_signal_handlers, remove_signal_handlers
+    from state.pipeline.worker import install_signal_handlers, remove_signal_handlers
 
     async def body(rig: Rig) -> None:
         ids = await rig.upload_samples()

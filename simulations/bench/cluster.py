@@ -28,7 +28,7 @@ from typing import Any, Final
 import orjson
 
 from state import JobState
-from state.open import open_store
+from state.store.open import open_store
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 WORDS: Final = (

@@ -120,8 +120,8 @@ import orjson
 from aiobreaker.state import CircuitBreakerState
 from aiobreaker.storage.memory import CircuitMemoryStorage
 
-from providers.mock_embedder import MockEmbedder
-from providers.openai_embeddings import OpenAIConfig, OpenAIEmbeddings
+from providers.openai.client import OpenAIConfig, OpenAIEmbeddings
+from providers.openai.mock import MockEmbedder
 from resilience import BreakerPolicy, ProviderError, Router, ServiceMode, Transition
 from resilience.config import ProviderSettings
 from resilience.events import close_logging, configure_logging

@@ -1,6 +1,6 @@
 """Pipeline throughput: documents and embeddings per second through the worker.
 
-One corpus of distinct documents goes through `state.worker.Worker` end to
+One corpus of distinct documents goes through `state.pipeline.worker.Worker` end to
 end (lease, parse, chunk, embed, store, every job transition), into a fresh
 SQLite file per run, and the wall time from the worker's start until every
 job is complete gives documents per second and embeddings per second.
@@ -61,18 +61,18 @@ from typing import Any, Final
 
 import orjson
 
-from providers.llamaparse import Document
-from providers.mock_embedder import MockEmbedder
-from providers.mock_parser import MockParser
+from providers.llamaparse.client import Document
+from providers.llamaparse.mock import MockParser
+from providers.openai.mock import MockEmbedder
 from resilience.clock import wall_time
 from resilience.events import close_logging, configure_logging
 from resilience.testing import run_virtual
 from simulations.emulators import Emulator, FaultPlan, InProcessTransport
 from state import JobState, SqliteJobStore
-from state.chunking import chunk
-from state.pipeline import Pipeline
-from state.store import EmbeddingRow
-from state.worker import Worker
+from state.pipeline.chunking import chunk
+from state.pipeline.wiring import Pipeline
+from state.pipeline.worker import Worker
+from state.store.protocol import EmbeddingRow
 
 SAMPLES: Final = Path(__file__).resolve().parent.parent / "samples"
 SOURCES: Final = (

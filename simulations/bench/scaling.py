@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from resilience.bucket import TokenBucket
 from resilience.budget import Budget, BudgetLimits
 from resilience.guard import Guard
-from resilience.redis_gate import RedisGate, connect
+from resilience.shared.gate import RedisGate, connect
 from simulations.bench.cluster import Cluster, documents
 from simulations.servers import (
     PostgresServer,

@@ -94,14 +94,14 @@ import httpx2
 import openai
 import orjson
 
-from providers.mock_embedder import MockEmbedder
-from providers.openai_embeddings import (
+from providers.openai.client import (
     MAX_REQUEST_INPUTS,
     MAX_REQUEST_TOKENS,
     Batch,
     OpenAIConfig,
     OpenAIEmbeddings,
 )
+from providers.openai.mock import MockEmbedder
 from providers.tokens import count_tokens, truncate
 from providers.transport import HttpRequest, HttpResponse
 from resilience import Router, ServiceMode

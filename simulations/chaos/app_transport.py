@@ -1,7 +1,7 @@
 """`AppTransport`: an aiohttp application as a `providers.transport.Transport`, with no sockets.
 
 The emulator's webhook sender POSTs through a transport; in a simulation
-this one hands each request to the real API application (`state.server`),
+this one hands each request to the real API application (`state.app.server`),
 through its routing and middlewares, as aiohttp's own test utilities build
 a request. Nothing of ours is replaced: only the socket is missing.
 """

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from providers import LLAMAPARSE, OPENAI
+from providers.llamaparse.webhooks import parse_webhook_body
 from providers.transport import HttpRequest
-from providers.webhooks import parse_webhook_body
 from resilience import ServiceMode
 from resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from resilience.clock import iso_utc
@@ -39,9 +39,9 @@ from simulations.chaos.world import WEBHOOK_URL, World
 from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
 from simulations.emulators.faults import WebhookPlan
 from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
-from state.chunking import chunk
 from state.machine import Job, JobState
-from state.worker import backfill
+from state.pipeline.chunking import chunk
+from state.pipeline.worker import backfill
 
 HORIZON_S: Final = 26 * 3600.0
 """How long teardown waits, healed, for every job to reach a terminal state: the longest

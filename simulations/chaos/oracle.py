@@ -14,10 +14,10 @@ from itertools import pairwise
 from typing import Final, Unpack
 
 from state.machine import Job, JobState, Trigger
-from state.rows import job_from_row
-from state.sqlite_db import SqliteDatabase
-from state.sqlite_store import SqliteJobStore
-from state.store import JobChanges
+from state.store.protocol import JobChanges
+from state.store.rows import job_from_row
+from state.store.sqlite_db import SqliteDatabase
+from state.store.sqlite_store import SqliteJobStore
 
 S = JobState
 PIPELINE: Final = (S.UPLOADED, S.PARSING, S.PARSED, S.CHUNKED, S.EMBEDDING, S.COMPLETE)

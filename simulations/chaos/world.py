@@ -44,8 +44,8 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from providers import LLAMAPARSE, OPENAI
+from providers.llamaparse.webhooks import WebhookInbox
 from providers.transport import HttpRequest, HttpResponse, Transport
-from providers.webhooks import WebhookInbox
 from resilience import ServiceMode
 from resilience.breaker import HALF_OPEN, OPEN, Breaker, Transition
 from resilience.budget import Budget
@@ -53,13 +53,13 @@ from resilience.clock import wall_time
 from resilience.testing import VirtualTimeLoop
 from simulations.chaos.app_transport import AppTransport
 from simulations.chaos.oracle import CheckedStore
-from simulations.commands.serve import known_job_of
 from simulations.emulators import DEFAULT_WEBHOOK_SECRET, Emulator, InProcessTransport
-from state.chunking import ChunkingPolicy
-from state.metrics import Metrics
-from state.pipeline import EMBED, PARSE, PROVIDER_OF, Pipeline
-from state.server import create_app
-from state.worker import Worker
+from state.app.metrics import Metrics
+from state.app.serve import known_job_of
+from state.app.server import create_app
+from state.pipeline.chunking import ChunkingPolicy
+from state.pipeline.wiring import EMBED, PARSE, PROVIDER_OF, Pipeline
+from state.pipeline.worker import Worker
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""The LlamaParse client, its deterministic mock, and its webhooks."""

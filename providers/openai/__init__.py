@@ -1,0 +1,1 @@
+"""The OpenAI embeddings client and its deterministic mock."""

@@ -1,0 +1,1 @@
+"""What workers share through Redis: limits and budgets, breaker signals, the channel."""

@@ -1,0 +1,1 @@
+"""The application: the API server, its metrics, and the production `breakwater` commands."""

@@ -1,0 +1,1 @@
+"""The pipeline a worker runs: wiring, chunking, the worker and backfill."""

@@ -1,0 +1,1 @@
+"""The job store: its protocol, one schema, the SQLite and PostgreSQL backends and ledgers."""

@@ -1,0 +1,212 @@
+"""The schema, as numbered migrations applied in order, for SQLite and PostgreSQL.
+
+Each migration runs in its own transaction (DDL is transactional in both:
+`BEGIN IMMEDIATE` on SQLite, a transaction holding `pg_advisory_xact_lock`
+on PostgreSQL) and records itself in `schema_version`, so opening a
+database of any older version upgrades it step by step, and two processes
+opening the same old database at once apply each step exactly once. A
+migration, once released, is never edited: a change is a new migration.
+
+Both dialects share the version numbers, tables, columns, keys and indexes;
+only the spelling differs, so each migration carries its statements twice
+(`statements` for SQLite, `postgres` for PostgreSQL). On PostgreSQL:
+BYTEA for BLOB, DOUBLE PRECISION for REAL, BIGINT for the ledger's request
+counts (SQLite's INTEGER is 64-bit), BOOLEAN for `degraded`, an identity
+column for AUTOINCREMENT, and `COLLATE "C"` on the text the store orders by
+(job ids and ISO timestamps), so `lease` and `degraded_jobs` order rows
+byte by byte as SQLite does, whatever the server's locale.
+
+Plain column types, no STRICT tables, no CHECK on states: a new state or
+column is then one `ALTER TABLE`, never a table rebuild. The state machine
+and the store guard the values. Vectors are float32 BLOBs (`state.store.vectors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+    """SQLite's statements."""
+    postgres: tuple[str, ...]
+    """The same change in PostgreSQL's dialect."""
+
+
+SCHEMA_VERSION_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL
+)"""
+
+MIGRATIONS: Final = (
+    Migration(
+        1,
+        "documents, jobs and their audit trail",
+        (
+            """CREATE TABLE documents (
+                sha256 TEXT PRIMARY KEY,
+                content BLOB NOT NULL
+            )""",
+            """CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                sha256 TEXT NOT NULL UNIQUE REFERENCES documents (sha256),
+                filename TEXT NOT NULL,
+                mime_type TEXT NOT NULL,
+                state TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                step_attempts INTEGER NOT NULL,
+                not_before REAL NOT NULL,
+                wait_reason TEXT,
+                resume_to TEXT,
+                degraded INTEGER NOT NULL,
+                last_error TEXT,
+                failure_reason TEXT,
+                lease_owner TEXT,
+                lease_expires_at REAL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            # What `lease` scans: live jobs by readiness.
+            """CREATE INDEX jobs_ready ON jobs (not_before)
+                WHERE state NOT IN ('complete', 'failed')""",
+            "CREATE INDEX jobs_state ON jobs (state)",
+            """CREATE TABLE job_events (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                job_id TEXT NOT NULL REFERENCES jobs (id),
+                version INTEGER NOT NULL,
+                source TEXT,
+                dest TEXT NOT NULL,
+                trigger TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                correlation_id TEXT,
+                at TEXT NOT NULL
+            )""",
+            "CREATE INDEX job_events_job ON job_events (job_id, seq)",
+        ),
+        postgres=(
+            """CREATE TABLE documents (
+                sha256 TEXT PRIMARY KEY,
+                content BYTEA NOT NULL
+            )""",
+            """CREATE TABLE jobs (
+                id TEXT COLLATE "C" PRIMARY KEY,
+                sha256 TEXT NOT NULL UNIQUE REFERENCES documents (sha256),
+                filename TEXT NOT NULL,
+                mime_type TEXT NOT NULL,
+                state TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                step_attempts INTEGER NOT NULL,
+                not_before DOUBLE PRECISION NOT NULL,
+                wait_reason TEXT,
+                resume_to TEXT,
+                degraded BOOLEAN NOT NULL,
+                last_error TEXT,
+                failure_reason TEXT,
+                lease_owner TEXT,
+                lease_expires_at DOUBLE PRECISION,
+                created_at TEXT COLLATE "C" NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            """CREATE INDEX jobs_ready ON jobs (not_before)
+                WHERE state NOT IN ('complete', 'failed')""",
+            "CREATE INDEX jobs_state ON jobs (state)",
+            """CREATE TABLE job_events (
+                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                job_id TEXT NOT NULL REFERENCES jobs (id),
+                version INTEGER NOT NULL,
+                source TEXT,
+                dest TEXT NOT NULL,
+                trigger TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                correlation_id TEXT,
+                at TEXT NOT NULL
+            )""",
+            "CREATE INDEX job_events_job ON job_events (job_id, seq)",
+        ),
+    ),
+    Migration(
+        2,
+        "parse results, chunks and embeddings",
+        (
+            """CREATE TABLE parses (
+                sha256 TEXT PRIMARY KEY REFERENCES documents (sha256),
+                markdown TEXT NOT NULL,
+                pages INTEGER NOT NULL,
+                failed_pages TEXT NOT NULL,
+                parser_job_id TEXT NOT NULL,
+                path TEXT NOT NULL
+            )""",
+            """CREATE TABLE chunks (
+                sha256 TEXT NOT NULL REFERENCES documents (sha256),
+                chunk_index INTEGER NOT NULL,
+                text TEXT NOT NULL,
+                PRIMARY KEY (sha256, chunk_index)
+            )""",
+            """CREATE TABLE embeddings (
+                sha256 TEXT NOT NULL,
+                chunk_index INTEGER NOT NULL,
+                model TEXT NOT NULL,
+                dimensions INTEGER NOT NULL,
+                vector BLOB NOT NULL,
+                path TEXT NOT NULL,
+                PRIMARY KEY (sha256, chunk_index, model, dimensions),
+                FOREIGN KEY (sha256, chunk_index) REFERENCES chunks (sha256, chunk_index)
+            )""",
+        ),
+        postgres=(
+            """CREATE TABLE parses (
+                sha256 TEXT PRIMARY KEY REFERENCES documents (sha256),
+                markdown TEXT NOT NULL,
+                pages INTEGER NOT NULL,
+                failed_pages TEXT NOT NULL,
+                parser_job_id TEXT NOT NULL,
+                path TEXT NOT NULL
+            )""",
+            """CREATE TABLE chunks (
+                sha256 TEXT NOT NULL REFERENCES documents (sha256),
+                chunk_index INTEGER NOT NULL,
+                text TEXT NOT NULL,
+                PRIMARY KEY (sha256, chunk_index)
+            )""",
+            """CREATE TABLE embeddings (
+                sha256 TEXT NOT NULL,
+                chunk_index INTEGER NOT NULL,
+                model TEXT NOT NULL,
+                dimensions INTEGER NOT NULL,
+                vector BYTEA NOT NULL,
+                path TEXT NOT NULL,
+                PRIMARY KEY (sha256, chunk_index, model, dimensions),
+                FOREIGN KEY (sha256, chunk_index) REFERENCES chunks (sha256, chunk_index)
+            )""",
+        ),
+    ),
+    Migration(
+        3,
+        "the budget ledger",
+        (
+            """CREATE TABLE budget_ledger (
+                key TEXT PRIMARY KEY,
+                usd REAL NOT NULL,
+                requests INTEGER NOT NULL,
+                expires_at REAL NOT NULL
+            )""",
+            "CREATE INDEX budget_ledger_expiry ON budget_ledger (expires_at)",
+        ),
+        postgres=(
+            """CREATE TABLE budget_ledger (
+                key TEXT PRIMARY KEY,
+                usd DOUBLE PRECISION NOT NULL,
+                requests BIGINT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX budget_ledger_expiry ON budget_ledger (expires_at)",
+        ),
+    ),
+)
+
+LATEST: Final = MIGRATIONS[-1].version

@@ -1,0 +1,483 @@
+"""`JobStore` on one SQLite file: the embedded default (`BREAKWATER_DB`).
+
+`SqliteJobStore.open(path)` opens the file in WAL mode and upgrades its
+schema (`state.store.sqlite_db`). Every multi-statement change is one
+`BEGIN IMMEDIATE` transaction, so a compare-and-set holds against other
+processes on the same file too, not only against other tasks. The budget
+ledger lives in the same file (`SqliteJobStore.ledger`), so totals survive
+restarts along with the jobs they paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self, Unpack
+
+from providers.llamaparse.client import ParsedDocument
+from resilience.clock import Clock, iso_utc, wall_time
+from resilience.router import Path as ServedBy
+from state.machine import Job, JobState, Trigger
+from state.store.protocol import (
+    ChunkText,
+    Embedding,
+    EmbeddingRow,
+    JobChanges,
+    JobEvent,
+    JobNotFound,
+    NotStored,
+    StaleJob,
+    StoredChunk,
+    StoredParse,
+    Upload,
+    served_by,
+)
+from state.store.rows import event_from_row, job_from_row
+from state.store.rules import apply, check_changes, job_id_for, lease_problem
+from state.store.sqlite_db import Session, SqliteDatabase
+from state.store.sqlite_ledger import SqliteLedger
+from state.store.vectors import pack_f32, unpack_f32
+
+_LIVE: Final = "state NOT IN ('complete', 'failed')"
+
+_LEASE: Final = f"""
+UPDATE jobs
+SET lease_owner = ?, lease_expires_at = ?,
+    step_attempts = step_attempts + (state != 'waiting')
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE {_LIVE} AND not_before <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?)
+    ORDER BY not_before, created_at, id
+    LIMIT ?
+)
+RETURNING *"""
+
+_WRITE_JOB: Final = """
+UPDATE jobs
+SET state = ?, version = ?, step_attempts = ?, not_before = ?, wait_reason = ?, resume_to = ?,
+    degraded = ?, last_error = ?, failure_reason = ?, lease_owner = ?, lease_expires_at = ?,
+    updated_at = ?
+WHERE id = ? AND version = ?
+RETURNING *"""
+
+_AUDIT: Final = """
+INSERT INTO job_events (job_id, version, source, dest, trigger, reason, correlation_id, at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+
+# A mock result never replaces a real one. Once the document is chunked, its text is
+# frozen: the chunks were cut from it, so a different text (a late real parse from a
+# step whose lease lapsed, say) would leave them describing something else. Changing
+# the text of a chunked document is `replace_outputs`' job.
+_PUT_PARSE: Final = """
+INSERT INTO parses (sha256, markdown, pages, failed_pages, parser_job_id, path)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (sha256) DO UPDATE SET
+    markdown = excluded.markdown, pages = excluded.pages, failed_pages = excluded.failed_pages,
+    parser_job_id = excluded.parser_job_id, path = excluded.path
+WHERE NOT (parses.path = 'real' AND excluded.path = 'mock')
+    AND (parses.markdown = excluded.markdown
+         OR NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.sha256 = parses.sha256))
+RETURNING sha256"""
+
+_PUT_EMBEDDING: Final = """
+INSERT INTO embeddings (sha256, chunk_index, model, dimensions, vector, path)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (sha256, chunk_index, model, dimensions) DO UPDATE SET
+    vector = excluded.vector, path = excluded.path
+WHERE NOT (embeddings.path = 'real' AND excluded.path = 'mock')"""
+
+_TABLES: Final = ("documents", "jobs", "job_events", "parses", "chunks", "embeddings")
+
+
+class SqliteJobStore:
+    """The `JobStore` protocol on SQLite. Open with `await SqliteJobStore.open(path)`."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db = database
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, busy_timeout_s: float = 5.0, inline: bool = False
+    ) -> Self:
+        """Open (creating if needed) and upgrade the database file at `path`.
+
+        `inline=True` runs statements on the loop's thread: for simulations,
+        which must replay exactly (`state.store.sqlite_db`).
+        """
+        return cls(await SqliteDatabase.open(path, busy_timeout_s=busy_timeout_s, inline=inline))
+
+    async def __aenter__(self) -> SqliteJobStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def ledger(self, *, clock: Clock = wall_time) -> SqliteLedger:
+        """A budget `LedgerStore` in this file; `clock` only dates keys for expiry."""
+        return SqliteLedger(self._db, clock=clock)
+
+    async def schema_version(self) -> int:
+        return await self._db.schema_version()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- jobs ----------------------------------------------------------------
+
+    async def create_job(
+        self,
+        content: bytes,
+        *,
+        filename: str,
+        mime_type: str,
+        now: float,
+        correlation_id: str | None = None,
+    ) -> Upload:
+        sha256 = hashlib.sha256(content).hexdigest()
+        stamp = iso_utc(now)
+        async with self._db.transaction() as tx:
+            existing = await tx.fetch_one("SELECT * FROM jobs WHERE sha256 = ?", (sha256,))
+            if existing is not None:
+                return Upload(job_from_row(existing), created=False)
+            await tx.fetch(
+                "INSERT INTO documents (sha256, content) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (sha256, content),
+            )
+            row = await tx.fetch_one(
+                """INSERT INTO jobs (id, sha256, filename, mime_type, state, version,
+                    step_attempts, not_before, degraded, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, 1, 0, ?, 0, ?, ?)
+                RETURNING *""",
+                (
+                    job_id_for(sha256),
+                    sha256,
+                    filename,
+                    mime_type,
+                    JobState.UPLOADED,
+                    now,
+                    stamp,
+                    stamp,
+                ),
+            )
+            job = job_from_row(_present(row))
+            await tx.fetch(
+                _AUDIT,
+                (
+                    job.id,
+                    job.version,
+                    None,
+                    job.state,
+                    "create",
+                    f"uploaded {filename}",
+                    correlation_id,
+                    stamp,
+                ),
+            )
+        return Upload(job, created=True)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        async with self._db.session() as session:
+            row = await session.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else job_from_row(row)
+
+    async def document(self, sha256: str) -> bytes | None:
+        async with self._db.session() as session:
+            row = await session.fetch_one(
+                "SELECT content FROM documents WHERE sha256 = ?", (sha256,)
+            )
+        return None if row is None else bytes(row[0])
+
+    async def history(self, job_id: str) -> list[JobEvent]:
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                "SELECT * FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,)
+            )
+        return [event_from_row(row) for row in rows]
+
+    async def lease(self, owner: str, *, now: float, lease_s: float, limit: int = 1) -> list[Job]:
+        if not owner:
+            raise ValueError("a lease needs an owner")
+        if not lease_s > 0 or limit < 1:
+            raise ValueError(f"lease_s must be > 0 and limit >= 1, got {lease_s!r}, {limit!r}")
+        # One statement, so atomic without a transaction.
+        async with self._db.session() as session:
+            rows = await session.fetch(_LEASE, (owner, now + lease_s, now, now, limit))
+        return sorted(
+            map(job_from_row, rows), key=lambda job: (job.not_before, job.created_at, job.id)
+        )
+
+    async def renew_lease(self, job_id: str, owner: str, *, now: float, lease_s: float) -> Job:
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
+        async with self._db.transaction() as tx:
+            job = await _load(tx, job_id)
+            problem = lease_problem(job, owner, now)
+            if problem is not None:
+                raise StaleJob(job_id, problem)
+            row = await tx.fetch_one(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? RETURNING *",
+                (now + lease_s, job_id),
+            )
+        return job_from_row(_present(row))
+
+    async def release_lease(self, job_id: str, owner: str) -> bool:
+        async with self._db.session() as session:
+            row = await session.fetch_one(
+                """UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL
+                WHERE id = ? AND lease_owner = ? RETURNING id""",
+                (job_id, owner),
+            )
+        return row is not None
+
+    async def transition(
+        self,
+        job_id: str,
+        *,
+        expected_state: JobState,
+        expected_version: int,
+        owner: str | None,
+        trigger: Trigger,
+        reason: str,
+        correlation_id: str | None,
+        now: float,
+        **changes: Unpack[JobChanges],
+    ) -> Job:
+        trigger = Trigger(trigger)
+        check_changes(trigger, changes)
+        async with self._db.transaction() as tx:
+            job = await _load(tx, job_id)
+            if job.state != expected_state or job.version != expected_version:
+                raise StaleJob(
+                    job_id,
+                    f"expected {expected_state} v{expected_version}, "
+                    f"found {job.state} v{job.version}",
+                )
+            problem = lease_problem(job, owner, now)
+            if problem is not None:
+                raise StaleJob(job_id, problem)
+            new = apply(job, trigger, changes, now)
+            row = await tx.fetch_one(
+                _WRITE_JOB,
+                (
+                    new.state,
+                    new.version,
+                    new.step_attempts,
+                    new.not_before,
+                    new.wait_reason,
+                    new.resume_to,
+                    new.degraded,
+                    new.last_error,
+                    new.failure_reason,
+                    new.lease_owner,
+                    new.lease_expires_at,
+                    new.updated_at,
+                    job_id,
+                    job.version,
+                ),
+            )
+            await tx.fetch(
+                _AUDIT,
+                (
+                    job_id,
+                    new.version,
+                    job.state,
+                    new.state,
+                    trigger,
+                    reason,
+                    correlation_id,
+                    new.updated_at,
+                ),
+            )
+        return job_from_row(_present(row))
+
+    async def jobs_by_state(self) -> dict[JobState, int]:
+        async with self._db.session() as session:
+            rows = await session.fetch("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        counts = dict.fromkeys(JobState, 0)
+        counts.update({JobState(row[0]): int(row[1]) for row in rows})
+        return counts
+
+    async def degraded_jobs(self) -> list[Job]:
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                """SELECT * FROM jobs WHERE state = 'complete' AND degraded
+                ORDER BY created_at, id"""
+            )
+        return [job_from_row(row) for row in rows]
+
+    async def clear_degraded(
+        self, job_id: str, *, reason: str, correlation_id: str | None, now: float
+    ) -> Job:
+        if not reason.strip():
+            raise ValueError("clearing degraded must say why")
+        stamp = iso_utc(now)
+        async with self._db.transaction() as tx:
+            job = await _load(tx, job_id)
+            if job.state != JobState.COMPLETE or not job.degraded:
+                raise StaleJob(
+                    job_id, f"only a degraded complete job can be cleared, found {job.state}"
+                )
+            row = await tx.fetch_one(
+                """UPDATE jobs SET degraded = 0, version = ?, updated_at = ?
+                WHERE id = ? AND version = ? RETURNING *""",
+                (job.version + 1, stamp, job_id, job.version),
+            )
+            await tx.fetch(
+                _AUDIT,
+                (
+                    job_id,
+                    job.version + 1,
+                    job.state,
+                    job.state,
+                    "clear_degraded",
+                    reason,
+                    correlation_id,
+                    stamp,
+                ),
+            )
+        return job_from_row(_present(row))
+
+    async def row_counts(self) -> dict[str, int]:
+        counts = ", ".join(f"(SELECT COUNT(*) FROM {table})" for table in _TABLES)
+        async with self._db.session() as session:
+            row = _present(await session.fetch_one(f"SELECT {counts}"))
+        return {table: int(row[i]) for i, table in enumerate(_TABLES)}
+
+    # -- what the steps produced ---------------------------------------------
+
+    async def put_parse(self, parsed: ParsedDocument, path: ServedBy) -> bool:
+        async with self._db.session() as session:
+            try:
+                row = await session.fetch_one(_PUT_PARSE, _parse_params(parsed, path))
+            except sqlite3.IntegrityError as exc:
+                raise NotStored(f"no document {parsed.sha256} for this parse") from exc
+        return row is not None
+
+    async def get_parse(self, sha256: str) -> StoredParse | None:
+        async with self._db.session() as session:
+            row = await session.fetch_one("SELECT * FROM parses WHERE sha256 = ?", (sha256,))
+        if row is None:
+            return None
+        parsed = ParsedDocument(
+            markdown=str(row["markdown"]),
+            pages=int(row["pages"]),
+            job_id=str(row["parser_job_id"]),
+            sha256=sha256,
+            failed_pages=[int(page) for page in json.loads(row["failed_pages"])],
+        )
+        return StoredParse(parsed, served_by(row["path"]))
+
+    async def put_chunks(self, sha256: str, chunks: Sequence[ChunkText]) -> int:
+        if any(chunk.index < 0 for chunk in chunks):
+            raise ValueError("chunk indexes count from 0")
+        rows = [(sha256, chunk.index, chunk.text) for chunk in chunks]
+        async with self._db.transaction() as tx:
+            try:
+                return await tx.execute_many(
+                    """INSERT INTO chunks (sha256, chunk_index, text) VALUES (?, ?, ?)
+                    ON CONFLICT DO NOTHING""",
+                    rows,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise NotStored(f"no document {sha256} for these chunks") from exc
+
+    async def chunks(self, sha256: str) -> list[StoredChunk]:
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                "SELECT chunk_index, text FROM chunks WHERE sha256 = ? ORDER BY chunk_index",
+                (sha256,),
+            )
+        return [StoredChunk(int(row[0]), str(row[1])) for row in rows]
+
+    async def put_embeddings(
+        self, sha256: str, model: str, dimensions: int, rows: Iterable[EmbeddingRow]
+    ) -> int:
+        params = _vector_params(sha256, model, dimensions, rows)
+        async with self._db.transaction() as tx:
+            try:
+                return await tx.execute_many(_PUT_EMBEDDING, params)
+            except sqlite3.IntegrityError as exc:
+                raise NotStored(f"embeddings for chunks of {sha256} never stored") from exc
+
+    async def replace_outputs(
+        self,
+        parsed: ParsedDocument,
+        chunks: Sequence[ChunkText],
+        model: str,
+        dimensions: int,
+        rows: Iterable[EmbeddingRow],
+    ) -> None:
+        sha256 = parsed.sha256
+        vectors = _vector_params(sha256, model, dimensions, rows)
+        if any(param[-1] != "real" for param in vectors):
+            raise ValueError("replace_outputs takes real results only")
+        async with self._db.transaction() as tx:
+            if await tx.fetch_one("SELECT 1 FROM documents WHERE sha256 = ?", (sha256,)) is None:
+                raise NotStored(f"no document {sha256} for this parse")
+            await tx.fetch("DELETE FROM embeddings WHERE sha256 = ?", (sha256,))
+            await tx.fetch("DELETE FROM chunks WHERE sha256 = ?", (sha256,))
+            await tx.fetch_one(_PUT_PARSE, _parse_params(parsed, "real"))
+            await tx.execute_many(
+                "INSERT INTO chunks (sha256, chunk_index, text) VALUES (?, ?, ?)",
+                [(sha256, chunk.index, chunk.text) for chunk in chunks],
+            )
+            try:
+                await tx.execute_many(_PUT_EMBEDDING, vectors)
+            except sqlite3.IntegrityError as exc:
+                raise NotStored(f"vectors for chunks of {sha256} not in the new set") from exc
+
+    async def embeddings(self, sha256: str, model: str, dimensions: int) -> list[Embedding]:
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                """SELECT chunk_index, vector, path FROM embeddings
+                WHERE sha256 = ? AND model = ? AND dimensions = ? ORDER BY chunk_index""",
+                (sha256, model, dimensions),
+            )
+        return [Embedding(int(row[0]), unpack_f32(row[1]), served_by(row[2])) for row in rows]
+
+
+def _parse_params(parsed: ParsedDocument, path: ServedBy) -> tuple[object, ...]:
+    return (
+        parsed.sha256,
+        parsed.markdown,
+        parsed.pages,
+        json.dumps(parsed.failed_pages),
+        parsed.job_id,
+        served_by(path),
+    )
+
+
+def _vector_params(
+    sha256: str, model: str, dimensions: int, rows: Iterable[EmbeddingRow]
+) -> list[tuple[object, ...]]:
+    params: list[tuple[object, ...]] = []
+    for chunk_index, vector, path in rows:
+        if len(vector) != dimensions:
+            raise ValueError(
+                f"chunk {chunk_index}: {len(vector)} values for {dimensions} dimensions"
+            )
+        params.append((sha256, chunk_index, model, dimensions, pack_f32(vector), served_by(path)))
+    return params
+
+
+async def _load(session: Session, job_id: str) -> Job:
+    row = await session.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    if row is None:
+        raise JobNotFound(job_id)
+    return job_from_row(row)
+
+
+def _present(row: sqlite3.Row | None) -> sqlite3.Row:
+    """A row the statement must have produced (an INSERT or a locked UPDATE ... RETURNING)."""
+    if row is None:
+        raise RuntimeError("a write inside a locked transaction returned no row")
+    return row
