@@ -228,3 +228,37 @@ def test_the_busiest_minute_of_recorded_traffic() -> None:
     assert max_in_window([(time, 1) for time, _, _ in arrivals], 60.0) == 10.0
     assert max_in_window([(time, tokens) for time, _, tokens in arrivals], 60.0) == 1000.0
     assert max_in_window([(time, 1) for time, _, _ in arrivals], 61.0) == 11.0
+
+
+# -- correlation ids -------------------------------------------------------------
+
+
+def test_each_routed_request_is_counted_under_the_correlation_id_it_carried() -> None:
+    emulator = Emulator()
+
+    async def scenario(transport: InProcessTransport) -> object:
+        plain = embed()
+        headers = {**plain.headers, "x-correlation-id": "abc-123"}  # any case, as HTTP allows
+        tagged = HttpRequest(plain.method, plain.url, headers, plain.body)
+        await transport.send(tagged)
+        await transport.send(tagged)
+        await transport.send(embed())
+        job = HttpRequest(
+            "GET",
+            "http://llamaparse.test/api/v1/parsing/job/nope",
+            {"X-Correlation-ID": "abc-123"},
+            b"",
+        )
+        await transport.send(job)
+        unrouted = HttpRequest("GET", "http://api.openai.test/nowhere", {}, b"")
+        await transport.send(unrouted)
+        stats = await transport.send(HttpRequest("GET", "http://emulator/_control/stats", {}, b""))
+        return stats.json()["correlations"]
+
+    seen = in_process(emulator, scenario)
+    embeddings = "POST /v1/embeddings"
+    job = "GET /api/v1/parsing/job/{job_id}"
+    assert seen == {"abc-123": {embeddings: 2, job: 1}, "": {embeddings: 1}}
+    assert emulator.stats().correlations == seen
+    emulator.reset()
+    assert emulator.stats().correlations == {}

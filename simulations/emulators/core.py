@@ -39,7 +39,13 @@ from simulations.emulators.ids import Ids
 from simulations.emulators.llamaparse_api import LlamaParseApi
 from simulations.emulators.openai_api import OpenAIApi
 from simulations.emulators.routing import Incoming, ProviderApi, Route, json_response
-from simulations.emulators.stats import NEVER_ANSWERED, Stats, StatsSnapshot
+from simulations.emulators.stats import (
+    CORRELATION_HEADER,
+    NEVER_ANSWERED,
+    UNCORRELATED,
+    Stats,
+    StatsSnapshot,
+)
 from simulations.emulators.webhook_delivery import WebhookSender
 
 DEFAULT_WEBHOOK_SECRET = "breakwater-emulator-secret"
@@ -147,6 +153,7 @@ class Emulator:
             response = api.not_found(incoming)
             self._stats.answered("unrouted", response.status)
             return response
+        self._stats.routed(route.label, incoming.headers.get(CORRELATION_HEADER, UNCORRELATED))
         status = NEVER_ANSWERED
         try:
             response = await self._answer(api, route, params, incoming)

@@ -34,6 +34,10 @@ NEVER_ANSWERED: Final = 0
 
 Arrival = tuple[float, int, int]
 """(loop time on arrival, status, tokens charged to the rate limits)."""
+CORRELATION_HEADER: Final = "X-Correlation-ID"
+"""The header Breakwater's clients put the job's correlation id in; requests
+without one are counted under `UNCORRELATED`."""
+UNCORRELATED: Final = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,9 @@ class StatsSnapshot:
     webhooks: dict[str, int]
     jobs_created: int
     arrivals: list[Arrival]
+    correlations: dict[str, dict[str, int]]
+    """Correlation id (the `X-Correlation-ID` header) -> route label -> requests:
+    what the provider itself saw each job's calls carry, whatever our code logged."""
 
     def count(self, endpoint: str, status: int | None = None) -> int:
         """Answers sent for `endpoint` (a route label), optionally only with `status`."""
@@ -69,6 +76,7 @@ class StatsSnapshot:
             "webhooks": self.webhooks,
             "jobs_created": self.jobs_created,
             "arrivals": [list(arrival) for arrival in self.arrivals],
+            "correlations": self.correlations,
         }
 
 
@@ -82,6 +90,7 @@ class Stats:
         self._rate_limited = 0
         self._jobs = 0
         self._arrivals: deque[Arrival] = deque(maxlen=ARRIVALS_KEPT)
+        self._correlations: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     def clear(self) -> None:
         self._requests.clear()
@@ -90,6 +99,11 @@ class Stats:
         self._rate_limited = 0
         self._jobs = 0
         self._arrivals.clear()
+        self._correlations.clear()
+
+    def routed(self, endpoint: str, correlation_id: str) -> None:
+        """A request for a known route arrived carrying `correlation_id`."""
+        self._correlations[correlation_id][endpoint] += 1
 
     def answered(self, endpoint: str, status: int) -> None:
         self._requests[endpoint][status] += 1
@@ -121,6 +135,7 @@ class Stats:
             jobs_created=self._jobs,
             # Noted when over, so a slow request lands after faster later ones.
             arrivals=sorted(self._arrivals, key=lambda arrival: arrival[0]),
+            correlations={cid: dict(by) for cid, by in self._correlations.items()},
         )
 
 
