@@ -1,8 +1,8 @@
 """The database commands on PostgreSQL: BREAKWATER_DB (or --db) = postgresql://... selects it.
 
-The `postgres`-marked tests need a server (tests/postgres.py starts one, or
-they skip; `nox -s integration` requires it). The start-up checks of the
-variable run without one.
+The `postgres`-marked tests need a server (tests/postgres.py's fixture starts
+one with simulations/servers.py, or they skip; `nox -s integration` requires
+it). The start-up checks of the variable run without one.
 """
 
 from __future__ import annotations
