@@ -19,7 +19,7 @@ from simulations.cli import main
 from simulations.samples import TEXT_SAMPLES
 from state import SqliteJobStore
 from tests.commands import breakwater, keyed_emulator, keyless_environment, serve_banner
-from tests.uploads import upload_samples
+from tests.jobs import job_states, upload_samples
 
 
 def test_logs_prints_the_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,12 +77,6 @@ def test_a_bad_variable_stops_start_up_naming_it(
 
 def cli(tmp_path: Path, *args: str) -> list[str]:
     return [*args, "--db", str(tmp_path / "jobs.db"), "--log", str(tmp_path / "events.jsonl")]
-
-
-async def job_states(db: Path) -> dict[str, int]:
-    async with await SqliteJobStore.open(db) as store:
-        counts = await store.jobs_by_state()
-    return {state.value: n for state, n in counts.items() if n}
 
 
 @pytest.mark.usefixtures("keyless")

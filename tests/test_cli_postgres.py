@@ -22,6 +22,7 @@ from simulations.samples import FOLDER
 from simulations.servers import free_port
 from state.store.open import open_store
 from tests.commands import breakwater, keyed_emulator, keyless_environment, serve_banner
+from tests.jobs import job_states
 from tests.postgres import fetch
 
 PASSWORD = "not-shown-anywhere"
@@ -41,12 +42,6 @@ def shown(url: str) -> str:
 
 def log(tmp_path: Path) -> list[str]:
     return ["--log", str(tmp_path / "events.jsonl")]
-
-
-async def job_states(url: str) -> dict[str, int]:
-    async with await open_store(url) as store:
-        counts = await store.jobs_by_state()
-    return {state.value: n for state, n in counts.items() if n}
 
 
 async def row_counts(url: str) -> dict[str, int]:

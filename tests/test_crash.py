@@ -29,7 +29,7 @@ from state import JobState, SqliteJobStore
 from state.machine import Job
 from state.pipeline.wiring import Pipeline
 from tests.commands import KEYS, ROOT, breakwater, emulator_urls
-from tests.uploads import upload_samples
+from tests.jobs import upload_samples
 
 LATENCY_S = 2.0
 LEASE_S = 2.0

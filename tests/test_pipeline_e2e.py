@@ -19,8 +19,8 @@ from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, OpenAIPla
 from state import JobState, SqliteJobStore
 from state.pipeline.wiring import EMBED, Pipeline
 from state.pipeline.worker import Worker, backfill
+from tests.jobs import upload_samples
 from tests.loopback import serving, transport
-from tests.uploads import upload_samples
 
 FAST_PARSE = LlamaParsePlan(parse_time_s=(0.05, 0.05))
 

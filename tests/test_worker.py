@@ -34,7 +34,7 @@ from state.pipeline.chunking import chunk
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
 from state.pipeline.worker import Worker, backfill
 from tests.events import Events
-from tests.uploads import upload_samples
+from tests.jobs import upload_samples
 
 T = TypeVar("T")
 

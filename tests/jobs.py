@@ -1,11 +1,14 @@
-"""The bundled samples uploaded straight into a job store, as `POST /documents` would."""
+"""Jobs as tests make and count them: the bundled samples uploaded straight into a
+store, as `POST /documents` would, and the jobs a store holds by state."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from resilience.clock import Clock, wall_time
 from simulations.samples import SAMPLES, Sample
+from state.store.open import open_store
 from state.store.protocol import JobStore
 
 
@@ -23,3 +26,10 @@ async def upload_samples(
         )
         ids.append(created.job.id)
     return ids
+
+
+async def job_states(store: str | Path) -> dict[str, int]:
+    """{state: jobs in it, empty states left out} of the store `store` names, as --db would."""
+    async with await open_store(store) as opened:
+        counts = await opened.jobs_by_state()
+    return {state.value: n for state, n in counts.items() if n}
