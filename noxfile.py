@@ -92,11 +92,11 @@ def integration(session: nox.Session) -> None:
 
     BREAKWATER_TEST_POSTGRES_URL names a PostgreSQL server (its role needs
     CREATEDB), BREAKWATER_TEST_REDIS_URL a Redis server (flushed by every test);
-    otherwise tests/postgres.py and tests/redis_server.py start throwaway ones
-    from the installed binaries. If either server is missing, the session
-    errors naming it rather than passing with its tests skipped, and
-    BREAKWATER_REQUIRE_POSTGRES=1 and BREAKWATER_REQUIRE_REDIS=1 make any test
-    that still cannot get a server fail.
+    otherwise the fixtures in tests/postgres.py and tests/redis_server.py start
+    throwaway ones from the installed binaries (simulations/servers.py). If
+    either server is missing, the session errors naming it rather than passing
+    with its tests skipped, and BREAKWATER_REQUIRE_POSTGRES=1 and
+    BREAKWATER_REQUIRE_REDIS=1 make any test that still cannot get a server fail.
     """
     install(session)
     missing = []

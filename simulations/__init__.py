@@ -1,0 +1,7 @@
+"""What stands in for the world around the application, and the `breakwater` console script.
+
+`simulations.cli` adds `demo` and `emulate` to the production commands of
+`state.app.cli`; the rest is the demo, the provider emulators, throwaway
+PostgreSQL and Redis servers, the bundled samples, and, from a checkout only,
+the chaos simulation, the benchmarks and the mutants.
+"""

@@ -35,6 +35,7 @@ from providers import LLAMAPARSE, OPENAI
 from resilience.events import close_logging, configure_logging, emit
 from resilience.logreport import analyze, render
 from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, OpenAIPlan, start
+from simulations.samples import SAMPLES
 from state import SqliteJobStore
 from state.app.common import (
     Progress,
@@ -50,14 +51,6 @@ DEMO_LOG: Final = "breakwater-demo.log.jsonl"
 """Where the demo logs when neither --log nor BREAKWATER_LOG says otherwise."""
 DEMO_DB: Final = "breakwater-demo.sqlite3"
 """The demo's SQLite file when --db is not given; recreated on every run."""
-
-SAMPLES: Final = Path(__file__).resolve().parent / "samples"
-DOCUMENTS: Final = (
-    ("circuit-breakers.md", "text/markdown"),
-    ("rate-limits.txt", "text/plain"),
-    ("budgets.pdf", "application/pdf"),
-)
-"""The bundled samples, in the order the demo ingests them."""
 
 COOLDOWN_S: Final = 1.0
 """The embeddings breaker's first cooldown; a failed probe doubles it."""
@@ -121,27 +114,27 @@ async def _run(db: Path, log_path: str, out: TextIO) -> int:
             )
             print(f"Mode: {pipeline.mode.value}; database: {db}; log: {log_path}", file=out)
             print(
-                f"Script: ingest {', '.join(name for name, _ in DOCUMENTS)}; the embeddings API "
+                f"Script: ingest {', '.join(s.name for s in SAMPLES)}; the embeddings API "
                 f"goes down after the first and comes back after the last "
                 f"(breaker: 2 failures trip it, {COOLDOWN_S:g}s cooldown).",
                 file=out,
             )
             print(file=out)
             worker = Worker(store, pipeline, owner="demo", concurrency=1, lease_s=30.0)
-            progress = Progress(store, pipeline, total=len(DOCUMENTS), out=out)
+            progress = Progress(store, pipeline, total=len(SAMPLES), out=out)
             drawing = asyncio.get_running_loop().create_task(progress.run())
             ids: list[str] = []
             emit("demo.started", db=str(db))
             try:
-                first, *rest = DOCUMENTS
-                ids.append(await ingest_file(store, SAMPLES / first[0], first[1]))
+                first, *rest = SAMPLES
+                ids.append(await ingest_file(store, first.path, first.mime_type))
                 await work_until_done(worker, ids, timeout_s=60)
                 emulator.set_faults(OUTAGE)
                 emit("demo.outage", provider=OPENAI, phase="start")
-                for number, (name, mime) in enumerate(rest):
+                for number, sample in enumerate(rest):
                     if number:  # let the cooldown pass, so this document's embeddings probe
                         await asyncio.sleep(COOLDOWN_S + 0.2)
-                    ids.append(await ingest_file(store, SAMPLES / name, mime))
+                    ids.append(await ingest_file(store, sample.path, sample.mime_type))
                     await work_until_done(worker, ids, timeout_s=60)
                 emulator.set_faults(HEALTHY)
                 emit("demo.outage", provider=OPENAI, phase="end")

@@ -1,11 +1,14 @@
-"""Shared test helpers: an event recorder, an awaited ledger, Hypothesis profiles,
-and the CLI tests' samples and keyless environment."""
+"""Fixtures and pytest hooks only: Hypothesis profiles, the event recorder, a keyless
+environment, the user's own files, and the chaos report.
+
+What tests import lives in the helper modules beside this one, each named for
+what it holds; the bundled samples are listed once, in `simulations.samples`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from loguru import logger
 
-from resilience.clock import Clock, wall_time
-from resilience.ledger import InMemoryLedger, PeriodLimit, Totals
+from simulations.samples import TEXT_SAMPLES
+from tests.commands import KEYS
+from tests.events import Events
 
 # The PostgreSQL fixtures (`postgres_url`, `postgres_database`) for tests/test_store.py,
 # and the Redis ones (`redis_server`, `redis_url`).
@@ -44,11 +48,6 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-SAMPLES = Path(__file__).resolve().parent.parent / "simulations" / "samples"
-KEYS = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_SECRET")
-"""The provider secrets a test that must spend nothing removes from its environment."""
-
-
 @pytest.fixture
 def keyless(monkeypatch: pytest.MonkeyPatch) -> None:
     """No provider key and no Breakwater store or log from the caller's environment."""
@@ -58,56 +57,22 @@ def keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def own_files(tmp_path: Path) -> list[str]:
-    """Two of the bundled samples, copied as if they were the user's own files."""
+    """The bundled text samples, copied as if they were the user's own files."""
     paths = []
-    for name in ("circuit-breakers.md", "rate-limits.txt"):
-        target = tmp_path / f"mine-{name}"
-        target.write_bytes((SAMPLES / name).read_bytes())
+    for sample in TEXT_SAMPLES:
+        target = tmp_path / f"mine-{sample.name}"
+        target.write_bytes(sample.path.read_bytes())
         paths.append(str(target))
     return paths
 
 
-class Events:
-    """Records the `extra` fields of every loguru record while a test runs."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def of(self, event: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("event") == event]
-
-
 @pytest.fixture
 def events() -> Iterator[Events]:
+    """Every log event's fields while the test runs."""
     recorder = Events()
     handler = logger.add(lambda m: recorder.records.append(dict(m.record["extra"])), level="DEBUG")
     yield recorder
     logger.remove(handler)
-
-
-class AwaitedLedger:
-    """A `LedgerStore` that must be awaited, as a SQL or Redis one would be.
-
-    It has no `SyncLedger` methods, so a `Budget` over it takes the awaited
-    path; each operation yields to the loop once, like a round trip.
-    """
-
-    def __init__(self, *, clock: Clock = wall_time) -> None:
-        self._store = InMemoryLedger(clock=clock)
-
-    async def try_add(
-        self, limits: Sequence[PeriodLimit], usd: float, requests: int
-    ) -> list[Totals] | None:
-        await asyncio.sleep(0)
-        return self._store.try_add_now(limits, usd, requests)
-
-    async def add(self, keys: Sequence[str], usd: float, requests: int) -> list[Totals]:
-        await asyncio.sleep(0)
-        return self._store.add_now(keys, usd, requests)
-
-    async def totals(self, key: str) -> Totals:
-        await asyncio.sleep(0)
-        return self._store.totals_now(key)
 
 
 # -- the chaos simulation's run-wide report ------------------------------------

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the store tests, and a fresh database per test.
+"""A throwaway PostgreSQL server for the store tests, a fresh database per test, and
+`fetch` to read one back.
 
 `postgres_url` (session-scoped) is the admin URL of a server: the one
 BREAKWATER_TEST_POSTGRES_URL names (its role needs CREATEDB), else one
@@ -18,7 +19,7 @@ import itertools
 import os
 import subprocess
 from collections.abc import Iterator
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -76,6 +77,15 @@ def postgres_database(postgres_url: str) -> Iterator[str]:
         yield with_database(postgres_url, name)
     finally:
         asyncio.run(_admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def fetch(url: str, sql: str) -> list[Any]:
+    """The rows `sql` returns on the database at `url`."""
+    connection = await asyncpg.connect(url)
+    try:
+        return list(await connection.fetch(sql))
+    finally:
+        await connection.close()
 
 
 async def _admin(url: str, statement: str) -> None:

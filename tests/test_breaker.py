@@ -13,7 +13,7 @@ from transitions import MachineError
 
 from resilience import Breaker, BreakerPolicy, CircuitOpen, ProviderError, Transition
 from resilience.testing import run_virtual
-from tests.conftest import Events
+from tests.events import Events
 
 
 async def fail(status: int | None = 503) -> None:

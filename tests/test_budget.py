@@ -18,7 +18,7 @@ from resilience.budget import Budget, Reservation
 from resilience.errors import BudgetExceeded, ErrorClass
 from resilience.ledger import InMemoryLedger, LedgerStore, PeriodLimit, SyncLedger
 from resilience.testing import run_virtual
-from tests.conftest import AwaitedLedger
+from tests.ledgers import AwaitedLedger
 
 if TYPE_CHECKING:
     from loguru import Message

@@ -15,10 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.tokens import count_tokens, encode, encoding
+from simulations.samples import FOLDER
 from state.pipeline.chunking import MIN_SIZE_TOKENS, Chunk, ChunkingPolicy, chunk
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "simulations" / "samples" / "circuit-breakers.md"
+SAMPLE = FOLDER / "circuit-breakers.md"
 BANG, QUESTION = "\uff01", "\uff1f"
 """The full-width exclamation and question marks that end CJK sentences."""
 

@@ -6,14 +6,9 @@ The demo has its own suite, tests/test_demo.py.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -21,8 +16,10 @@ import pytest
 
 from resilience.events import close_logging, configure_logging, emit
 from simulations.cli import main
+from simulations.samples import TEXT_SAMPLES
 from state import SqliteJobStore
-from tests.conftest import KEYS, SAMPLES
+from tests.commands import breakwater, keyed_emulator, keyless_environment, serve_banner
+from tests.jobs import job_states, upload_samples
 
 
 def test_logs_prints_the_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,51 +74,9 @@ def test_a_bad_variable_stops_start_up_naming_it(
 
 # -- the database commands: ingest, worker, backfill, costs, serve ------------------
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def keyless_environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "BREAKWATER_LOG"}
-    env.update(PYTHONPATH=str(ROOT), SERVICE_MODE="hybrid")
-    return env
-
-
-@contextmanager
-def keyed_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """`breakwater emulate` in its own process, with keys and base URLs pointing at it."""
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", "emulate", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=keyless_environment(),
-    )
-    try:
-        assert emulator.stdout is not None
-        urls = {}
-        for line in emulator.stdout:
-            if "base URL:" in line:
-                name, url = line.split("base URL:")
-                urls[name.strip()] = url.split()[0]
-            if len(urls) == 2:
-                break
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-        monkeypatch.setenv("OPENAI_BASE_URL", urls["OpenAI"])
-        monkeypatch.setenv("LLAMA_CLOUD_API_KEY", "llx-test")
-        monkeypatch.setenv("LLAMA_CLOUD_BASE_URL", urls["LlamaParse"])
-        yield
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
-
 
 def cli(tmp_path: Path, *args: str) -> list[str]:
     return [*args, "--db", str(tmp_path / "jobs.db"), "--log", str(tmp_path / "events.jsonl")]
-
-
-async def job_states(db: Path) -> dict[str, int]:
-    async with await SqliteJobStore.open(db) as store:
-        counts = await store.jobs_by_state()
-    return {state.value: n for state, n in counts.items() if n}
 
 
 @pytest.mark.usefixtures("keyless")
@@ -216,21 +171,10 @@ def test_worker_works_jobs_until_sigterm(tmp_path: Path) -> None:
 
     async def upload() -> None:
         async with await SqliteJobStore.open(db) as store:
-            for name, mime in (
-                ("circuit-breakers.md", "text/markdown"),
-                ("rate-limits.txt", "text/plain"),
-            ):
-                await store.create_job(
-                    (SAMPLES / name).read_bytes(), filename=name, mime_type=mime, now=time.time()
-                )
+            await upload_samples(store, TEXT_SAMPLES, clock=time.time)
 
     asyncio.run(upload())
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", "worker", "--mode", "mock", *cli(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=keyless_environment(),
-    )
+    worker = breakwater("worker", "--mode", "mock", *cli(tmp_path), env=keyless_environment())
     try:
         deadline = time.monotonic() + 60
         while asyncio.run(job_states(db)) != {"complete": 2}:
@@ -244,24 +188,8 @@ def test_worker_works_jobs_until_sigterm(tmp_path: Path) -> None:
     assert "Worker stopped: 2 completed" in out
 
 
-def serve_banner(server: subprocess.Popen[str]) -> list[str]:
-    """`breakwater serve`'s start lines, up to and including "Serving on URL ..."."""
-    assert server.stdout is not None
-    lines = []
-    for line in server.stdout:
-        lines.append(line)
-        if line.startswith("Serving on "):
-            break
-    return lines
-
-
 def test_serve_answers_health_until_sigint(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", "serve", "--port", "0", *cli(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=keyless_environment(),
-    )
+    server = breakwater("serve", "--port", "0", *cli(tmp_path), env=keyless_environment())
     try:
         lines = serve_banner(server)
         url = lines[-1].split()[2]

@@ -1,31 +1,29 @@
 """The database commands on PostgreSQL: BREAKWATER_DB (or --db) = postgresql://... selects it.
 
-The `postgres`-marked tests need a server (tests/postgres.py starts one, or
-they skip; `nox -s integration` requires it). The start-up checks of the
-variable run without one.
+The `postgres`-marked tests need a server (tests/postgres.py's fixture starts
+one with simulations/servers.py, or they skip; `nox -s integration` requires
+it). The start-up checks of the variable run without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 
 from simulations.cli import main
+from simulations.samples import FOLDER
 from simulations.servers import free_port
 from state.store.open import open_store
-from tests.conftest import SAMPLES
-from tests.test_cli import keyed_emulator, keyless_environment, serve_banner
+from tests.commands import breakwater, keyed_emulator, keyless_environment, serve_banner
+from tests.jobs import job_states
+from tests.postgres import fetch
 
 PASSWORD = "not-shown-anywhere"
 
@@ -46,23 +44,9 @@ def log(tmp_path: Path) -> list[str]:
     return ["--log", str(tmp_path / "events.jsonl")]
 
 
-async def job_states(url: str) -> dict[str, int]:
-    async with await open_store(url) as store:
-        counts = await store.jobs_by_state()
-    return {state.value: n for state, n in counts.items() if n}
-
-
 async def row_counts(url: str) -> dict[str, int]:
     async with await open_store(url) as store:
         return await store.row_counts()
-
-
-async def fetch(url: str, sql: str) -> list[Any]:
-    connection = await asyncpg.connect(url)
-    try:
-        return list(await connection.fetch(sql))
-    finally:
-        await connection.close()
 
 
 # -- bad values stop start-up, naming the variable ---------------------------------
@@ -140,15 +124,9 @@ def test_ingest_then_workers_then_backfill_and_costs_on_postgres(
 
     # Two `breakwater worker` processes (--db this time) poll together; four more jobs arrive.
     env = keyless_environment()
-    command = [sys.executable, "-m", "simulations.cli", "worker", "--mode", "mock"]
+    command = ("worker", "--mode", "mock", "--concurrency", "2", "--db", url)
     workers = [
-        subprocess.Popen(
-            [*command, "--concurrency", "2", "--db", url, "--log", str(tmp_path / f"w{n}.jsonl")],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for n in range(2)
+        breakwater(*command, "--log", str(tmp_path / f"w{n}.jsonl"), env=env) for n in range(2)
     ]
     outs = ["", ""]
     try:
@@ -164,7 +142,7 @@ def test_ingest_then_workers_then_backfill_and_costs_on_postgres(
         async def upload() -> None:
             async with await open_store(url) as store:
                 for n in range(4):
-                    content = (SAMPLES / "rate-limits.txt").read_bytes() + f"\nCopy {n}.\n".encode()
+                    content = (FOLDER / "rate-limits.txt").read_bytes() + f"\nCopy {n}.\n".encode()
                     await store.create_job(
                         content, filename=f"copy-{n}.txt", mime_type="text/plain", now=time.time()
                     )
@@ -237,22 +215,7 @@ def test_spend_is_kept_in_the_postgres_ledger(
 @pytest.mark.postgres
 def test_serve_on_postgres_answers_health(postgres_database: str, tmp_path: Path) -> None:
     env = {**keyless_environment(), "BREAKWATER_DB": with_password(postgres_database)}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "serve",
-            "--port",
-            "0",
-            "--workers",
-            "0",
-            *log(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    server = breakwater("serve", "--port", "0", "--workers", "0", *log(tmp_path), env=env)
     try:
         lines = serve_banner(server)
         assert f"database: {shown(with_password(postgres_database))}" in "".join(lines)

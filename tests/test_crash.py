@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,19 +24,13 @@ from typing import Any
 import orjson
 import pytest
 
-from resilience.clock import wall_time
 from simulations.cli import main
 from state import JobState, SqliteJobStore
 from state.machine import Job
 from state.pipeline.wiring import Pipeline
-from tests.conftest import KEYS, SAMPLES
+from tests.commands import KEYS, ROOT, breakwater, emulator_urls
+from tests.jobs import upload_samples
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = (
-    ("circuit-breakers.md", "text/markdown"),
-    ("rate-limits.txt", "text/plain"),
-    ("budgets.pdf", "application/pdf"),
-)
 LATENCY_S = 2.0
 LEASE_S = 2.0
 PLAN = {"openai": {"latency_s": LATENCY_S}, "llamaparse": {"parse_time_s": 0.05}}
@@ -54,16 +47,6 @@ def child_environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def breakwater(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-
-
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[str]]]:
     """Every process a test starts; killed (by its own pid) and reaped when the test ends."""
@@ -77,21 +60,6 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
             process.stdout.close()
 
 
-def emulator_urls(emulator: subprocess.Popen[str]) -> dict[str, str]:
-    """The URLs `breakwater emulate` prints at start: control base, OpenAI, LlamaParse."""
-    assert emulator.stdout is not None
-    urls: dict[str, str] = {}
-    for line in emulator.stdout:
-        if line.startswith("Breakwater emulators on "):
-            urls["base"] = line.split()[3]
-        elif "base URL:" in line:
-            name, url = line.split("base URL:")
-            urls[name.strip()] = url.split()[0]
-        if len(urls) == 3:
-            return urls
-    raise AssertionError(f"the emulator exited early with {emulator.wait()}")
-
-
 def emulator_stats(base_url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{base_url}/_control/stats", timeout=5) as answer:
         stats: dict[str, Any] = orjson.loads(answer.read())
@@ -100,13 +68,7 @@ def emulator_stats(base_url: str) -> dict[str, Any]:
 
 async def upload(db: Path) -> list[str]:
     async with await SqliteJobStore.open(db) as store:
-        ids = []
-        for name, mime in DOCS:
-            created = await store.create_job(
-                (SAMPLES / name).read_bytes(), filename=name, mime_type=mime, now=wall_time()
-            )
-            ids.append(created.job.id)
-        return ids
+        return await upload_samples(store)
 
 
 async def states(db: Path) -> dict[JobState, int]:
@@ -126,7 +88,8 @@ def test_a_worker_killed_mid_embedding_leaves_no_duplicates(
 ) -> None:
     plan = tmp_path / "plan.json"
     plan.write_bytes(orjson.dumps(PLAN))
-    emulator = breakwater("emulate", "--port", "0", "--faults", str(plan), env=child_environment())
+    emulate = ("emulate", "--port", "0", "--faults", str(plan))
+    emulator = breakwater(*emulate, env=child_environment(), stderr=subprocess.DEVNULL)
     processes.append(emulator)
     urls = emulator_urls(emulator)
 
@@ -143,7 +106,7 @@ def test_a_worker_killed_mid_embedding_leaves_no_duplicates(
         *("--db", str(db), "--log", str(tmp_path / "events.jsonl")),
     )
 
-    first = breakwater(*worker_args, env=env)
+    first = breakwater(*worker_args, env=env, stderr=subprocess.DEVNULL)
     processes.append(first)
 
     # Kill it once a job is in `embedding` and the emulator holds an embedding
@@ -162,7 +125,7 @@ def test_a_worker_killed_mid_embedding_leaves_no_duplicates(
     at_kill = asyncio.run(states(db))
     assert at_kill[JobState.COMPLETE] < 3
 
-    second = breakwater(*worker_args, env=env)
+    second = breakwater(*worker_args, env=env, stderr=subprocess.DEVNULL)
     processes.append(second)
     wait_for(
         lambda: asyncio.run(states(db))[JobState.COMPLETE] == 3,

@@ -12,8 +12,7 @@ import base64
 import math
 import re
 import struct
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -21,10 +20,9 @@ import tiktoken
 
 from providers.http import parse_duration, rate_limits, retry_after_s
 from providers.transport import HttpRequest, HttpResponse
-from resilience.testing import run_virtual
 from simulations.emulators import Emulator, FaultPlan, InProcessTransport, OpenAIPlan
+from tests.loopback import in_process
 
-T = TypeVar("T")
 SMALL = "text-embedding-3-small"
 INVALID_INPUT = (
     "'$.input' is invalid. Please check the API reference: "
@@ -40,25 +38,11 @@ def request(body: object, *, key: str | None = "sk-test", raw: bytes | None = No
     return HttpRequest("POST", "http://api.openai.test/v1/embeddings", headers, data)
 
 
-def in_process(
-    scenario: Callable[[InProcessTransport], Awaitable[T]], emulator: Emulator | None = None
-) -> T:
-    transport = InProcessTransport(emulator or Emulator(seed=3))
-
-    async def main() -> T:
-        try:
-            return await scenario(transport)
-        finally:
-            await transport.emulator.close()
-
-    return run_virtual(main())
-
-
 def send(body: object, emulator: Emulator | None = None, **options: Any) -> HttpResponse:
     async def scenario(transport: InProcessTransport) -> HttpResponse:
         return await transport.send(request(body, **options))
 
-    return in_process(scenario, emulator)
+    return in_process(emulator or Emulator(seed=3), scenario)
 
 
 def assert_error(response: HttpResponse, status: int, kind: str, code: str | None) -> str:
@@ -237,7 +221,8 @@ def test_an_unknown_path_is_openais_invalid_url() -> None:
     async def scenario(transport: InProcessTransport) -> HttpResponse:
         return await transport.send(HttpRequest("GET", "http://api.openai.test/v1/embeddings"))
 
-    assert assert_error(in_process(scenario), 404, "invalid_request_error", None) == (
+    response = in_process(Emulator(seed=3), scenario)
+    assert assert_error(response, 404, "invalid_request_error", None) == (
         "Invalid URL (GET /v1/embeddings)"
     )
 
@@ -302,7 +287,7 @@ def test_every_answer_carries_request_id_and_rate_limit_headers() -> None:
         return [await transport.send(request({"model": SMALL, "input": "a b c"})) for _ in range(3)]
 
     plan = FaultPlan(openai=OpenAIPlan(rpm=100, tpm=1000))
-    responses = in_process(scenario, Emulator(seed=5, faults=plan))
+    responses = in_process(Emulator(seed=5, faults=plan), scenario)
     ids = [response.headers["x-request-id"] for response in responses]
     assert all(re.fullmatch(r"req_[0-9a-f]{32}", value) for value in ids)
     assert len(set(ids)) == 3
@@ -327,7 +312,7 @@ def test_request_ids_repeat_for_the_same_seed() -> None:
             answers = [await transport.send(request({"model": SMALL, "input": "x"})) for _ in "ab"]
             return [answer.headers["x-request-id"] for answer in answers]
 
-        return in_process(scenario, Emulator(seed=seed))
+        return in_process(Emulator(seed=seed), scenario)
 
     assert ids(1) == ids(1)
     assert ids(1) != ids(2)
@@ -353,7 +338,7 @@ def test_tpm_429_says_how_long_to_wait_and_waiting_that_long_works() -> None:
         return refused, accepted, loop.time() - started
 
     plan = FaultPlan(openai=OpenAIPlan(tpm=60))  # one token a second
-    refused, accepted, waited = in_process(scenario, Emulator(faults=plan))
+    refused, accepted, waited = in_process(Emulator(faults=plan), scenario)
     message = assert_error(refused, 429, "tokens", "rate_limit_exceeded")
     found = TPM_MESSAGE.fullmatch(message)
     assert found is not None, message
@@ -373,7 +358,7 @@ def test_retry_after_rounds_up_to_a_whole_second_at_least_one() -> None:
         return await transport.send(request({"model": SMALL, "input": "x"}))
 
     plan = FaultPlan(openai=OpenAIPlan(rpm=1))
-    refused = in_process(scenario, Emulator(faults=plan))
+    refused = in_process(Emulator(faults=plan), scenario)
     assert_error(refused, 429, "requests", "rate_limit_exceeded")
     assert refused.headers["retry-after-ms"] == "59500"
     assert refused.headers["Retry-After"] == "60"
@@ -386,7 +371,7 @@ def test_limits_are_per_model() -> None:
             statuses.append((await transport.send(request({"model": model, "input": "x"}))).status)
         return statuses
 
-    assert in_process(scenario, Emulator(faults=FaultPlan(openai=OpenAIPlan(rpm=1)))) == [
+    assert in_process(Emulator(faults=FaultPlan(openai=OpenAIPlan(rpm=1))), scenario) == [
         200,
         429,
         200,
@@ -408,4 +393,4 @@ def test_invalid_requests_are_not_charged() -> None:
         statuses.append((await transport.send(request({"model": SMALL, "input": "x"}))).status)
         return statuses
 
-    assert in_process(scenario, Emulator(faults=FaultPlan(openai=OpenAIPlan(rpm=1)))) == [400, 200]
+    assert in_process(Emulator(faults=FaultPlan(openai=OpenAIPlan(rpm=1))), scenario) == [400, 200]

@@ -8,8 +8,6 @@ got and the tokens it was charged, for every request, faulted or not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import orjson
 import pytest
@@ -17,11 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.transport import HttpRequest
-from resilience.testing import run_virtual
 from simulations.emulators import Emulator, FaultPlan, InProcessTransport, OpenAIPlan
 from simulations.emulators.stats import NEVER_ANSWERED, max_in_window
+from tests.loopback import in_process
 
-T = TypeVar("T")
 SMALL = "text-embedding-3-small"
 
 
@@ -30,18 +27,6 @@ def embed(tokens: int = 5, *, model: str = SMALL) -> HttpRequest:
     body = orjson.dumps({"model": model, "input": [[1] * tokens]})
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
     return HttpRequest("POST", "http://api.openai.test/v1/embeddings", headers, body)
-
-
-def in_process(emulator: Emulator, scenario: Callable[[InProcessTransport], Awaitable[T]]) -> T:
-    transport = InProcessTransport(emulator)
-
-    async def main() -> T:
-        try:
-            return await scenario(transport)
-        finally:
-            await emulator.close()
-
-    return run_virtual(main())
 
 
 # -- max_in_window -------------------------------------------------------------

@@ -20,7 +20,8 @@ from resilience import (
     TokenBucket,
 )
 from resilience.testing import run_virtual
-from tests.conftest import AwaitedLedger, Events
+from tests.events import Events
+from tests.ledgers import AwaitedLedger
 
 
 @dataclass

@@ -44,8 +44,8 @@ from resilience import (
     classify,
 )
 from resilience.testing import run_virtual
-from tests.conftest import Events
-from tests.test_mock_parser import make_pdf
+from tests.events import Events
+from tests.pdfs import make_pdf
 
 T = TypeVar("T")
 KEY = "llx-test-secret-key"

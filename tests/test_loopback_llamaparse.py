@@ -34,7 +34,7 @@ from resilience import (
     TokenBucket,
 )
 from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, RunningEmulator
-from tests.conftest import Events
+from tests.events import Events
 from tests.loopback import WebhookReceiver, receiving, serving, transport
 
 KEY = "llx-loopback-test"

@@ -38,7 +38,7 @@ from resilience import (
     Transition,
 )
 from simulations.emulators import Emulator, FaultPlan, OpenAIPlan, RunningEmulator
-from tests.conftest import Events
+from tests.events import Events
 from tests.loopback import Wire, serving, transport
 
 KEY = "sk-loopback-test"

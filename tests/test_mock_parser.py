@@ -10,30 +10,7 @@ from providers.llamaparse.client import Document, ParsedDocument
 from providers.llamaparse.mock import PAGE_SEPARATOR, MockParser, html_to_markdown
 from resilience import ErrorClass, ProviderError, classify
 from resilience.testing import run_virtual
-from simulations.samples.make_pdf import serialize
-
-
-def make_pdf(pages: list[str]) -> bytes:
-    """A minimal valid PDF, one Helvetica text block per page, lines split on newlines."""
-    count = len(pages)
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(count))
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        f"<< /Type /Pages /Kids [{kids}] /Count {count} >>".encode(),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    for index, text in enumerate(pages):
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * index} 0 R >>".encode()
-        )
-        lines = []
-        for line in text.split("\n"):
-            escaped = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-            lines.append(f"({escaped}) Tj 0 -16 Td")
-        stream = f"BT /F1 12 Tf 72 720 Td {' '.join(lines)} ET".encode()
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
-    return serialize(objects)
+from tests.pdfs import make_pdf
 
 
 def parse(document: Document, parser: MockParser | None = None) -> ParsedDocument:

@@ -42,7 +42,7 @@ from resilience import (
     classify,
 )
 from resilience.testing import run_virtual
-from tests.conftest import Events
+from tests.events import Events
 
 KEY = "sk-test-SECRET123"
 CONFIG = OpenAIConfig(KEY, base_url="http://emulator.test/v1/")

@@ -19,14 +19,9 @@ from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, OpenAIPla
 from state import JobState, SqliteJobStore
 from state.pipeline.wiring import EMBED, Pipeline
 from state.pipeline.worker import Worker, backfill
+from tests.jobs import upload_samples
 from tests.loopback import serving, transport
 
-SAMPLES = Path(__file__).resolve().parent.parent / "simulations" / "samples"
-DOCS = (
-    ("circuit-breakers.md", "text/markdown"),
-    ("rate-limits.txt", "text/plain"),
-    ("budgets.pdf", "application/pdf"),
-)
 FAST_PARSE = LlamaParsePlan(parse_time_s=(0.05, 0.05))
 
 
@@ -42,16 +37,6 @@ def environment(running: RunningEmulator, mode: str, **extra: str) -> dict[str, 
         "BREAKWATER_OPENAI_FAILURE_THRESHOLD": "1000",
         **extra,
     }
-
-
-async def upload(store: SqliteJobStore) -> list[str]:
-    ids = []
-    for name, mime in DOCS:
-        created = await store.create_job(
-            (SAMPLES / name).read_bytes(), filename=name, mime_type=mime, now=wall_time()
-        )
-        ids.append(created.job.id)
-    return ids
 
 
 async def finish(worker: Worker, ids: list[str]) -> None:
@@ -70,7 +55,7 @@ def test_real_mode_end_to_end_over_loopback(tmp_path: Path) -> None:
         async with serving(emulator) as running, transport() as sender:
             pipeline = Pipeline.from_env(environment(running, "real"), transport=sender)
             async with await SqliteJobStore.open(tmp_path / "jobs.db") as store:
-                ids = await upload(store)
+                ids = await upload_samples(store)
                 await finish(Worker(store, pipeline, owner="e2e"), ids)
                 jobs = [await store.get_job(job_id) for job_id in ids]
                 embedder = pipeline.embedder
@@ -109,7 +94,7 @@ def test_hybrid_outage_then_backfill_over_loopback(tmp_path: Path) -> None:
         async with serving(emulator) as running, transport() as sender:
             pipeline = Pipeline.from_env(environment(running, "hybrid"), transport=sender)
             async with await SqliteJobStore.open(tmp_path / "jobs.db") as store:
-                ids = await upload(store)
+                ids = await upload_samples(store)
                 await finish(Worker(store, pipeline, owner="e2e"), ids)
                 during = [job.degraded for job in await store.degraded_jobs()]
                 emulator.set_faults(FaultPlan(llamaparse=FAST_PARSE))  # the provider heals
@@ -140,7 +125,7 @@ def test_mock_mode_over_loopback_never_reaches_the_emulator(tmp_path: Path) -> N
         async with serving(emulator) as running, transport() as sender:
             pipeline = Pipeline.from_env(environment(running, "mock"), transport=sender)
             async with await SqliteJobStore.open(tmp_path / "jobs.db") as store:
-                ids = await upload(store)
+                ids = await upload_samples(store)
                 await finish(Worker(store, pipeline, owner="e2e"), ids)
                 jobs = [await store.get_job(job_id) for job_id in ids]
                 embedder = pipeline.embedder
@@ -229,7 +214,7 @@ def test_real_mode_over_loopback_waits_for_the_budget_reset_and_never_overspends
                 environment(running, "real", **environ_extra), transport=sender
             )
             async with await SqliteJobStore.open(tmp_path / "jobs.db") as store:
-                ids = await upload(store)
+                ids = await upload_samples(store)
                 skips = await finish_skipping_waits(
                     Worker(store, pipeline, owner="e2e"), ids, clock
                 )

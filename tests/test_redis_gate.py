@@ -25,7 +25,7 @@ from resilience.shared.scripts import LEDGER_FLUSH
 from resilience.shared.signals import BreakerSignals
 from simulations.servers import free_port
 from state.app.metrics import Metrics, render
-from tests.conftest import Events
+from tests.events import Events
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis

@@ -22,7 +22,7 @@ from resilience import (
     TokenBucket,
 )
 from resilience.testing import run_virtual
-from tests.conftest import Events
+from tests.events import Events
 
 
 class Provider:

@@ -19,8 +19,8 @@ from providers.pricing import embedding_cost_usd
 from simulations.bench.cluster import Cluster, documents
 from simulations.emulators import DEFAULT_WEBHOOK_SECRET
 from simulations.emulators.stats import max_in_window
+from tests.postgres import fetch
 from tests.redis_server import RedisServer
-from tests.test_cli_postgres import fetch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

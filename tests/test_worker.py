@@ -33,16 +33,11 @@ from state.machine import Job
 from state.pipeline.chunking import chunk
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
 from state.pipeline.worker import Worker, backfill
-from tests.conftest import Events
+from tests.events import Events
+from tests.jobs import upload_samples
 
 T = TypeVar("T")
 
-SAMPLES = Path(__file__).resolve().parent.parent / "simulations" / "samples"
-DOCS = (
-    ("circuit-breakers.md", "text/markdown"),
-    ("rate-limits.txt", "text/plain"),
-    ("budgets.pdf", "application/pdf"),
-)
 EMBEDDINGS = "POST /v1/embeddings"
 UPLOADS = "POST /api/v1/parsing/upload"
 
@@ -68,13 +63,7 @@ class Rig:
         return Worker(self.store, self.pipeline, owner=kwargs.pop("owner", "w1"), **kwargs)
 
     async def upload_samples(self) -> list[str]:
-        ids = []
-        for name, mime in DOCS:
-            upload = await self.store.create_job(
-                (SAMPLES / name).read_bytes(), filename=name, mime_type=mime, now=wall_time()
-            )
-            ids.append(upload.job.id)
-        return ids
+        return await upload_samples(self.store)
 
     async def jobs(self, ids: list[str]) -> list[Job]:
         found = [await self.store.get_job(job_id) for job_id in ids]

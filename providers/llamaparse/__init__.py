@@ -1,1 +1,1 @@
-"""The LlamaParse client, its deterministic mock, and its webhooks."""
+"""The LlamaParse client, its deterministic mock, its webhooks, and their relay through Redis."""

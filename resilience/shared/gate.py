@@ -393,7 +393,7 @@ class RedisGate:
         return self.budget
 
     async def _run(self, script: Any, keys: list[str], fields: dict[str, Any] | float) -> list[str]:
-        """Run `script` with `fields` as its one JSON argument (see `redis_scripts`)."""
+        """Run `script` with `fields` as its one JSON argument (see `resilience.shared.scripts`)."""
         self.round_trips += 1
         reply: list[str] = await script(keys=keys, args=[orjson.dumps(fields)])
         if self._down_until is not None:

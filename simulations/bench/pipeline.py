@@ -68,18 +68,12 @@ from resilience.clock import wall_time
 from resilience.events import close_logging, configure_logging
 from resilience.testing import run_virtual
 from simulations.emulators import Emulator, FaultPlan, InProcessTransport
+from simulations.samples import TEXT_SAMPLES
 from state import JobState, SqliteJobStore
 from state.pipeline.chunking import chunk
 from state.pipeline.wiring import Pipeline
 from state.pipeline.worker import Worker
 from state.store.protocol import EmbeddingRow
-
-SAMPLES: Final = Path(__file__).resolve().parent.parent / "samples"
-SOURCES: Final = (
-    ("circuit-breakers.md", "text/markdown"),
-    ("rate-limits.txt", "text/plain"),
-)
-"""The samples the corpus is varied from (the PDF sample is not varied: its bytes are fixed)."""
 
 DEFAULT_DOCS: Final = 60
 DEFAULT_REPEATS: Final = 3
@@ -122,10 +116,11 @@ def make_corpus(docs: int, seed: int = DEFAULT_SEED) -> list[CorpusDocument]:
         raise ValueError(f"docs must be at least 1, got {docs}")
     rng = random.Random(seed)
     sources = []
-    for name, mime in SOURCES:
-        text = (SAMPLES / name).read_text(encoding="utf-8")
+    # The text samples only: the PDF's bytes are fixed, so it cannot be varied.
+    for sample in TEXT_SAMPLES:
+        text = sample.path.read_text(encoding="utf-8")
         paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
-        sources.append((Path(name), mime, paragraphs))
+        sources.append((Path(sample.name), sample.mime_type, paragraphs))
     corpus = []
     for number in range(docs):
         path, mime, paragraphs = sources[number % len(sources)]

@@ -1,0 +1,84 @@
+"""The `breakwater` command in a child process, run as a user runs it.
+
+A child gets neither the caller's provider keys nor its log
+(`keyless_environment`), so it spends nothing unless a test points it at an
+emulator (`keyed_emulator`), itself `breakwater emulate` in a child.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+KEYS: Final = ("OPENAI_API_KEY", "LLAMA_CLOUD_API_KEY", "LLAMA_CLOUD_WEBHOOK_SECRET")
+"""The provider secrets a test that must spend nothing removes from its environment."""
+
+
+def keyless_environment() -> dict[str, str]:
+    """This process's environment in HYBRID mode, without provider keys or BREAKWATER_LOG."""
+    env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "BREAKWATER_LOG"}
+    env.update(PYTHONPATH=str(ROOT), SERVICE_MODE="hybrid")
+    return env
+
+
+def breakwater(
+    *args: str, env: Mapping[str, str], stderr: int | None = None
+) -> subprocess.Popen[str]:
+    """`breakwater ARGS...` started from this checkout, its standard output piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+    )
+
+
+def emulator_urls(emulator: subprocess.Popen[str]) -> dict[str, str]:
+    """The URLs `breakwater emulate` prints at start: control base, OpenAI, LlamaParse."""
+    assert emulator.stdout is not None
+    urls: dict[str, str] = {}
+    for line in emulator.stdout:
+        if line.startswith("Breakwater emulators on "):
+            urls["base"] = line.split()[3]
+        elif "base URL:" in line:
+            name, url = line.split("base URL:")
+            urls[name.strip()] = url.split()[0]
+        if len(urls) == 3:
+            return urls
+    raise AssertionError(f"the emulator exited early with {emulator.wait()}")
+
+
+@contextmanager
+def keyed_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`breakwater emulate` in its own process, with keys and base URLs pointing at it."""
+    emulator = breakwater("emulate", "--port", "0", env=keyless_environment())
+    try:
+        urls = emulator_urls(emulator)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setenv("OPENAI_BASE_URL", urls["OpenAI"])
+        monkeypatch.setenv("LLAMA_CLOUD_API_KEY", "llx-test")
+        monkeypatch.setenv("LLAMA_CLOUD_BASE_URL", urls["LlamaParse"])
+        yield
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
+
+
+def serve_banner(server: subprocess.Popen[str]) -> list[str]:
+    """`breakwater serve`'s start lines, up to and including "Serving on URL ..."."""
+    assert server.stdout is not None
+    lines = []
+    for line in server.stdout:
+        lines.append(line)
+        if line.startswith("Serving on "):
+            break
+    return lines
