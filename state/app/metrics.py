@@ -7,7 +7,8 @@ newline) and samples sorted so the output is stable. What is exposed:
 * `breakwater_breaker_state{provider,state}` gauge: 1 for the current state, 0 for the others.
 * `breakwater_breaker_transitions_total{provider,from,to}` counter: fed by
   `Breaker.subscribe` (`Metrics.watch`).
-* `breakwater_calls_total{provider,outcome,path}` counter: `Metrics.record_call`.
+* `breakwater_calls_total{provider,outcome,path}` counter: fed by
+  `Router.subscribe` (`Metrics.count_calls`), one per routed call.
 * `breakwater_cost_usd_total{provider}` counter: the budget usage summary.
 * `breakwater_bucket_level{provider,bucket}` gauge: each guard's requests/tokens bucket.
 * `breakwater_jobs{state}` gauge: `JobStore.jobs_by_state()`.
@@ -26,8 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from resilience import Breaker, Guard, Transition
+from resilience import Breaker, Guard, Router, Transition
 from resilience.breaker import STATES
+from resilience.router import RoutedCall
 from state.machine import JobState
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -87,8 +89,9 @@ def render(families: Iterable[Family]) -> str:
 class Metrics:
     """The counters the server cannot read from elsewhere, and the snapshot of the rest.
 
-    Counters (transitions, calls) live here; gauges and costs are read from
-    the guards, the usage summary and the store when `render_snapshot` runs.
+    Counters (transitions, calls) live here, fed by the breakers and routers
+    they watch; gauges and costs are read from the guards, the usage summary
+    and the store when `render_snapshot` runs.
     """
 
     def __init__(self) -> None:
@@ -106,6 +109,17 @@ class Metrics:
 
     def _on_transition(self, transition: Transition) -> None:
         self._transitions[(transition.provider, transition.source, transition.dest)] += 1
+
+    def count_calls(self, routers: Iterable[Router]) -> None:
+        """Count every call these routers route; counting one twice counts it once."""
+        for router in routers:
+            if id(router) in self._watched:
+                continue
+            self._watched.add(id(router))
+            router.subscribe(self._on_call)
+
+    def _on_call(self, call: RoutedCall) -> None:
+        self.record_call(call.provider, call.outcome, call.path)
 
     def record_call(self, provider: str, outcome: str, path: str) -> None:
         """Count one call: `outcome` such as "ok" or an error class, `path` "real" or "mock"."""
