@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from resilience import Breaker, Guard, Router, Transition
 from resilience.breaker import STATES
@@ -33,6 +33,8 @@ from resilience.router import RoutedCall
 from state.machine import JobState
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+T = TypeVar("T")
 
 MetricType = Literal["counter", "gauge"]
 Labels = tuple[tuple[str, str], ...]
@@ -101,10 +103,7 @@ class Metrics:
 
     def watch(self, breakers: Iterable[Breaker]) -> None:
         """Count every transition of these breakers; watching one twice counts it once."""
-        for breaker in breakers:
-            if id(breaker) in self._watched:
-                continue
-            self._watched.add(id(breaker))
+        for breaker in self._unwatched(breakers):
             breaker.subscribe(self._on_transition)
 
     def _on_transition(self, transition: Transition) -> None:
@@ -112,11 +111,15 @@ class Metrics:
 
     def count_calls(self, routers: Iterable[Router]) -> None:
         """Count every call these routers route; counting one twice counts it once."""
-        for router in routers:
-            if id(router) in self._watched:
-                continue
-            self._watched.add(id(router))
+        for router in self._unwatched(routers):
             router.subscribe(self._on_call)
+
+    def _unwatched(self, sources: Iterable[T]) -> Iterator[T]:
+        """The sources not subscribed to yet, marked as subscribed now."""
+        for source in sources:
+            if id(source) not in self._watched:
+                self._watched.add(id(source))
+                yield source
 
     def _on_call(self, call: RoutedCall) -> None:
         self.record_call(call.provider, call.outcome, call.path)
