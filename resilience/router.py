@@ -12,6 +12,10 @@
 
 A value the mock served has `path == "mock"`; callers persist that, so
 degraded results can be redone once the real provider is healthy.
+
+`Router.subscribe` hands every routed call's outcome (a `RoutedCall`) to its
+callbacks, as `Breaker.subscribe` does for transitions: metrics count calls
+there rather than wrapping each caller.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from enum import StrEnum
 from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 
 from resilience.breaker import OPEN
-from resilience.errors import BudgetExceeded, CircuitOpen, ErrorClass, RateLimited, classify
+from resilience.errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    ErrorClass,
+    RateLimited,
+    Rejected,
+    classify,
+)
 from resilience.events import emit
 from resilience.guard import Guard
 
@@ -61,6 +72,29 @@ class Routed(NamedTuple, Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
+class RoutedCall:
+    """One routed call's outcome, as passed to `Router.subscribe` callbacks.
+
+    `provider` is the name of the capability's guard. `outcome` is "ok" for a
+    real result, the reason a mock served it (`Routed.reason`: "mode",
+    "circuit_open", ...), or for a call that raised, `call_outcome` of the
+    error; `path` is "real" for a raised call, since the real path raised it.
+    """
+
+    capability: str
+    provider: str
+    outcome: str
+    path: Path
+
+
+def call_outcome(exc: BaseException) -> str:
+    """The outcome of a routed call that raised: the refusal's reason or the error class."""
+    if isinstance(exc, Rejected):
+        return exc.reason
+    return classify(exc).value
+
+
+@dataclass(frozen=True, slots=True)
 class _Route:
     real: Callable[..., Awaitable[Any]]
     mock: Callable[..., Awaitable[Any]]
@@ -91,6 +125,7 @@ class Router:
     def __init__(self, mode: ServiceMode | str = ServiceMode.HYBRID) -> None:
         self._mode = ServiceMode(mode)
         self._routes: dict[str, _Route] = {}
+        self._subscribers: list[Callable[[RoutedCall], None]] = []
 
     @property
     def mode(self) -> ServiceMode:
@@ -119,6 +154,10 @@ class Router:
     def capabilities(self) -> tuple[str, ...]:
         return tuple(self._routes)
 
+    def subscribe(self, callback: Callable[[RoutedCall], None]) -> None:
+        """Call `callback` after every routed call, with its outcome and path."""
+        self._subscribers.append(callback)
+
     async def call(
         self,
         capability: str,
@@ -134,7 +173,10 @@ class Router:
             raise _unknown(capability, self._routes)
         mode = self._mode
         if mode is _MOCK:
-            return Routed(await route.mock(*args, **kwargs), "mock", "mode")
+            value = await route.mock(*args, **kwargs)
+            if self._subscribers:
+                self._publish(capability, route, "mode", "mock")
+            return Routed(value, "mock", "mode")
         guard = route.guard
         cid = correlation_id or guard.new_correlation_id()
         if mode is _HYBRID and guard.breaker.state == OPEN:
@@ -144,8 +186,12 @@ class Router:
         except Exception as exc:
             reason = fallback_reason(exc) if mode is _HYBRID else None
             if reason is None:
+                if self._subscribers:
+                    self._publish(capability, route, call_outcome(exc), "real")
                 raise
             return await self._fallback(route, capability, reason, cid, args, kwargs, exc)
+        if self._subscribers:
+            self._publish(capability, route, "ok", "real")
         # namedtuple's `_make` builds it in half the time the class call takes.
         return Routed._make((value, "real", None))
 
@@ -168,7 +214,25 @@ class Router:
             correlation_id=correlation_id,
             error=type(error).__name__ if error is not None else None,
         )
+        if self._subscribers:
+            self._publish(capability, route, reason, "mock")
         return Routed(value, "mock", reason)
+
+    def _publish(self, capability: str, route: _Route, outcome: str, path: Path) -> None:
+        call = RoutedCall(capability, route.guard.name, outcome, path)
+        for callback in self._subscribers:
+            try:
+                callback(call)
+            except Exception as exc:
+                # A broken listener must never break the call it reports on.
+                emit(
+                    "router.subscriber_error",
+                    level="ERROR",
+                    provider=route.guard.name,
+                    capability=capability,
+                    subscriber=getattr(callback, "__qualname__", repr(callback)),
+                    error=repr(exc),
+                )
 
     def _route(self, capability: str) -> _Route:
         route = self._routes.get(capability)

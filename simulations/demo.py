@@ -44,8 +44,9 @@ from state.app.common import (
     summary,
     work_until_done,
 )
+from state.pipeline.backfill import backfill
 from state.pipeline.wiring import EMBED, Pipeline
-from state.pipeline.worker import Worker, backfill
+from state.pipeline.worker import Worker
 
 DEMO_LOG: Final = "breakwater-demo.log.jsonl"
 """Where the demo logs when neither --log nor BREAKWATER_LOG says otherwise."""

@@ -18,9 +18,10 @@ Terminal states absorb: every trigger from them raises `IllegalTransition`.
 
 A `transitions.Machine` is the single source of truth for legal edges, as in
 `resilience.breaker`: a plain model object, `auto_transitions=False`, and a
-`MachineError` for an edge that does not exist. `next_state` asks one shared
-machine rather than building one per check (building one costs some fifteen
-triggers); a lock keeps that safe across threads.
+`MachineError` for an edge that does not exist. A `JobMachine` owns one such
+machine, its probe model and the lock that makes it safe across threads.
+`next_state` asks the one `job_machine()` builds on first use rather than
+building one per check (building one costs some fifteen triggers).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import TYPE_CHECKING, Final
 
 from transitions import Machine, MachineError
@@ -141,42 +143,64 @@ def _edges() -> list[TransitionConfigDict]:
 
 
 class _Probe:
-    """The model the shared machine moves: set to a state, triggered, read back."""
+    """The model a `JobMachine` moves: set to a state, triggered, read back."""
 
     state: str
     trigger: Callable[..., bool]
 
 
-_PROBE: Final = _Probe()
-_MACHINE: Final = Machine(
-    model=_PROBE,
-    states=[state.value for state in JobState],
-    transitions=_edges(),
-    initial=JobState.UPLOADED.value,
-    auto_transitions=False,
-)
-_LOCK: Final = threading.Lock()
+class JobMachine:
+    """The legal edges as a `transitions.Machine`, asked where a trigger leads.
+
+    The machine moves one probe model, set afresh on every question; the
+    lock keeps one question at a time, so threads may share an instance.
+    """
+
+    def __init__(self) -> None:
+        self._probe = _Probe()
+        self._machine = Machine(
+            model=self._probe,
+            states=[state.value for state in JobState],
+            transitions=_edges(),
+            initial=JobState.UPLOADED.value,
+            auto_transitions=False,
+        )
+        self._lock = threading.Lock()
+
+    def next_state(
+        self, current: JobState, trigger: Trigger, resume_to: JobState | None = None
+    ) -> JobState:
+        """Where `trigger` takes a job in `current`, or raise `IllegalTransition`.
+
+        `resume_to` is the waiting job's remembered step; only `resume` reads it.
+        """
+        current, trigger = JobState(current), Trigger(trigger)
+        with self._lock:
+            self._machine.set_state(current.value, model=self._probe)
+            try:
+                moved = self._probe.trigger(trigger.value, resume_to=resume_to)
+            except MachineError:
+                terminal = current in TERMINAL
+                detail = "a terminal state absorbs every trigger" if terminal else "no edge"
+                raise IllegalTransition(current, trigger, detail) from None
+            dest = JobState(self._probe.state)
+        if not moved:  # only `resume` has conditions
+            raise IllegalTransition(current, trigger, f"cannot resume to {resume_to}")
+        return dest
+
+
+@cache
+def job_machine() -> JobMachine:
+    """The `JobMachine` `next_state` asks, built on the first question."""
+    return JobMachine()
 
 
 def next_state(current: JobState, trigger: Trigger, resume_to: JobState | None = None) -> JobState:
     """Where `trigger` takes a job in `current`, or raise `IllegalTransition`.
 
-    `resume_to` is the waiting job's remembered step; only `resume` reads it.
-    Pure: nothing is stored, and the shared machine is left as it was found
-    in every way that matters (its state is set afresh on each call).
+    Pure: nothing is stored; `job_machine()` answers.
     """
-    current, trigger = JobState(current), Trigger(trigger)
-    with _LOCK:
-        _MACHINE.set_state(current.value, model=_PROBE)
-        try:
-            moved = _PROBE.trigger(trigger.value, resume_to=resume_to)
-        except MachineError:
-            detail = "a terminal state absorbs every trigger" if current in TERMINAL else "no edge"
-            raise IllegalTransition(current, trigger, detail) from None
-        dest = JobState(_PROBE.state)
-    if not moved:  # only `resume` has conditions
-        raise IllegalTransition(current, trigger, f"cannot resume to {resume_to}")
-    return dest
+    return job_machine().next_state(current, trigger, resume_to)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,9 @@ from resilience.clock import follow_loop, wall_time
 from resilience.testing import DEFAULT_WALL_EPOCH
 from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, OpenAIPlan, RunningEmulator
 from state import JobState, SqliteJobStore
+from state.pipeline.backfill import backfill
 from state.pipeline.wiring import EMBED, Pipeline
-from state.pipeline.worker import Worker, backfill
+from state.pipeline.worker import Worker
 from tests.jobs import upload_samples
 from tests.loopback import serving, transport
 

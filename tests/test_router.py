@@ -21,6 +21,7 @@ from resilience import (
     ServiceMode,
     TokenBucket,
 )
+from resilience.router import RoutedCall
 from resilience.testing import run_virtual
 from tests.events import Events
 
@@ -225,3 +226,56 @@ def test_a_configuration_error_from_a_client_is_raised_not_retried_or_mocked() -
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         run_virtual(make_router(ServiceMode.HYBRID, real, attempts=4).call("embed", "a"))
     assert real.calls == 1
+
+
+# -- subscribers: one RoutedCall per routed call ---------------------------------------
+
+
+def test_subscribers_see_every_call_with_its_outcome_and_path() -> None:
+    calls: list[RoutedCall] = []
+    hybrid = make_router(
+        ServiceMode.HYBRID,
+        Provider(*[ProviderError("down", status=503)] * 2),
+        breaker=BreakerPolicy(failure_threshold=2),
+    )
+    real = make_router(ServiceMode.REAL, Provider(), budget=Budget(daily_usd=1.0))
+    caller_error = make_router(ServiceMode.HYBRID, Provider(ProviderError("no", status=400)))
+    for router in (hybrid, real, caller_error):
+        router.subscribe(calls.append)
+
+    async def main() -> None:
+        await hybrid.call("embed", "a")  # retries exhausted, and the breaker trips
+        await hybrid.call("embed", "b")  # served by the mock without touching the guard
+        hybrid.mode = ServiceMode.MOCK
+        await hybrid.call("embed", "c")
+        await real.call("embed", "d", cost=0.6)
+        with pytest.raises(BudgetExceeded):
+            await real.call("embed", "e", cost=0.6)
+        with pytest.raises(ProviderError):
+            await caller_error.call("embed", "f")
+
+    run_virtual(main())
+    assert calls == [
+        RoutedCall("embed", "emb", "retries_exhausted", "mock"),
+        RoutedCall("embed", "emb", "circuit_open", "mock"),
+        RoutedCall("embed", "emb", "mode", "mock"),
+        RoutedCall("embed", "emb", "ok", "real"),
+        RoutedCall("embed", "emb", "budget", "real"),
+        RoutedCall("embed", "emb", "caller", "real"),
+    ]
+
+
+def test_a_broken_subscriber_never_breaks_the_call(events: Events) -> None:
+    def broken(_: RoutedCall) -> None:
+        raise RuntimeError("listener bug")
+
+    seen: list[RoutedCall] = []
+    router = make_router(ServiceMode.REAL, Provider())
+    router.subscribe(broken)
+    router.subscribe(seen.append)
+    routed = run_virtual(router.call("embed", "a"))
+    assert (routed.value, routed.path) == ("real:a", "real")
+    assert seen == [RoutedCall("embed", "emb", "ok", "real")]
+    (error,) = events.of("router.subscriber_error")
+    assert error["capability"] == "embed"
+    assert "listener bug" in error["error"]

@@ -100,7 +100,7 @@ def test_serve_completes_an_upload_by_webhook_and_counts_its_calls(tmp_path: Pat
             )
             metrics = Metrics()
             app = serve_app(store, pipeline, metrics=metrics, webhook_secret=SECRET)
-            worker = Worker(store, pipeline, owner="serve-test", concurrency=2, metrics=metrics)
+            worker = Worker(store, pipeline, owner="serve-test", concurrency=2)
             stop = asyncio.Event()
             async with served(app, sock), aiohttp.ClientSession(base) as session:
                 working = asyncio.create_task(worker.run(stop, idle_sleep_s=0.05))

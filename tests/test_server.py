@@ -28,7 +28,15 @@ from providers.llamaparse.webhooks import (
     sign_lc,
     sign_standard_webhook,
 )
-from resilience import BreakerPolicy, Budget, ConfigError, Guard, TokenBucket
+from resilience import (
+    BreakerPolicy,
+    Budget,
+    ConfigError,
+    Guard,
+    Router,
+    ServiceMode,
+    TokenBucket,
+)
 from resilience.usage import UsageLog
 from state import JobState, SqliteJobStore, Trigger
 from state.app.metrics import Family, Metrics, render
@@ -554,6 +562,23 @@ def test_transitions_are_counted_once_per_breaker() -> None:
         return metrics.transitions()
 
     assert asyncio.run(scenario()) == {("p", "closed", "open"): 1, ("p", "open", "closed"): 1}
+
+
+def test_routed_calls_are_counted_once_per_router() -> None:
+    async def mock(text: str) -> str:
+        return text
+
+    async def scenario() -> dict[tuple[str, str, str], int]:
+        router = Router(ServiceMode.MOCK)
+        router.register("embed", real=mock, mock=mock, guard=Guard("p", BreakerPolicy()))
+        metrics = Metrics()
+        metrics.count_calls([router])
+        metrics.count_calls([router])
+        await router.call("embed", "a")
+        await router.call("embed", "b")
+        return metrics.calls()
+
+    assert asyncio.run(scenario()) == {("p", "mode", "mock"): 2}
 
 
 @pytest.mark.parametrize(

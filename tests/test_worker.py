@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,12 +29,13 @@ from simulations.emulators import (
     LlamaParsePlan,
     OpenAIPlan,
 )
-from state import JobState, SqliteJobStore, StaleJob
+from state import JobState, SqliteJobStore, StaleJob, Trigger
 from state.app.metrics import Metrics
 from state.machine import Job
+from state.pipeline.backfill import backfill
 from state.pipeline.chunking import chunk
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
-from state.pipeline.worker import Worker, backfill
+from state.pipeline.worker import Worker
 from tests.events import Events
 from tests.jobs import upload_samples
 
@@ -198,8 +201,9 @@ def test_real_mode_waits_out_an_embeddings_outage_then_completes(tmp_path: Path)
 def test_the_worker_counts_its_calls_by_provider_outcome_and_path(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         metrics = Metrics()
+        metrics.count_calls(rig.pipeline.routers)
         ids = await rig.upload_samples()
-        await drain(rig.worker(metrics=metrics), ids)
+        await drain(rig.worker(), ids)
         assert metrics.calls() == {("llamaparse", "mode", "mock"): 3, ("openai", "mode", "mock"): 3}
 
     scenario(tmp_path, environment("mock"), body)
@@ -210,8 +214,9 @@ def test_a_failed_call_is_counted_by_its_error_class(tmp_path: Path) -> None:
 
     async def body(rig: Rig) -> None:
         metrics = Metrics()
+        metrics.count_calls(rig.pipeline.routers)
         ids = await rig.upload_samples()
-        await drain(rig.worker(max_attempts=10, metrics=metrics), ids)
+        await drain(rig.worker(max_attempts=10), ids)
         calls = metrics.calls()
         assert calls[("llamaparse", "ok", "real")] == 3
         assert calls[("openai", "ok", "real")] == 3
@@ -313,6 +318,59 @@ def test_an_unsupported_document_fails_with_its_reason(tmp_path: Path) -> None:
         assert job.last_error is not None
         assert "unsupported media type" in job.last_error
         assert job.lease_owner is None
+
+    scenario(tmp_path, environment("mock"), body)
+
+
+def test_a_document_lost_from_the_store_fails_its_job_without_a_call(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        metrics = Metrics()
+        metrics.count_calls(rig.pipeline.routers)
+        upload = await rig.store.create_job(
+            b"# Minutes", filename="m.md", mime_type="text/markdown", now=0.0
+        )
+        # Lost behind the store's back: a plain connection does not enforce foreign keys.
+        with closing(sqlite3.connect(tmp_path / "jobs.db")) as raw, raw:
+            raw.execute("DELETE FROM documents WHERE sha256 = ?", (upload.job.sha256,))
+        worker = rig.worker()
+        await drain(worker, [upload.job.id])
+        job = await rig.store.get_job(upload.job.id)
+        assert job is not None
+        assert job.state is JobState.FAILED
+        assert job.failure_reason == "parsing: no stored document"
+        assert job.last_error == f"MissingInput: no stored document for {upload.job.sha256}"
+        assert (worker.stats.failed, worker.stats.errors) == (1, 0)
+        assert metrics.calls() == {}
+        assert rig.emulator.stats().requests == {}
+
+    scenario(tmp_path, environment("real"), body)
+
+
+def test_a_parse_lost_from_the_store_fails_its_job(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.store.create_job(
+            b"# Minutes", filename="m.md", mime_type="text/markdown", now=0.0
+        )
+        [job] = await rig.store.lease("setup", now=wall_time(), lease_s=60.0)
+        for trigger in (Trigger.START_PARSE, Trigger.FINISH_PARSE):  # no parse ever stored
+            job = await rig.store.transition(
+                job.id,
+                expected_state=job.state,
+                expected_version=job.version,
+                owner="setup",
+                trigger=trigger,
+                reason="set up",
+                correlation_id=None,
+                now=wall_time(),
+            )
+        assert await rig.store.release_lease(job.id, "setup")
+        worker = rig.worker()
+        await drain(worker, [job.id])
+        failed = await rig.store.get_job(job.id)
+        assert failed is not None
+        assert failed.state is JobState.FAILED
+        assert failed.failure_reason == "parsed: no stored parse"
+        assert (worker.stats.failed, worker.stats.errors) == (1, 0)
 
     scenario(tmp_path, environment("mock"), body)
 

@@ -40,8 +40,8 @@ from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
 from simulations.emulators.faults import WebhookPlan
 from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
 from state.machine import Job, JobState
+from state.pipeline.backfill import backfill
 from state.pipeline.chunking import chunk
-from state.pipeline.worker import backfill
 
 HORIZON_S: Final = 26 * 3600.0
 """How long teardown waits, healed, for every job to reach a terminal state: the longest

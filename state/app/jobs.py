@@ -30,8 +30,9 @@ from state.app.common import (
     summary,
     work_until_done,
 )
+from state.pipeline.backfill import backfill
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
-from state.pipeline.worker import Worker, backfill, install_signal_handlers, remove_signal_handlers
+from state.pipeline.worker import Worker, install_signal_handlers, remove_signal_handlers
 
 DEFAULT_LEASE_S: Final = 60.0
 """`breakwater worker --lease-s`: the `Worker` default."""

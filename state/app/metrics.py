@@ -7,7 +7,8 @@ newline) and samples sorted so the output is stable. What is exposed:
 * `breakwater_breaker_state{provider,state}` gauge: 1 for the current state, 0 for the others.
 * `breakwater_breaker_transitions_total{provider,from,to}` counter: fed by
   `Breaker.subscribe` (`Metrics.watch`).
-* `breakwater_calls_total{provider,outcome,path}` counter: `Metrics.record_call`.
+* `breakwater_calls_total{provider,outcome,path}` counter: fed by
+  `Router.subscribe` (`Metrics.count_calls`), one per routed call.
 * `breakwater_cost_usd_total{provider}` counter: the budget usage summary.
 * `breakwater_bucket_level{provider,bucket}` gauge: each guard's requests/tokens bucket.
 * `breakwater_jobs{state}` gauge: `JobStore.jobs_by_state()`.
@@ -22,15 +23,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
-from resilience import Breaker, Guard, Transition
+from resilience import Breaker, Guard, Router, Transition
 from resilience.breaker import STATES
+from resilience.router import RoutedCall
 from state.machine import JobState
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+T = TypeVar("T")
 
 MetricType = Literal["counter", "gauge"]
 Labels = tuple[tuple[str, str], ...]
@@ -87,8 +91,9 @@ def render(families: Iterable[Family]) -> str:
 class Metrics:
     """The counters the server cannot read from elsewhere, and the snapshot of the rest.
 
-    Counters (transitions, calls) live here; gauges and costs are read from
-    the guards, the usage summary and the store when `render_snapshot` runs.
+    Counters (transitions, calls) live here, fed by the breakers and routers
+    they watch; gauges and costs are read from the guards, the usage summary
+    and the store when `render_snapshot` runs.
     """
 
     def __init__(self) -> None:
@@ -98,14 +103,26 @@ class Metrics:
 
     def watch(self, breakers: Iterable[Breaker]) -> None:
         """Count every transition of these breakers; watching one twice counts it once."""
-        for breaker in breakers:
-            if id(breaker) in self._watched:
-                continue
-            self._watched.add(id(breaker))
+        for breaker in self._unwatched(breakers):
             breaker.subscribe(self._on_transition)
 
     def _on_transition(self, transition: Transition) -> None:
         self._transitions[(transition.provider, transition.source, transition.dest)] += 1
+
+    def count_calls(self, routers: Iterable[Router]) -> None:
+        """Count every call these routers route; counting one twice counts it once."""
+        for router in self._unwatched(routers):
+            router.subscribe(self._on_call)
+
+    def _unwatched(self, sources: Iterable[T]) -> Iterator[T]:
+        """The sources not subscribed to yet, marked as subscribed now."""
+        for source in sources:
+            if id(source) not in self._watched:
+                self._watched.add(id(source))
+                yield source
+
+    def _on_call(self, call: RoutedCall) -> None:
+        self.record_call(call.provider, call.outcome, call.path)
 
     def record_call(self, provider: str, outcome: str, path: str) -> None:
         """Count one call: `outcome` such as "ok" or an error class, `path` "real" or "mock"."""

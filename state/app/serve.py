@@ -10,8 +10,8 @@ runs in the same process over the same `Pipeline`, so uploaded documents
 are processed here, and the LlamaParse client's `WebhookInbox` is the
 server's: a verified webhook for a job the client uploaded and still waits
 on (`LlamaParse.awaiting`) wakes its parse; any other job's webhook is 404.
-The worker counts its provider calls in the server's `Metrics`
-(`breakwater_calls_total` at `/metrics`).
+The server's `Metrics` counts the calls the pipeline's routers route
+(`breakwater_calls_total` at `/metrics`), whichever worker made them.
 
 Webhooks are used when LLAMA_CLOUD_WEBHOOK_URL (this server's
 `/webhooks/llamaparse`, as LlamaCloud reaches it) and
@@ -74,9 +74,11 @@ def serve_app(
 
     The pipeline must have been built with an inbox (`Pipeline.from_env(...,
     inbox=...)`) for webhooks to wake a parse; without one the server keeps
-    a private inbox and no parse waits on it.
+    a private inbox and no parse waits on it. `metrics` counts the calls
+    routed through the pipeline's routers.
     """
     parser = pipeline.parser
+    metrics.count_calls(pipeline.routers)
     return create_app(
         store,
         guards={OPENAI: pipeline.guard(EMBED), LLAMAPARSE: pipeline.guard(PARSE)},
@@ -131,7 +133,7 @@ async def _serve(
                     file=out,
                 )
                 out.flush()
-                await _until_signalled(store, pipeline, metrics, workers)
+                await _until_signalled(store, pipeline, workers)
             finally:
                 await runner.cleanup()
         finally:
@@ -140,9 +142,7 @@ async def _serve(
     return 0
 
 
-async def _until_signalled(
-    store: JobStore, pipeline: Pipeline, metrics: Metrics, workers: int
-) -> None:
+async def _until_signalled(store: JobStore, pipeline: Pipeline, workers: int) -> None:
     """Run the worker (if any) until SIGINT or SIGTERM; it stops before the server does."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -151,7 +151,7 @@ async def _until_signalled(
     try:
         if workers:
             owner = f"serve-{socket.gethostname()}-{os.getpid()}"
-            worker = Worker(store, pipeline, owner=owner, concurrency=workers, metrics=metrics)
+            worker = Worker(store, pipeline, owner=owner, concurrency=workers)
             await worker.run(stop)
         else:
             await stop.wait()

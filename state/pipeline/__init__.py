@@ -1,1 +1,1 @@
-"""The pipeline a worker runs: wiring, chunking, the worker and backfill."""
+"""The pipeline a worker runs: wiring, chunking, the steps, the worker's loop, and backfill."""

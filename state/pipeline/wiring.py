@@ -28,7 +28,7 @@ from providers.openai.client import OpenAIConfig, OpenAIEmbeddings
 from providers.openai.mock import MockEmbedder
 from providers.transport import AiohttpTransport, Transport
 from resilience import ConfigError, Guard, Router, ServiceMode
-from resilience.config import SharedSettings, load_config
+from resilience.config import Config, SharedSettings, load_config
 from resilience.events import emit
 from resilience.ledger import LedgerStore
 from state.pipeline.chunking import ChunkingPolicy
@@ -103,6 +103,11 @@ class Pipeline:
     def router(self, capability: str) -> Router:
         return self._routers[capability]
 
+    @property
+    def routers(self) -> tuple[Router, ...]:
+        """The routers `router` hands out, one per capability, for `Metrics.count_calls`."""
+        return tuple(self._routers.values())
+
     def guard(self, capability: str) -> Guard:
         return self.capabilities[capability].guard
 
@@ -139,52 +144,20 @@ class Pipeline:
         owned: AiohttpTransport | None = None
         if transport is None:
             transport = owned = AiohttpTransport()
-        shared: Transport = transport
-        shared_limits = _open_shared(config.shared, rng)
-        guards = {
-            name: shared_limits.guard(name, config.providers[name])
-            if shared_limits is not None
-            else config.providers[name].guard(name, rng=rng, ledger=ledger)
-            for name in (OPENAI, LLAMAPARSE)
-        }
-
-        openai_key = environ.get("OPENAI_API_KEY", "").strip()
-        base_url = environ.get("OPENAI_BASE_URL", "").strip() or OPENAI_DEFAULT_URL
-        # Without a key the client only plans batches: its real path is never routed to.
-        openai_config = OpenAIConfig.from_env(environ) if openai_key else OpenAIConfig("", base_url)
-        openai_guard = guards[OPENAI]
-        buckets = (
-            shared_limits.throttles(OPENAI)
-            if shared_limits is not None
-            else (openai_guard.requests, openai_guard.tokens)
-        )
-        embedder = OpenAIEmbeddings(openai_config, shared, buckets=buckets)
-        mock_embed = mock_embedder or MockEmbedder(embedder.model, embedder.dimensions)
-
-        parse_config = LlamaParseConfig.from_env(environ)
-        if shared_limits is not None and (inbox is not None or parse_config.webhook_url):
-            # Webhooks reach one server; with Redis, the parse may wait in any process.
-            inbox = _shared_inbox(shared_limits)
-        parser = LlamaParse(parse_config, shared, inbox=inbox)
+        shared = _open_shared(config.shared, rng)
+        guards = _guards(config, shared, rng, ledger)
+        embedder = _embedder(environ, transport, guards[OPENAI], shared)
+        parser = _parser(environ, transport, shared, inbox)
+        keyed = {OPENAI: bool(_openai_key(environ)), LLAMAPARSE: bool(parser.config.api_key)}
+        _warn_keyless(mode, keyed)
         mock_parse = mock_parser or MockParser()
-
-        keyed = {OPENAI: bool(openai_key), LLAMAPARSE: bool(parse_config.api_key)}
-        if mode is not ServiceMode.MOCK:
-            for provider, has_key in keyed.items():
-                if not has_key:
-                    emit(
-                        "pipeline.no_key",
-                        level="WARNING",
-                        provider=provider,
-                        mode=mode.value,
-                        detail="no API key: this provider runs MOCK-only and spends nothing",
-                    )
+        mock_embed = mock_embedder or MockEmbedder(embedder.model, embedder.dimensions)
         capabilities = {
             PARSE: Capability(
                 parser.parse, mock_parse.parse, guards[LLAMAPARSE], keyed[LLAMAPARSE]
             ),
             EMBED: Capability(
-                embedder.embed_batch, mock_embed.embed_batch, openai_guard, keyed[OPENAI]
+                embedder.embed_batch, mock_embed.embed_batch, guards[OPENAI], keyed[OPENAI]
             ),
         }
         return cls(
@@ -194,7 +167,7 @@ class Pipeline:
             chunking=chunking or ChunkingPolicy(),
             owned_transport=owned,
             parser=parser,
-            shared=shared_limits,
+            shared=shared,
         )
 
     async def close(self) -> None:
@@ -205,6 +178,69 @@ class Pipeline:
             await self.parser.inbox.close()
         if self.shared is not None:
             await self.shared.close()
+
+
+def _guards(
+    config: Config,
+    shared: RedisShared | None,
+    rng: random.Random | None,
+    ledger: LedgerStore | None,
+) -> dict[str, Guard]:
+    """One guard per provider: over the limits shared through Redis, or local to this process."""
+    if shared is not None:
+        return {name: shared.guard(name, config.providers[name]) for name in (OPENAI, LLAMAPARSE)}
+    return {
+        name: config.providers[name].guard(name, rng=rng, ledger=ledger)
+        for name in (OPENAI, LLAMAPARSE)
+    }
+
+
+def _openai_key(environ: Mapping[str, str]) -> str:
+    return environ.get("OPENAI_API_KEY", "").strip()
+
+
+def _embedder(
+    environ: Mapping[str, str], transport: Transport, guard: Guard, shared: RedisShared | None
+) -> OpenAIEmbeddings:
+    """The OpenAI client, paced by the guard's buckets (or the shared ones) as it plans batches.
+
+    Without a key it only plans batches: its real path is never routed to.
+    """
+    if _openai_key(environ):
+        config = OpenAIConfig.from_env(environ)
+    else:
+        base_url = environ.get("OPENAI_BASE_URL", "").strip() or OPENAI_DEFAULT_URL
+        config = OpenAIConfig("", base_url)
+    buckets = shared.throttles(OPENAI) if shared is not None else (guard.requests, guard.tokens)
+    return OpenAIEmbeddings(config, transport, buckets=buckets)
+
+
+def _parser(
+    environ: Mapping[str, str],
+    transport: Transport,
+    shared: RedisShared | None,
+    inbox: WebhookInbox | None,
+) -> LlamaParse:
+    config = LlamaParseConfig.from_env(environ)
+    if shared is not None and (inbox is not None or config.webhook_url):
+        # Webhooks reach one server; with Redis, the parse may wait in any process.
+        inbox = _shared_inbox(shared)
+    return LlamaParse(config, transport, inbox=inbox)
+
+
+def _warn_keyless(mode: ServiceMode, keyed: Mapping[str, bool]) -> None:
+    """Log `pipeline.no_key` once per provider that a REAL or HYBRID pipeline runs MOCK-only."""
+    if mode is ServiceMode.MOCK:
+        return
+    for provider, has_key in keyed.items():
+        if not has_key:
+            emit(
+                "pipeline.no_key",
+                level="WARNING",
+                provider=provider,
+                mode=mode.value,
+                detail="no API key: this provider runs MOCK-only and spends nothing",
+            )
 
 
 def _shared_inbox(shared: RedisShared) -> WebhookInbox:

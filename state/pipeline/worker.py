@@ -1,7 +1,8 @@
-"""The worker: leases jobs and walks each through the pipeline's steps, and the backfill.
+"""The worker: leases jobs and walks each through the pipeline's steps (`steps`).
 
 A job the worker holds moves forward step by step (parse, chunk, embed)
-until it completes or leaves the worker's hands:
+until it completes or leaves the worker's hands. What a provider step
+(parse, embed) raised decides where the job goes:
 
 | what a step raised                              | the job                                   |
 |-------------------------------------------------|-------------------------------------------|
@@ -15,7 +16,9 @@ until it completes or leaves the worker's hands:
 In HYBRID mode the router serves the mock instead of raising the refusals,
 and the job completes `degraded`. Rejections never count as attempts; a
 job that keeps killing workers in a step (its lease picked up more than
-`max_attempts` times there) is failed too.
+`max_attempts` times there) is failed too. So is a job whose step finds
+its input missing from the store (`MissingInput`): the store lost what it
+had written, and no retry brings it back.
 
 Time: sleeps use the loop clock; every `now` given to the store is
 `resilience.clock.wall_time()` (`clock`), so both follow virtual time in tests.
@@ -28,17 +31,15 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final, TypeVar, Unpack
+from typing import Final, Unpack
 
-from providers.llamaparse.client import Document, ParsedDocument, estimate_cost_usd
-from resilience import ErrorClass, ProviderError, Rejected, Router, ServiceMode, classify
+from resilience import ErrorClass, Rejected, classify
 from resilience.clock import wall_time
 from resilience.events import emit
-from state.app.metrics import Metrics
 from state.machine import Job, JobState, Trigger, WaitReason
-from state.pipeline.chunking import chunk
-from state.pipeline.wiring import EMBED, PARSE, PROVIDER_OF, Pipeline
-from state.store.protocol import EmbeddingRow, JobChanges, JobStore, StaleJob
+from state.pipeline.steps import Done, MissingInput, Steps
+from state.pipeline.wiring import Pipeline
+from state.store.protocol import JobChanges, JobStore, StaleJob
 
 IDLE_SLEEP_S: Final = 1.0
 """How long `run` sleeps when no job was ready."""
@@ -47,19 +48,6 @@ RETRY_BASE_S: Final = 30.0
 """A failed step waits this long, doubled per attempt, before it is tried again."""
 
 _PERMANENT: Final = frozenset({ErrorClass.CALLER, ErrorClass.CONFIGURATION, ErrorClass.QUOTA})
-
-T = TypeVar("T")
-
-
-def call_outcome(exc: BaseException) -> str:
-    """The metrics outcome of a routed call that raised: the refusal's reason or the error class."""
-    if isinstance(exc, Rejected):
-        return exc.reason
-    return classify(exc).value
-
-
-class _Handed(Exception):
-    """The job left this worker's hands (waiting or failed); stop walking it."""
 
 
 @dataclass(slots=True)
@@ -78,14 +66,10 @@ class WorkerStats:
 
 
 class Worker:
-    """Leases up to `concurrency` jobs at a time and runs them through `pipeline`.
+    """Leases up to `concurrency` jobs at a time and runs them through `pipeline`'s steps.
 
-    With `metrics`, every routed provider call is counted there
-    (`Metrics.record_call`): provider, outcome ("ok" for a real result, the
-    fallback reason for a mock one, such as "mode" or "budget", or what a
-    raised call was: a refusal's reason or the error class) and path
-    ("real" or "mock"). An embed step counts one call per `embed` of its
-    chunks, "mock" if any chunk was served by the mock.
+    Provider calls are counted by whoever subscribes to the pipeline's
+    routers (`Metrics.count_calls`), not here.
     """
 
     def __init__(
@@ -98,18 +82,17 @@ class Worker:
         lease_s: float = 60.0,
         max_attempts: int = 3,
         clock: Callable[[], float] = wall_time,
-        metrics: Metrics | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or not lease_s > 0:
             raise ValueError("concurrency and max_attempts must be >= 1 and lease_s > 0")
         self.store = store
         self.pipeline = pipeline
+        self.steps = Steps(store, pipeline)
         self.owner = owner
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.clock = clock
-        self.metrics = metrics
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
 
@@ -205,141 +188,75 @@ class Worker:
             reason = f"{job.state}: picked up {job.step_attempts} times without finishing"
             await self._fail(job, reason)
             return
-        try:
-            while not job.is_terminal:
-                if self._stopping.is_set():
-                    return  # released by `_hold`; the step is redone by the next lease
-                job = await self._step(job)
-                self.stats.steps += 1
-        except _Handed:
-            return
+        while not job.is_terminal:
+            if self._stopping.is_set():
+                return  # released by `_hold`; the step is redone by the next lease
+            moved = await self._step(job)
+            if moved is None:
+                return
+            job = moved
+            self.stats.steps += 1
         self.stats.completed += 1
 
-    async def _step(self, job: Job) -> Job:
+    async def _step(self, job: Job) -> Job | None:
+        """Move `job` one step on; None once it left this worker's hands (waiting or failed)."""
         match job.state:
             case JobState.UPLOADED:
                 return await self._move(job, Trigger.START_PARSE, "parsing")
             case JobState.PARSING:
-                return await self._guarded(job, self._parse)
+                return await self._provider_step(job, self.steps.parse)
             case JobState.PARSED:
-                return await self._chunk(job)
+                return await self._record(job, await self.steps.chunk(job))
             case JobState.CHUNKED:
                 return await self._move(job, Trigger.START_EMBED, "embedding")
             case JobState.EMBEDDING:
-                return await self._guarded(job, self._embed)
+                return await self._provider_step(job, self.steps.embed)
         raise RuntimeError(f"job {job.id} cannot be worked in {job.state}")
 
-    async def _parse(self, job: Job) -> Job:
-        stored = await self.store.get_parse(job.sha256)
-        if stored is None:
-            content = await self.store.document(job.sha256)
-            if content is None:
-                raise ProviderError(f"no stored document for {job.sha256}", status=404)
-            document = Document(job.filename, content, job.mime_type)
-            routed = await self._counted(
-                PARSE,
-                self.pipeline.router(PARSE).call(
-                    PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.id
-                ),
-            )
-            self._record(PARSE, routed.reason or "ok", routed.path)
-            parsed: ParsedDocument = routed.value
-            await self.store.put_parse(parsed, routed.path)
-            path, reason = routed.path, routed.reason
-        else:
-            path, reason = stored.path, "stored"
-        return await self._move(
-            job, Trigger.FINISH_PARSE, f"parsed ({path}, {reason})", degraded=path == "mock"
-        )
-
-    async def _chunk(self, job: Job) -> Job:
-        stored = await self.store.get_parse(job.sha256)
-        if stored is None:
-            raise RuntimeError(f"job {job.id} is parsed but its parse is not stored")
-        chunks = chunk(stored.parsed.markdown, self.pipeline.chunking)
-        await self.store.put_chunks(job.sha256, chunks)
-        return await self._move(job, Trigger.CHUNK, f"{len(chunks)} chunks")
-
-    async def _embed(self, job: Job) -> Job:
-        embedder = self.pipeline.embedder
-        model, dims = embedder.model, embedder.vector_dimensions
-        chunks = await self.store.chunks(job.sha256)
-        done = {e.chunk_index for e in await self.store.embeddings(job.sha256, model, dims)}
-        todo = [c for c in chunks if c.index not in done]
-        if todo:
-            result = await self._counted(
-                EMBED,
-                embedder.embed(
-                    [c.text for c in todo], self.pipeline.router(EMBED), correlation_id=job.id
-                ),
-            )
-            mocked = [
-                reason
-                for path, reason in zip(result.paths, result.reasons, strict=True)
-                if path == "mock"
-            ]
-            if mocked:
-                self._record(EMBED, mocked[0] or "mode", "mock")
-            else:
-                self._record(EMBED, "ok", "real")
-            rows = [
-                EmbeddingRow(c.index, vector, path)
-                for c, vector, path in zip(todo, result.vectors, result.paths, strict=True)
-            ]
-            await self.store.put_embeddings(job.sha256, model, dims, rows)
-        stored = await self.store.embeddings(job.sha256, model, dims)
-        mock = sum(1 for e in stored if e.path == "mock")
-        return await self._move(
-            job,
-            Trigger.FINISH_EMBED,
-            f"{len(stored)} embeddings, {mock} mock",
-            degraded=mock > 0,
-        )
-
-    # -- metrics -------------------------------------------------------------
-
-    def _record(self, capability: str, outcome: str, path: str) -> None:
-        if self.metrics is not None:
-            self.metrics.record_call(PROVIDER_OF[capability], outcome, path)
-
-    async def _counted(self, capability: str, call: Awaitable[T]) -> T:
-        """Await a routed call, counting it in the metrics if it raises."""
-        try:
-            return await call
-        except Exception as exc:
-            self._record(capability, call_outcome(exc), "real")
-            raise
+    async def _record(self, job: Job, outcome: Done | MissingInput) -> Job | None:
+        """Move `job` through the trigger of the step it finished, or fail it for a lost input."""
+        if isinstance(outcome, MissingInput):
+            error = f"{type(outcome).__name__}: {outcome}"
+            await self._fail(job, f"{job.state}: no stored {outcome.what}", last_error=error)
+            return None
+        return await self._move(job, outcome.trigger, outcome.reason, degraded=outcome.degraded)
 
     # -- errors --------------------------------------------------------------
 
-    async def _guarded(self, job: Job, step: Callable[[Job], Awaitable[Job]]) -> Job:
-        """Run a provider step, turning what it raised into a wait or a failure."""
+    async def _provider_step(
+        self, job: Job, step: Callable[[Job], Awaitable[Done | MissingInput]]
+    ) -> Job | None:
+        """Run a provider step and record it; what it raised becomes a wait or a failure."""
         try:
-            return await step(job)
+            return await self._record(job, await step(job))
         except StaleJob:
             raise
         except Rejected as exc:
             await self._wait(job, WaitReason(exc.reason), exc.retry_after_s, str(exc))
         except Exception as exc:
-            error_class = classify(exc)
-            error = f"{type(exc).__name__}: {exc}"
-            if error_class in _PERMANENT:
-                await self._fail(job, f"{job.state}: {error_class} error", last_error=error)
-            elif error_class is ErrorClass.RATE_LIMITED:
-                retry_after = getattr(exc, "retry_after_s", None) or RETRY_BASE_S
-                await self._wait(job, WaitReason.RATE_LIMITED, retry_after, error)
+            await self._on_error(job, exc)
+        return None
+
+    async def _on_error(self, job: Job, exc: Exception) -> None:
+        """Fail a permanent error; wait out a 429 or, with backoff, a transient failure."""
+        error_class = classify(exc)
+        error = f"{type(exc).__name__}: {exc}"
+        if error_class in _PERMANENT:
+            await self._fail(job, f"{job.state}: {error_class} error", last_error=error)
+        elif error_class is ErrorClass.RATE_LIMITED:
+            retry_after = getattr(exc, "retry_after_s", None) or RETRY_BASE_S
+            await self._wait(job, WaitReason.RATE_LIMITED, retry_after, error)
+        else:
+            attempts = job.step_attempts + 1
+            if attempts >= self.max_attempts:
+                await self._fail(
+                    job,
+                    f"{job.state}: failed {attempts} times (max_attempts {self.max_attempts})",
+                    last_error=error,
+                )
             else:
-                attempts = job.step_attempts + 1
-                if attempts >= self.max_attempts:
-                    await self._fail(
-                        job,
-                        f"{job.state}: failed {attempts} times (max_attempts {self.max_attempts})",
-                        last_error=error,
-                    )
-                else:
-                    delay = RETRY_BASE_S * 2 ** (attempts - 1)
-                    await self._wait(job, WaitReason.RETRY, delay, error, step_attempts=attempts)
-        raise _Handed
+                delay = RETRY_BASE_S * 2 ** (attempts - 1)
+                await self._wait(job, WaitReason.RETRY, delay, error, step_attempts=attempts)
 
     async def _wait(
         self,
@@ -410,137 +327,4 @@ def remove_signal_handlers() -> None:
         loop.remove_signal_handler(signum)
 
 
-# -- backfill -----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class BackfillReport:
-    """What a backfill did: jobs made whole, and jobs still degraded (with why)."""
-
-    repaired: list[str] = field(default_factory=list)
-    still_degraded: dict[str, str] = field(default_factory=dict)
-
-
-async def backfill(
-    store: JobStore,
-    pipeline: Pipeline,
-    *,
-    clock: Callable[[], float] = wall_time,
-    correlation_id: str = "backfill",
-) -> BackfillReport:
-    """Redo the mock-served steps of degraded complete jobs in REAL mode, then clear `degraded`.
-
-    Only a provider with a key is called. A parse served by the mock is
-    redone. If the real text differs from the mock's, the old chunks and
-    vectors describe the wrong text: the real text is chunked and embedded
-    afresh and swapped in at once (`JobStore.replace_outputs`), or, if any
-    piece came back mock, nothing is written. Embeddings whose stored path
-    is mock are re-embedded; real ones replace them. A job whose every step
-    is real then has `degraded` cleared, with an audit row. Errors leave the
-    job as it was and are reported.
-    """
-    report = BackfillReport()
-    routers = pipeline.routers_for(ServiceMode.REAL)
-    embedder = pipeline.embedder
-    model, dims = embedder.model, embedder.vector_dimensions
-    for job in await store.degraded_jobs():
-        try:
-            problem = await _backfill_parse(store, pipeline, routers, job)
-            if problem is None:
-                problem = await _backfill_embeddings(store, pipeline, routers[EMBED], job)
-        except (Rejected, ProviderError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if problem is not None:
-            report.still_degraded[job.id] = problem
-            emit("backfill.skipped", level="WARNING", job_id=job.id, reason=problem)
-            continue
-        embeddings = await store.embeddings(job.sha256, model, dims)
-        await store.clear_degraded(
-            job.id,
-            reason=f"backfill: parse and {len(embeddings)} embeddings real",
-            correlation_id=correlation_id,
-            now=clock(),
-        )
-        report.repaired.append(job.id)
-        emit("backfill.repaired", job_id=job.id, embeddings=len(embeddings))
-    return report
-
-
-async def _backfill_parse(
-    store: JobStore, pipeline: Pipeline, routers: dict[str, Router], job: Job
-) -> str | None:
-    stored = await store.get_parse(job.sha256)
-    if stored is None:
-        return "no stored parse"
-    if stored.path == "real":
-        return None
-    if not pipeline.can_spend(PARSE):
-        return "parse was mock-served and the parse provider has no key"
-    content = await store.document(job.sha256)
-    if content is None:
-        return "no stored document"
-    document = Document(job.filename, content, job.mime_type)
-    routed = await routers[PARSE].call(
-        PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.id
-    )
-    parsed: ParsedDocument = routed.value
-    if routed.path != "real":
-        return "the parse provider still served the mock"
-    if parsed.markdown == stored.parsed.markdown:
-        await store.put_parse(parsed, routed.path)
-        return None
-    return await _reprocess(store, pipeline, routers[EMBED], job, parsed)
-
-
-async def _reprocess(
-    store: JobStore, pipeline: Pipeline, router: Router, job: Job, parsed: ParsedDocument
-) -> str | None:
-    """Chunk and embed a real parse that differs from the mock's, then swap it all in."""
-    if not pipeline.can_spend(EMBED):
-        return "the real parse differs from the mock's and the embedding provider has no key"
-    embedder = pipeline.embedder
-    chunks = chunk(parsed.markdown, pipeline.chunking)
-    result = await embedder.embed([c.text for c in chunks], router, correlation_id=job.id)
-    if result.degraded:
-        return "the embedding provider still served mocks for the re-chunked text"
-    rows = [
-        EmbeddingRow(c.index, vector, path)
-        for c, vector, path in zip(chunks, result.vectors, result.paths, strict=True)
-    ]
-    await store.replace_outputs(parsed, chunks, embedder.model, embedder.vector_dimensions, rows)
-    emit("backfill.reprocessed", job_id=job.id, chunks=len(chunks))
-    return None
-
-
-async def _backfill_embeddings(
-    store: JobStore, pipeline: Pipeline, router: Router, job: Job
-) -> str | None:
-    embedder = pipeline.embedder
-    model, dims = embedder.model, embedder.vector_dimensions
-    mock = {
-        e.chunk_index for e in await store.embeddings(job.sha256, model, dims) if e.path == "mock"
-    }
-    if not mock:
-        return None
-    if not pipeline.can_spend(EMBED):
-        return "embeddings were mock-served and the embedding provider has no key"
-    todo = [c for c in await store.chunks(job.sha256) if c.index in mock]
-    result = await embedder.embed([c.text for c in todo], router, correlation_id=job.id)
-    rows = [
-        EmbeddingRow(c.index, vector, path)
-        for c, vector, path in zip(todo, result.vectors, result.paths, strict=True)
-    ]
-    await store.put_embeddings(job.sha256, model, dims, rows)
-    if result.degraded:
-        return "the embedding provider still served mocks"
-    return None
-
-
-__all__ = [
-    "BackfillReport",
-    "Worker",
-    "WorkerStats",
-    "backfill",
-    "install_signal_handlers",
-    "remove_signal_handlers",
-]
+__all__ = ["Worker", "WorkerStats", "install_signal_handlers", "remove_signal_handlers"]

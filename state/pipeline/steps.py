@@ -1,0 +1,120 @@
+"""The pipeline's steps: parse a job's document, chunk the parse, embed the chunks.
+
+Each step reads its input from the store, writes its output there, and
+returns what the worker records on the job: `Done` (the trigger, the audit
+reason, whether a mock served it) or `MissingInput`. The worker makes the
+move under its lease and decides what a raised error means; the steps know
+nothing of leases, waits or metrics. `route_parse` and `embed_rows` are the
+routed parts, shared with the backfill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from providers.llamaparse.client import Document, ParsedDocument, estimate_cost_usd
+from providers.openai.client import OpenAIEmbeddings
+from resilience import Routed, Router
+from state.machine import Job, Trigger
+from state.pipeline.chunking import chunk
+from state.pipeline.wiring import EMBED, PARSE, Pipeline
+from state.store.protocol import ChunkText, EmbeddingRow, JobStore
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A step's output is stored: `trigger` records it on the job, `reason` in the audit row."""
+
+    trigger: Trigger
+    reason: str
+    degraded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MissingInput:
+    """The store lacks what a step reads: an internal error, not a provider's.
+
+    The store wrote the input before the job could reach the step, so it
+    was lost or deleted; no retry brings it back.
+    """
+
+    what: Literal["document", "parse"]
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"no stored {self.what} for {self.sha256}"
+
+
+async def route_parse(
+    store: JobStore, router: Router, job: Job
+) -> Routed[ParsedDocument] | MissingInput:
+    """Parse `job`'s stored document through `router`, the job's id as correlation id."""
+    content = await store.document(job.sha256)
+    if content is None:
+        return MissingInput("document", job.sha256)
+    document = Document(job.filename, content, job.mime_type)
+    return await router.call(
+        PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.id
+    )
+
+
+async def embed_rows(
+    embedder: OpenAIEmbeddings, router: Router, chunks: Sequence[ChunkText], job: Job
+) -> list[EmbeddingRow]:
+    """Embed `chunks` through `router`: one row per chunk, each marked real or mock."""
+    result = await embedder.embed([c.text for c in chunks], router, correlation_id=job.id)
+    return [
+        EmbeddingRow(c.index, vector, path)
+        for c, vector, path in zip(chunks, result.vectors, result.paths, strict=True)
+    ]
+
+
+def any_mock(rows: Sequence[EmbeddingRow]) -> bool:
+    return any(row.path == "mock" for row in rows)
+
+
+class Steps:
+    """The three steps over one store, routed by `pipeline` in its configured mode."""
+
+    def __init__(self, store: JobStore, pipeline: Pipeline) -> None:
+        self.store = store
+        self.pipeline = pipeline
+
+    async def parse(self, job: Job) -> Done | MissingInput:
+        """Parse the document, unless a parse of the same bytes is stored already."""
+        stored = await self.store.get_parse(job.sha256)
+        if stored is None:
+            routed = await route_parse(self.store, self.pipeline.router(PARSE), job)
+            if isinstance(routed, MissingInput):
+                return routed
+            await self.store.put_parse(routed.value, routed.path)
+            path, reason = routed.path, routed.reason
+        else:
+            path, reason = stored.path, "stored"
+        return Done(Trigger.FINISH_PARSE, f"parsed ({path}, {reason})", degraded=path == "mock")
+
+    async def chunk(self, job: Job) -> Done | MissingInput:
+        stored = await self.store.get_parse(job.sha256)
+        if stored is None:
+            return MissingInput("parse", job.sha256)
+        chunks = chunk(stored.parsed.markdown, self.pipeline.chunking)
+        await self.store.put_chunks(job.sha256, chunks)
+        return Done(Trigger.CHUNK, f"{len(chunks)} chunks")
+
+    async def embed(self, job: Job) -> Done:
+        """Embed the chunks not embedded yet with this model, so a retried step resumes."""
+        embedder = self.pipeline.embedder
+        model, dims = embedder.model, embedder.vector_dimensions
+        chunks = await self.store.chunks(job.sha256)
+        done = {e.chunk_index for e in await self.store.embeddings(job.sha256, model, dims)}
+        todo = [c for c in chunks if c.index not in done]
+        if todo:
+            rows = await embed_rows(embedder, self.pipeline.router(EMBED), todo, job)
+            await self.store.put_embeddings(job.sha256, model, dims, rows)
+        stored = await self.store.embeddings(job.sha256, model, dims)
+        mock = sum(1 for e in stored if e.path == "mock")
+        return Done(
+            Trigger.FINISH_EMBED, f"{len(stored)} embeddings, {mock} mock", degraded=mock > 0
+        )
