@@ -15,6 +15,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from loguru import logger
 
 from resilience.clock import Clock, wall_time
+from resilience.events import library_packages
 from resilience.ledger import InMemoryLedger, PeriodLimit, Totals
 
 # The PostgreSQL fixtures (`postgres_url`, `postgres_database`) for tests/test_store.py,
@@ -79,9 +80,14 @@ class Events:
 
 @pytest.fixture
 def events() -> Iterator[Events]:
+    """Breakwater's records, enabled as a host would (they are off until configure_logging)."""
     recorder = Events()
     handler = logger.add(lambda m: recorder.records.append(dict(m.record["extra"])), level="DEBUG")
+    for package in library_packages():
+        logger.enable(package)
     yield recorder
+    for package in library_packages():
+        logger.disable(package)
     logger.remove(handler)
 
 
