@@ -577,8 +577,9 @@ def _described(row: Setting) -> str:
 def markdown_table() -> str:
     """The README's table of variables; provider settings are shown for a provider `<P>`."""
     lines = ["| variable | meaning | accepts | when unset |", "|---|---|---|---|"]
-    for row in GLOBAL_SETTINGS + PROVIDER_SETTINGS:
-        name = row.name if row in GLOBAL_SETTINGS else f"{PREFIX}<P>_{row.name}"
+    named = [(row.name, row) for row in GLOBAL_SETTINGS]
+    named += [(f"{PREFIX}<P>_{row.name}", row) for row in PROVIDER_SETTINGS]
+    for name, row in named:
         unset = row.default.removeprefix("unset: ")
         lines.append(f"| `{name}` | {row.meaning} | {row.expected} | {unset} |")
     return "\n".join(lines) + "\n"
@@ -604,7 +605,7 @@ def env_example(
 
 def _example(row: Setting, name: str, values: Mapping[str, str]) -> str:
     comment = textwrap.fill(
-        f"{row.meaning}; {row.expected}; {row.default}.",
+        f"{_described(row)}.",
         width=79,
         initial_indent="# ",
         subsequent_indent="# ",
