@@ -484,7 +484,9 @@ def _unknown_names(environ: Mapping[str, str], provider_names: dict[str, list[st
         if name in known or not upper.startswith(PREFIX):
             continue
         close = sorted(
-            (-SequenceMatcher(None, upper, k).ratio(), k) for k in known if _misspells(upper, k)
+            (-SequenceMatcher(None, upper, k).ratio(), k)
+            for k in known
+            if k.startswith(PREFIX) and _misspells(upper, k)
         )
         owners = [prefix for prefix in prefixes if upper.startswith(prefix)]
         if close:

@@ -228,6 +228,7 @@ def test_unrelated_variables_are_ignored() -> None:
         "BREAKWATER_GEMINI_RPM": "60",  # as long as OPENAI_RPM, but more than two slips away
         "BREAKWATER_TEST_REDIS_URL": "redis://127.0.0.1:1/0",  # contains a known name
         "BREAKWATER_HOME": "/opt/breakwater",
+        "BREAKWATER_X": "1",  # nothing left after the prefix to misspell
         "OPENAI_API_KEY": "sk-real",
         "RPM": "x",
         "PATH": "/usr/bin",
