@@ -6,6 +6,10 @@ requests through a `providers.transport.Transport`, and raises
 `resilience.ProviderError` for the guard to classify.
 """
 
+from resilience.events import quiet_until_configured
+
+quiet_until_configured(__name__)  # see resilience.events
+
 OPENAI = "openai"
 LLAMAPARSE = "llamaparse"
 PROVIDERS = (OPENAI, LLAMAPARSE)

@@ -20,10 +20,13 @@ from resilience.errors import (
     Rejected,
     classify,
 )
-from resilience.events import configure_logging
+from resilience.events import configure_logging, quiet_until_configured
 from resilience.guard import Guard
 from resilience.retry import RetryPolicy
 from resilience.router import Routed, Router, ServiceMode
+
+# A library writes no log line its host did not ask for: see resilience.events.
+quiet_until_configured(__name__)
 
 __all__ = [
     "Breaker",

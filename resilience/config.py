@@ -1,9 +1,19 @@
-"""Breakwater's settings, read from environment variables.
+"""Breakwater's settings, read from environment variables, each declared once.
+
+Every variable is one `Setting` row in `CONFIG_SETTINGS`, `SHARED_SETTINGS`
+or `PROVIDER_SETTINGS`: its name, the attribute it fills, how its text is
+read, what it accepts, what unset means and what it is for. Reading,
+validation, the typo check, `describe_variables`, the README's table
+(`markdown_table`) and `.env.example` (`env_example`) all come from those
+rows, so a new setting is one row plus its typed field, and the tests fail
+when a document disagrees with the rows.
 
 Provider names are parameters, so `resilience` stays free of any particular
 provider. Every problem is reported at once, each naming its variable and
 what it accepts, and a misspelt BREAKWATER_* name is an error: a limit the
 user believes is set but is silently ignored is worse than a failed start.
+
+`python -m resilience.config` prints the README's table.
 """
 
 from __future__ import annotations
@@ -11,8 +21,11 @@ from __future__ import annotations
 import math
 import random
 import re
+import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from difflib import SequenceMatcher
 from typing import Any, Final, Literal, get_args
 
 from resilience.breaker import BreakerPolicy
@@ -27,57 +40,10 @@ from resilience.router import ServiceMode
 from resilience.shared.policy import BudgetWhenDown, SharedPolicy
 
 PREFIX: Final = "BREAKWATER_"
-SERVICE_MODES: Final = tuple(mode.value for mode in ServiceMode)
-DEFAULT_SERVICE_MODE: Final = "hybrid"
 DEFAULT_MAX_ATTEMPTS: Final = 4
 DEFAULT_FALLBACK_FRACTION: Final = SharedPolicy().fallback_fraction
 DEFAULT_QUORUM: Final = 2
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
-
-GLOBAL_VARIABLES: Final[tuple[tuple[str, str], ...]] = (
-    (
-        "SERVICE_MODE",
-        "How calls are served: mock (mock responses only), real (providers only) or "
-        f"hybrid (providers, with mock fallback); default {DEFAULT_SERVICE_MODE}",
-    ),
-    (
-        "BREAKWATER_LOG",
-        f"Where JSON-lines events are written, a file path or - for standard error; "
-        f"default {DEFAULT_LOG_PATH}",
-    ),
-    ("BREAKWATER_DB", "Database URL where Breakwater keeps its state; unset: none"),
-    (
-        "BREAKWATER_REDIS_URL",
-        "Redis URL (redis://, rediss:// or unix://) whose rate limits and budgets every "
-        "worker shares; unset: each process keeps its own",
-    ),
-    (
-        "BREAKWATER_REDIS_BUDGET_WHEN_DOWN",
-        "While Redis is unreachable: closed (no spend without the shared ledger) or local "
-        "(spend against this process's budget at the fallback fraction of the limits); "
-        "default closed",
-    ),
-    (
-        "BREAKWATER_REDIS_FALLBACK_FRACTION",
-        "While Redis is unreachable, local rate limits refill at this fraction of the shared "
-        f"rate, a number in (0, 1]; default {DEFAULT_FALLBACK_FRACTION:g}",
-    ),
-    (
-        "BREAKWATER_BREAKER_SHARING",
-        "local (each process its own breakers) or quorum (breakers open everywhere once "
-        "BREAKWATER_BREAKER_QUORUM workers have tripped within a minute; needs "
-        "BREAKWATER_REDIS_URL); default local",
-    ),
-    (
-        "BREAKWATER_BREAKER_QUORUM",
-        f"Workers that must trip before all open, a positive integer; default {DEFAULT_QUORUM}",
-    ),
-)
-"""The known names that belong to no provider, with their meanings.
-
-Add new global variables here: this table is what the typo check and
-`describe_variables` know about.
-"""
 
 _SECRET_MARKERS: Final = ("KEY", "SECRET", "TOKEN", "PASSWORD")
 """A variable whose name contains one of these never has its value put in a message."""
@@ -198,8 +164,7 @@ class SharedSettings:
 class Config:
     """Everything `load_config` read. URLs are left out of the repr: they carry passwords."""
 
-    service_mode: str = DEFAULT_SERVICE_MODE
-    """One of SERVICE_MODES, lower case."""
+    service_mode: ServiceMode = ServiceMode.HYBRID
     log_path: str | None = None
     db_url: str | None = field(default=None, repr=False)
     shared: SharedSettings = field(default_factory=SharedSettings)
@@ -208,16 +173,35 @@ class Config:
 
 
 @dataclass(frozen=True, slots=True)
-class _Field:
-    """One ProviderSettings field as an environment variable."""
+class Setting:
+    """One environment variable, declared once; everything else is derived from these rows."""
 
+    name: str
+    """The variable; for a provider setting, the part after BREAKWATER_<PROVIDER>_."""
     attr: str
-    parse: Callable[[str], int | float | None]
+    """The field of `Config`, `SharedSettings` or `ProviderSettings` it fills."""
+    parse: Callable[[str], object]
     """The value, or None when the (stripped, non-empty) text is not acceptable."""
     expected: str
+    """What `parse` accepts, as the error message states it."""
     meaning: str
     default: str
-    """What leaving the variable unset means."""
+    """What leaving the variable unset means: "default X" or "unset: ..."."""
+
+    def variable(self, provider: str | None = None) -> str:
+        """The variable's name; a provider setting's name needs its provider."""
+        return self.name if provider is None else variable_name(provider, self.name)
+
+
+def _provider_setting(
+    attr: str, parse: Callable[[str], object], expected: str, meaning: str, default: str
+) -> Setting:
+    """A per-provider row: its variable is BREAKWATER_<PROVIDER>_<ATTR>."""
+    return Setting(attr.upper(), attr, parse, expected, meaning, default)
+
+
+def _text(text: str) -> str:
+    return text
 
 
 def _positive_int(text: str) -> int | None:
@@ -245,62 +229,172 @@ def _seconds_or_zero(text: str) -> float | None:
     return value if value is not None and value >= 0 else None
 
 
+def _fraction(text: str) -> float | None:
+    value = _finite(text)
+    return value if value is not None and 0 < value <= 1 else None
+
+
+def _redis_url(text: str) -> str | None:
+    return text if text.startswith(REDIS_SCHEMES) else None
+
+
+def _service_mode(text: str) -> ServiceMode | None:
+    try:
+        return ServiceMode(text.lower())
+    except ValueError:
+        return None
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    """A parser for a choice, taken in any case, as SERVICE_MODE is."""
+    return lambda text: text.lower() if text.lower() in choices else None
+
+
+def _choices(choices: Sequence[str]) -> str:
+    return f"one of {', '.join(choices)}"
+
+
 _INTEGER: Final = "a positive integer"
 _NUMBER: Final = "a positive number"
-_FRACTION: Final = "a number in (0, 1]"
-
 _NO_LIMIT: Final = "unset: no limit"
 
-_PROVIDER_FIELDS: Final = (
-    _Field("rpm", _positive_int, _INTEGER, "requests per minute (token bucket)", _NO_LIMIT),
-    _Field("tpm", _positive_int, _INTEGER, "tokens per minute (token bucket)", _NO_LIMIT),
-    _Field("daily_budget_usd", _positive_number, _NUMBER, "US dollars per UTC day", _NO_LIMIT),
-    _Field("hourly_budget_usd", _positive_number, _NUMBER, "US dollars per hour", _NO_LIMIT),
-    _Field("daily_requests", _positive_int, _INTEGER, "calls per UTC day", _NO_LIMIT),
-    _Field("hourly_requests", _positive_int, _INTEGER, "calls per hour", _NO_LIMIT),
-    _Field(
+CONFIG_SETTINGS: Final = (
+    Setting(
+        "SERVICE_MODE",
+        "service_mode",
+        _service_mode,
+        _choices(list(ServiceMode)),
+        "how calls are served: mock (mock responses only), real (providers only) or "
+        "hybrid (providers, with mock fallback)",
+        f"default {Config().service_mode}",
+    ),
+    Setting(
+        "BREAKWATER_LOG",
+        "log_path",
+        _text,
+        "a file path, or - for standard error",
+        "where JSON-lines events are written",
+        f"default {DEFAULT_LOG_PATH}",
+    ),
+    Setting(
+        "BREAKWATER_DB",
+        "db_url",
+        _text,
+        "a SQLite path, sqlite:///PATH or a postgresql:// URL",
+        "the database where the commands keep jobs and spend",
+        "unset: breakwater.sqlite3",
+    ),
+)
+"""The variables `Config` holds directly."""
+
+SHARED_SETTINGS: Final = (
+    Setting(
+        "BREAKWATER_REDIS_URL",
+        "redis_url",
+        _redis_url,
+        f"a URL starting with {', '.join(REDIS_SCHEMES)}",
+        "the Redis server whose rate limits and budgets every worker shares (see Scale-out)",
+        "unset: each process keeps its own",
+    ),
+    Setting(
+        "BREAKWATER_REDIS_BUDGET_WHEN_DOWN",
+        "budget_when_down",
+        _one_of(get_args(BudgetWhenDown)),
+        _choices(get_args(BudgetWhenDown)),
+        "while Redis is unreachable: closed (no spend without the shared ledger) or local "
+        "(spend against this process's budget at the fallback fraction of the limits)",
+        f"default {SharedPolicy().budget_when_down}",
+    ),
+    Setting(
+        "BREAKWATER_REDIS_FALLBACK_FRACTION",
+        "fallback_fraction",
+        _fraction,
+        "a number in (0, 1]",
+        "while Redis is unreachable, local rate limits refill at this fraction of the shared rate",
+        f"default {DEFAULT_FALLBACK_FRACTION:g}",
+    ),
+    Setting(
+        "BREAKWATER_BREAKER_SHARING",
+        "breaker_sharing",
+        _one_of(get_args(BreakerSharing)),
+        _choices(get_args(BreakerSharing)),
+        "local (each process its own breakers) or quorum (breakers open everywhere once "
+        "BREAKWATER_BREAKER_QUORUM workers have tripped within a minute; needs "
+        "BREAKWATER_REDIS_URL)",
+        f"default {SharedSettings().breaker_sharing}",
+    ),
+    Setting(
+        "BREAKWATER_BREAKER_QUORUM",
+        "quorum",
+        _positive_int,
+        _INTEGER,
+        "workers that must trip within a minute before every breaker opens",
+        f"default {DEFAULT_QUORUM}",
+    ),
+)
+"""The variables of `SharedSettings`: Redis and what happens around it."""
+
+GLOBAL_SETTINGS: Final = CONFIG_SETTINGS + SHARED_SETTINGS
+"""The variables that belong to no provider, in the order documents list them."""
+
+PROVIDER_SETTINGS: Final = (
+    _provider_setting(
+        "rpm", _positive_int, _INTEGER, "requests per minute (token bucket)", _NO_LIMIT
+    ),
+    _provider_setting(
+        "tpm", _positive_int, _INTEGER, "tokens per minute (token bucket)", _NO_LIMIT
+    ),
+    _provider_setting(
+        "daily_budget_usd", _positive_number, _NUMBER, "US dollars per UTC day", _NO_LIMIT
+    ),
+    _provider_setting(
+        "hourly_budget_usd", _positive_number, _NUMBER, "US dollars per hour", _NO_LIMIT
+    ),
+    _provider_setting("daily_requests", _positive_int, _INTEGER, "calls per UTC day", _NO_LIMIT),
+    _provider_setting("hourly_requests", _positive_int, _INTEGER, "calls per hour", _NO_LIMIT),
+    _provider_setting(
         "max_attempts",
         _positive_int,
         _INTEGER,
         "attempts per call, the first included",
         f"default {DEFAULT_MAX_ATTEMPTS}",
     ),
-    _Field(
+    _provider_setting(
         "max_wait_s",
         _seconds_or_zero,
         "a number of seconds, 0 or more",
         "seconds a call may wait for a rate-limit token, 0 to fail at once",
         "unset: wait as long as it takes",
     ),
-    _Field(
+    _provider_setting(
         "failure_threshold",
         _positive_int,
         _INTEGER,
         "consecutive failures that open the breaker",
         f"default {_DEFAULT_POLICY.failure_threshold}",
     ),
-    _Field(
+    _provider_setting(
         "cooldown_s",
         _positive_number,
         _NUMBER,
         "seconds the breaker stays open before it lets probes through",
         f"default {_DEFAULT_POLICY.cooldown_s:g}",
     ),
-    _Field(
+    _provider_setting(
         "cooldown_max_s",
         _positive_number,
         _NUMBER,
         "longest cooldown as failed probes multiply it (at least the cooldown)",
         f"default {_DEFAULT_POLICY.cooldown_max_s:g}",
     ),
-    _Field(
+    _provider_setting(
         "half_open_max_calls",
         _positive_int,
         _INTEGER,
         "probe calls let through at once while half-open",
         f"default {_DEFAULT_POLICY.half_open_max_calls}",
     ),
-    _Field(
+    _provider_setting(
         "probe_timeout_s",
         _positive_number,
         _NUMBER,
@@ -308,14 +402,12 @@ _PROVIDER_FIELDS: Final = (
         f"default {_DEFAULT_POLICY.probe_timeout_s:g}",
     ),
 )
+"""Each provider's variables, BREAKWATER_<PROVIDER>_<NAME>, filling `ProviderSettings`."""
 
-_BREAKER_OVERRIDES: Final = (
-    "failure_threshold",
-    "cooldown_s",
-    "cooldown_max_s",
-    "half_open_max_calls",
-    "probe_timeout_s",
+_BREAKER_OVERRIDES: Final = tuple(
+    f.name for f in fields(ProviderSettings) if f.name in {p.name for p in fields(BreakerPolicy)}
 )
+"""The `ProviderSettings` fields that override the `BreakerPolicy` field of the same name."""
 
 
 def variable_name(provider: str, setting: str) -> str:
@@ -337,7 +429,7 @@ def _provider_names(providers: Sequence[str]) -> dict[str, list[str]]:
                 f"by {prefix}* variables; rename one"
             )
         owners[prefix] = provider
-        names[provider] = [variable_name(provider, f.attr) for f in _PROVIDER_FIELDS]
+        names[provider] = [row.variable(provider) for row in PROVIDER_SETTINGS]
     return names
 
 
@@ -355,36 +447,35 @@ def _value(environ: Mapping[str, str], name: str) -> str | None:
     return text or None
 
 
-def _distance(a: str, b: str) -> int:
-    """Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`."""
-    before: list[int] = []
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            edits = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
-            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
-                edits = min(edits, before[j - 2] + 1)
-            current.append(edits)
-        before, previous = previous, current
-    return previous[-1]
+def _misspells(name: str, known: str) -> bool:
+    """Whether `name` reads as `known` with a slip or two.
 
-
-def _allowance(known: str) -> int:
-    """Edits that still read as a misspelling: one off a short suffix, two off a longer one."""
-    return 1 if len(known) - len(PREFIX) <= 4 else 2
+    difflib's similarity over the part after BREAKWATER_, which every name
+    shares and would otherwise make any two look alike. A slip (a letter
+    changed, dropped, added or swapped with its neighbour) costs about one
+    character of similarity, so short names may differ by one slip and longer
+    ones by two; the length check keeps a longer name that merely contains a
+    known one (BREAKWATER_TEST_REDIS_URL) from counting.
+    """
+    a, b = name[len(PREFIX) :], known[len(PREFIX) :]
+    slips = 1 if len(b) <= 4 else 2
+    if abs(len(a) - len(b)) > slips:
+        return False
+    matched = sum(block.size for block in SequenceMatcher(None, a, b).get_matching_blocks())
+    # ratio() >= 1 - slips / len(b), in integers so that "exactly one slip" is not lost to rounding
+    return 2 * matched * len(b) >= (len(b) - slips) * (len(a) + len(b))
 
 
 def _unknown_names(environ: Mapping[str, str], provider_names: dict[str, list[str]]) -> list[str]:
     """Problems for BREAKWATER_* names that are not known but look meant to be.
 
     A name under a configured provider's prefix is in our namespace, so any
-    unknown one there is a mistake. Elsewhere only names a typo away from a
+    unknown one there is a mistake. Elsewhere only names that misspell a
     known one are: variables for providers this process does not configure,
     or for other tools, are left alone. A name that differs from a known one
     only in case is reported too: the OS would not match it.
     """
-    groups = [[name for name, _ in GLOBAL_VARIABLES], *provider_names.values()]
+    groups = [[row.name for row in GLOBAL_SETTINGS], *provider_names.values()]
     known = {name for group in groups for name in group}
     prefixes = {variable_name(p, ""): names for p, names in provider_names.items()}
     problems = []
@@ -392,7 +483,11 @@ def _unknown_names(environ: Mapping[str, str], provider_names: dict[str, list[st
         upper = name.upper()
         if name in known or not upper.startswith(PREFIX):
             continue
-        close = sorted((d, k) for k in known if (d := _distance(upper, k)) <= _allowance(k))
+        close = sorted(
+            (-SequenceMatcher(None, upper, k).ratio(), k)
+            for k in known
+            if k.startswith(PREFIX) and _misspells(upper, k)
+        )
         owners = [prefix for prefix in prefixes if upper.startswith(prefix)]
         if close:
             hint = f"; did you mean {close[0][1]}?"
@@ -404,6 +499,27 @@ def _unknown_names(environ: Mapping[str, str], provider_names: dict[str, list[st
             continue
         problems.append(f"{name} is not a known variable{hint} Valid names: {', '.join(valid)}")
     return problems
+
+
+def _read(
+    environ: Mapping[str, str],
+    rows: Sequence[Setting],
+    problems: list[str],
+    provider: str | None = None,
+) -> dict[str, Any]:
+    """The parsed values of the `rows` that are set, by attribute; problems are appended."""
+    values: dict[str, Any] = {}
+    for row in rows:
+        name = row.variable(provider)
+        raw = _value(environ, name)
+        if raw is None:
+            continue
+        parsed = row.parse(raw)
+        if parsed is None:
+            problems.append(f"{_shown(name, raw)} is not valid: expected {row.expected}")
+        else:
+            values[row.attr] = parsed
+    return values
 
 
 def _breaker_conflict(environ: Mapping[str, str], provider: str, error: ValueError) -> str:
@@ -420,101 +536,85 @@ def _breaker_conflict(environ: Mapping[str, str], provider: str, error: ValueErr
 
 
 def load_config(environ: Mapping[str, str], providers: Sequence[str]) -> Config:
-    """Read SERVICE_MODE, BREAKWATER_LOG, BREAKWATER_DB and each provider's variables.
+    """Read every variable of the settings tables for these providers.
 
     `environ` is usually `os.environ`; `providers` are the names the
     application routes to. Raises ConfigError listing every problem found.
     """
     provider_names = _provider_names(providers)
     problems = _unknown_names(environ, provider_names)
-    mode = _value(environ, "SERVICE_MODE")
-    if mode is not None and mode.lower() not in SERVICE_MODES:
-        choices = ", ".join(SERVICE_MODES)
-        problems.append(f"{_shown('SERVICE_MODE', mode)} is not valid: expected one of {choices}")
+    values = _read(environ, CONFIG_SETTINGS, problems)
     settings: dict[str, ProviderSettings] = {}
     for provider in provider_names:
-        values: dict[str, Any] = {}
-        invalid = False
-        for spec in _PROVIDER_FIELDS:
-            name = variable_name(provider, spec.attr)
-            raw = _value(environ, name)
-            if raw is None:
-                continue
-            parsed = spec.parse(raw)
-            if parsed is None:
-                problems.append(f"{_shown(name, raw)} is not valid: expected {spec.expected}")
-                invalid = True
-            else:
-                values[spec.attr] = parsed
-        settings[provider] = ProviderSettings(**values)
-        if not invalid:
+        before = len(problems)
+        settings[provider] = ProviderSettings(
+            **_read(environ, PROVIDER_SETTINGS, problems, provider)
+        )
+        if len(problems) == before:
             try:
                 settings[provider].breaker_policy()
             except ValueError as error:
                 problems.append(_breaker_conflict(environ, provider, error))
-    shared = _shared_settings(environ, problems)
+    shared = SharedSettings(**_read(environ, SHARED_SETTINGS, problems))
+    if shared.breaker_sharing == "quorum" and shared.redis_url is None:
+        problems.append("BREAKWATER_BREAKER_SHARING=quorum needs BREAKWATER_REDIS_URL to be set")
     if problems:
         raise ConfigError("\n".join(problems))
-    return Config(
-        service_mode=(mode or DEFAULT_SERVICE_MODE).lower(),
-        log_path=_value(environ, "BREAKWATER_LOG"),
-        db_url=_value(environ, "BREAKWATER_DB"),
-        shared=shared,
-        providers=settings,
-    )
-
-
-def _shared_settings(environ: Mapping[str, str], problems: list[str]) -> SharedSettings:
-    """The BREAKWATER_REDIS_* and BREAKWATER_BREAKER_* variables; problems are appended."""
-    url = _value(environ, "BREAKWATER_REDIS_URL")
-    if url is not None and not url.startswith(REDIS_SCHEMES):
-        problems.append(
-            f"{_shown('BREAKWATER_REDIS_URL', url)} is not valid: expected a URL starting with "
-            + ", ".join(REDIS_SCHEMES)
-        )
-    values: dict[str, Any] = {"redis_url": url}
-    choices: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-        ("BREAKWATER_REDIS_BUDGET_WHEN_DOWN", "budget_when_down", get_args(BudgetWhenDown)),
-        ("BREAKWATER_BREAKER_SHARING", "breaker_sharing", get_args(BreakerSharing)),
-    )
-    for name, attr, allowed in choices:
-        raw = _value(environ, name)
-        if raw is None:
-            continue
-        if raw.lower() not in allowed:
-            problems.append(
-                f"{_shown(name, raw)} is not valid: expected one of {', '.join(allowed)}"
-            )
-        else:
-            values[attr] = raw.lower()
-    numbers: tuple[tuple[str, str, Callable[[str], int | float | None], str], ...] = (
-        ("BREAKWATER_REDIS_FALLBACK_FRACTION", "fallback_fraction", _fraction, _FRACTION),
-        ("BREAKWATER_BREAKER_QUORUM", "quorum", _positive_int, _INTEGER),
-    )
-    for name, attr, parse, expected in numbers:
-        raw = _value(environ, name)
-        if raw is None:
-            continue
-        parsed = parse(raw)
-        if parsed is None:
-            problems.append(f"{_shown(name, raw)} is not valid: expected {expected}")
-        else:
-            values[attr] = parsed
-    if values.get("breaker_sharing") == "quorum" and url is None:
-        problems.append("BREAKWATER_BREAKER_SHARING=quorum needs BREAKWATER_REDIS_URL to be set")
-    return SharedSettings(**values)
-
-
-def _fraction(text: str) -> float | None:
-    value = _finite(text)
-    return value if value is not None and 0 < value <= 1 else None
+    return Config(**values, shared=shared, providers=settings)
 
 
 def describe_variables(providers: Sequence[str]) -> list[tuple[str, str]]:
     """(name, meaning) for every variable `load_config` reads, globals first."""
-    described = list(GLOBAL_VARIABLES)
+    described = [(row.name, _described(row)) for row in GLOBAL_SETTINGS]
     for provider in _provider_names(providers):
-        for spec in _PROVIDER_FIELDS:
-            meaning = f"{provider}: {spec.meaning}; {spec.expected}; {spec.default}"
-            described.append((variable_name(provider, spec.attr), meaning))
+        for row in PROVIDER_SETTINGS:
+            described.append((row.variable(provider), f"{provider}: {_described(row)}"))
     return described
+
+
+def _described(row: Setting) -> str:
+    return f"{row.meaning}; {row.expected}; {row.default}"
+
+
+def markdown_table() -> str:
+    """The README's table of variables; provider settings are shown for a provider `<P>`."""
+    lines = ["| variable | meaning | accepts | when unset |", "|---|---|---|---|"]
+    named = [(row.name, row) for row in GLOBAL_SETTINGS]
+    named += [(f"{PREFIX}<P>_{row.name}", row) for row in PROVIDER_SETTINGS]
+    for name, row in named:
+        unset = row.default.removeprefix("unset: ")
+        lines.append(f"| `{name}` | {row.meaning} | {row.expected} | {unset} |")
+    return "\n".join(lines) + "\n"
+
+
+def env_example(
+    providers: Sequence[str], values: Mapping[str, str], preambles: Mapping[str, str]
+) -> str:
+    """The settings part of `.env.example`: every variable under a comment saying what it is.
+
+    A variable in `values` is set to its value; the others are commented out,
+    so the file stays a valid configuration and shows what can be set.
+    `preambles` holds text put at the head of a provider's section (its
+    credentials, which its client reads, not this module).
+    """
+    sections = [[_example(row, row.name, values) for row in GLOBAL_SETTINGS]]
+    for provider in _provider_names(providers):
+        lines = [f"# --- {provider} ".ljust(79, "-"), preambles.get(provider, "").rstrip()]
+        lines += [_example(row, row.variable(provider), values) for row in PROVIDER_SETTINGS]
+        sections.append([line for line in lines if line])
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def _example(row: Setting, name: str, values: Mapping[str, str]) -> str:
+    comment = textwrap.fill(
+        f"{_described(row)}.",
+        width=79,
+        initial_indent="# ",
+        subsequent_indent="# ",
+    )
+    line = f"{name}={values[name]}" if name in values else f"# {name}="
+    return f"{comment}\n{line}"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

@@ -5,3 +5,7 @@
 PostgreSQL and Redis servers, the bundled samples, and, from a checkout only,
 the chaos simulation, the benchmarks and the mutants.
 """
+
+from resilience.events import quiet_until_configured
+
+quiet_until_configured(__name__)  # see resilience.events

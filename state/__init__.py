@@ -5,6 +5,7 @@
 embedded default, with the budget's ledger in the same file.
 """
 
+from resilience.events import quiet_until_configured
 from state.machine import (
     STEPS,
     TERMINAL,
@@ -32,6 +33,8 @@ from state.store.protocol import (
 from state.store.sqlite_db import SchemaTooNew
 from state.store.sqlite_ledger import SqliteLedger
 from state.store.sqlite_store import SqliteJobStore
+
+quiet_until_configured(__name__)  # see resilience.events
 
 __all__ = [
     "STEPS",

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from loguru import logger
 
+from resilience.events import library_packages
 from simulations.samples import TEXT_SAMPLES
 from tests.commands import KEYS
 from tests.events import Events
@@ -68,10 +69,14 @@ def own_files(tmp_path: Path) -> list[str]:
 
 @pytest.fixture
 def events() -> Iterator[Events]:
-    """Every log event's fields while the test runs."""
+    """Breakwater's records, enabled as a host would (they are off until configure_logging)."""
     recorder = Events()
     handler = logger.add(lambda m: recorder.records.append(dict(m.record["extra"])), level="DEBUG")
+    for package in library_packages():
+        logger.enable(package)
     yield recorder
+    for package in library_packages():
+        logger.disable(package)
     logger.remove(handler)
 
 

@@ -47,7 +47,9 @@ def alerts() -> Iterator[list[dict[str, Any]]]:
             seen.append(dict(extra))
 
     handler_id = logger.add(sink, level="DEBUG")
+    logger.enable("resilience")  # off until configure_logging, as for any host
     yield seen
+    logger.disable("resilience")
     logger.remove(handler_id)
 
 

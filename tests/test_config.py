@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-from dataclasses import astuple, replace
+from dataclasses import astuple, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,9 @@ import pytest
 
 from resilience.breaker import BreakerPolicy
 from resilience.config import (
+    CONFIG_SETTINGS,
+    PROVIDER_SETTINGS,
+    SHARED_SETTINGS,
     Config,
     ProviderSettings,
     SharedSettings,
@@ -21,6 +24,7 @@ from resilience.config import (
     variable_name,
 )
 from resilience.errors import ConfigError
+from resilience.router import ServiceMode
 from resilience.testing import run_virtual
 
 
@@ -33,7 +37,7 @@ def config_error(environ: dict[str, str], providers: tuple[str, ...] = ("openai"
 def test_defaults() -> None:
     config = load_config({}, ["openai", "anthropic"])
     assert config == Config(
-        service_mode="hybrid",
+        service_mode=ServiceMode.HYBRID,
         log_path=None,
         db_url=None,
         providers={"openai": ProviderSettings(), "anthropic": ProviderSettings()},
@@ -88,7 +92,8 @@ def test_global_variables() -> None:
 
 @pytest.mark.parametrize("mode", ["mock", "real", "hybrid", "REAL"])
 def test_service_modes(mode: str) -> None:
-    assert load_config({"SERVICE_MODE": mode}, []).service_mode == mode.lower()
+    service_mode = load_config({"SERVICE_MODE": mode}, []).service_mode
+    assert service_mode is ServiceMode(mode.lower())
 
 
 def test_empty_values_count_as_unset() -> None:
@@ -220,7 +225,10 @@ def test_misspelt_global_variable_is_an_error() -> None:
 def test_unrelated_variables_are_ignored() -> None:
     environ = {
         "BREAKWATER_ANTHROPIC_RPM": "not even a number",  # a provider not configured here
+        "BREAKWATER_GEMINI_RPM": "60",  # as long as OPENAI_RPM, but more than two slips away
+        "BREAKWATER_TEST_REDIS_URL": "redis://127.0.0.1:1/0",  # contains a known name
         "BREAKWATER_HOME": "/opt/breakwater",
+        "BREAKWATER_X": "1",  # nothing left after the prefix to misspell
         "OPENAI_API_KEY": "sk-real",
         "RPM": "x",
         "PATH": "/usr/bin",
@@ -278,7 +286,7 @@ def test_secret_values_never_appear_in_errors() -> None:
 def test_database_url_stays_out_of_the_repr() -> None:
     config = load_config({"BREAKWATER_DB": "postgresql://app:hunter2@db/bw"}, ["openai"])
     assert "hunter2" not in repr(config)
-    assert "service_mode='hybrid'" in repr(config)
+    assert "service_mode=<ServiceMode.HYBRID: 'hybrid'>" in repr(config)
 
 
 def test_providers_that_would_share_variables_are_rejected() -> None:
@@ -356,6 +364,37 @@ def test_settings_build_a_guard_with_buckets_budget_retry_and_breaker() -> None:
     assert run_virtual(spend()) == 1.0
     unlimited = config.providers["llamaparse"].guard("llamaparse")
     assert (unlimited.requests, unlimited.tokens, unlimited.budget) == (None, None, None)
+
+
+def test_every_settings_field_is_declared_by_exactly_one_row() -> None:
+    """The typed fields and the table cannot drift: a field without a row is never read."""
+    tables = (
+        (Config, CONFIG_SETTINGS, {"shared", "providers"}),
+        (SharedSettings, SHARED_SETTINGS, set()),
+        (ProviderSettings, PROVIDER_SETTINGS, set()),
+    )
+    for owner, rows, composed in tables:
+        attrs = [row.attr for row in rows]
+        assert sorted(attrs) == sorted({f.name for f in fields(owner)} - composed), owner
+    names = [row.name for row in CONFIG_SETTINGS + SHARED_SETTINGS + PROVIDER_SETTINGS]
+    assert len(names) == len(set(names))
+
+
+def test_the_env_example_is_generated_from_the_settings() -> None:
+    from state.app.common import DEFAULT_DB
+    from state.app.env_example import render
+
+    # resilience cannot import the commands' default store, so its row states it; keep them one
+    (db,) = (row for row in CONFIG_SETTINGS if row.name == "BREAKWATER_DB")
+    assert db.default == f"unset: {DEFAULT_DB}"
+
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    assert example.read_text() == render(), (
+        ".env.example disagrees with the settings: run "
+        "`python -m state.app.env_example > .env.example`"
+    )
+    for name, _ in describe_variables(["openai", "llamaparse"]):
+        assert example.read_text().count(f"{name}=") == 1, name
 
 
 def test_the_env_example_is_a_valid_configuration() -> None:

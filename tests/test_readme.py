@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from resilience.config import markdown_table
 from resilience.events import close_logging
 from simulations.emulators import plan_from_json
 
@@ -125,3 +126,15 @@ def test_the_layout_names_one_file_for_each_thing_a_newcomer_looks_for() -> None
     for thing in NEWCOMERS_PATH:
         assert thing in rows, f"the Layout section does not say where {thing} is"
         assert (ROOT / rows[thing]).is_file(), rows[thing]
+
+
+def test_the_readme_settings_table_is_the_declared_one() -> None:
+    """The Configuration section shows exactly the rows `resilience.config` declares."""
+    text = README.read_text()
+    shown = re.search(
+        r"<!-- settings table:.*?-->\n(.*?)<!-- end of settings table -->", text, re.S
+    )
+    assert shown is not None, "the README lost its settings table markers"
+    assert shown.group(1) == markdown_table(), (
+        "the README's settings table is stale: paste `python -m resilience.config` over it"
+    )

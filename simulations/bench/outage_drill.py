@@ -124,7 +124,7 @@ from providers.openai.client import OpenAIConfig, OpenAIEmbeddings
 from providers.openai.mock import MockEmbedder
 from resilience import BreakerPolicy, ProviderError, Router, ServiceMode, Transition
 from resilience.config import ProviderSettings
-from resilience.events import close_logging, configure_logging
+from resilience.events import close_logging, configure_logging, remove_default_handler
 from resilience.testing import run_virtual
 from simulations.bench.throughput import (
     API_KEY,
@@ -517,6 +517,7 @@ def measure(scenario: Scenario) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="breakwater-bench-") as tmp:
         for name, run in runs.items():
             log = Path(tmp) / f"{name}.jsonl"
+            remove_default_handler()  # deployed, events are JSON lines only
             configure_logging(str(log), level="INFO")
             try:
                 result = run()

@@ -39,7 +39,7 @@ from resilience import (
     ServiceMode,
     TokenBucket,
 )
-from resilience.events import close_logging, configure_logging
+from resilience.events import close_logging, configure_logging, remove_default_handler
 
 Runner = Callable[[int], Awaitable[None]]
 """Awaits its subject n times in a row."""
@@ -194,6 +194,7 @@ def measure(calls: int, repeats: int) -> dict[str, float]:
     if calls < 1 or repeats < 1:
         raise ValueError(f"calls and repeats must be at least 1, got {calls} and {repeats}")
     with tempfile.TemporaryDirectory(prefix="breakwater-bench-") as tmp:
+        remove_default_handler()  # deployed, events are JSON lines only
         configure_logging(str(Path(tmp) / "events.jsonl"), level="INFO")
         try:
             return asyncio.run(_measure(calls, repeats))

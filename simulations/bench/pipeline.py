@@ -65,7 +65,7 @@ from providers.llamaparse.client import Document
 from providers.llamaparse.mock import MockParser
 from providers.openai.mock import MockEmbedder
 from resilience.clock import wall_time
-from resilience.events import close_logging, configure_logging
+from resilience.events import close_logging, configure_logging, remove_default_handler
 from resilience.testing import run_virtual
 from simulations.emulators import Emulator, FaultPlan, InProcessTransport
 from simulations.samples import TEXT_SAMPLES
@@ -306,6 +306,7 @@ def measure(
     corpus = make_corpus(docs, seed)
     best: dict[tuple[str, int], RunResult] = {}
     with tempfile.TemporaryDirectory(prefix="breakwater-bench-") as tmp:
+        remove_default_handler()  # deployed, events are JSON lines only
         configure_logging(str(Path(tmp) / "events.jsonl"), level="INFO")
         try:
             # Warm up what each path builds lazily on first use (the tokenizer's

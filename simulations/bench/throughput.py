@@ -106,7 +106,7 @@ from providers.tokens import count_tokens, truncate
 from providers.transport import HttpRequest, HttpResponse
 from resilience import Router, ServiceMode
 from resilience.config import ProviderSettings
-from resilience.events import close_logging, configure_logging
+from resilience.events import close_logging, configure_logging, remove_default_handler
 from resilience.testing import run_virtual
 from simulations.emulators import Emulator, FaultPlan, InProcessTransport, OpenAIPlan
 
@@ -538,6 +538,7 @@ def measure(
     minimum = minimum_requests(corpus, tpm)
     with tempfile.TemporaryDirectory(prefix="breakwater-bench-") as tmp:
         log = Path(tmp) / "events.jsonl"
+        remove_default_handler()  # deployed, events are JSON lines only
         configure_logging(str(log), level="INFO")
         try:
             ours, batches = run_breakwater(corpus, tpm=tpm, rpm=rpm, workers=workers, seed=seed)

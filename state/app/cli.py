@@ -21,7 +21,12 @@ from collections.abc import Callable, Sequence
 from providers import PROVIDERS
 from resilience.config import load_config
 from resilience.errors import ConfigError
-from resilience.events import DEFAULT_LOG_PATH, close_logging, configure_logging
+from resilience.events import (
+    DEFAULT_LOG_PATH,
+    close_logging,
+    configure_logging,
+    remove_default_handler,
+)
 from resilience.logreport import report_file
 from state.app.common import DEFAULT_DB, command_environment
 from state.app.jobs import (
@@ -201,7 +206,13 @@ def main(
     description: str | None = None,
     extend: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None,
 ) -> int:
-    """Run the command line and return its exit code (argparse errors give 2)."""
+    """Run the command line and return its exit code (argparse errors give 2).
+
+    The command owns its process, so loguru's default stderr handler goes:
+    events are JSON lines (to standard error with BREAKWATER_LOG=-), never
+    also loguru's text.
+    """
+    remove_default_handler()
     try:
         args = parser(description, extend).parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
