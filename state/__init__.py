@@ -15,6 +15,8 @@ from state.machine import (
     WaitReason,
     next_state,
 )
+from state.store.database import SchemaTooNew
+from state.store.ledger import SqlLedger
 from state.store.protocol import (
     ChunkText,
     Embedding,
@@ -29,9 +31,7 @@ from state.store.protocol import (
     StoredParse,
     Upload,
 )
-from state.store.sqlite_db import SchemaTooNew
-from state.store.sqlite_ledger import SqliteLedger
-from state.store.sqlite_store import SqliteJobStore
+from state.store.sqlite import SqliteJobStore
 
 __all__ = [
     "STEPS",
@@ -48,8 +48,8 @@ __all__ = [
     "JobStore",
     "NotStored",
     "SchemaTooNew",
+    "SqlLedger",
     "SqliteJobStore",
-    "SqliteLedger",
     "StaleJob",
     "StoredChunk",
     "StoredParse",

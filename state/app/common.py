@@ -32,7 +32,7 @@ from state.pipeline.worker import Worker
 from state.store.open import locate, open_store
 
 if TYPE_CHECKING:
-    from state.store.postgres_store import PostgresJobStore
+    from state.store.postgres import PostgresJobStore
 
 DEFAULT_DB: Final = "breakwater.sqlite3"
 DEFAULT_DAILY_BUDGET_USD: Final = 1.0

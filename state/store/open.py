@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from resilience.errors import ConfigError
-from state.store.sqlite_store import SqliteJobStore
+from state.store.sqlite import SqliteJobStore
 
 if TYPE_CHECKING:
-    from state.store.postgres_store import PostgresJobStore
+    from state.store.postgres import PostgresJobStore
 
 _SQLITE_PREFIXES: Final = ("sqlite:///", "sqlite://")
 _POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
@@ -54,7 +54,7 @@ async def open_store(url_or_path: str | Path) -> SqliteJobStore | PostgresJobSto
     if isinstance(where, Path):
         return await SqliteJobStore.open(where)
     try:
-        from state.store.postgres_store import PostgresJobStore
+        from state.store.postgres import PostgresJobStore
     except ImportError as exc:
         raise ConfigError(
             "BREAKWATER_DB names PostgreSQL, but asyncpg is not installed: "
