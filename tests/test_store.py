@@ -37,6 +37,7 @@ from resilience.clock import wall_time
 from resilience.errors import ConfigError
 from resilience.ledger import PeriodLimit
 from resilience.testing import run_virtual
+from simulations.servers import free_port
 from state import (
     EmbeddingRow,
     IllegalTransition,
@@ -824,6 +825,18 @@ def test_open_store_opens_either_backend(db: str) -> None:
             return await store.schema_version()
 
     assert run_virtual(main()) == LATEST
+
+
+def test_an_unreachable_postgres_server_is_a_config_error_without_the_password() -> None:
+    url = f"postgresql://breakwater:hunter2@127.0.0.1:{free_port()}/jobs"  # nobody listens
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(open_store(url))
+    message = str(caught.value)
+    assert message.startswith(
+        "BREAKWATER_DB: cannot open the PostgreSQL database "
+        f"postgresql://breakwater@127.0.0.1:{url.rsplit(':', 1)[1]}: "
+    )
+    assert "hunter2" not in message
 
 
 # -- the budget ledger ----------------------------------------------------------------

@@ -25,13 +25,13 @@ from state.app.common import (
     database_location,
     ingest_file,
     mime_type,
-    open_job_store,
     spend_lines,
     summary,
     work_until_done,
 )
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
 from state.pipeline.worker import Worker, backfill, install_signal_handlers, remove_signal_handlers
+from state.store.open import open_store
 
 DEFAULT_LEASE_S: Final = 60.0
 """`breakwater worker --lease-s`: the `Worker` default."""
@@ -44,7 +44,7 @@ async def _with_pipeline(
 ) -> int:
     """Open the store at `db`, build the pipeline over its ledger, announce, run `body`,
     close both."""
-    async with await open_job_store(db) as store:
+    async with await open_store(db) as store:
         pipeline = Pipeline.from_env(environ, ledger=store.ledger())
         try:
             if banner:
