@@ -499,11 +499,11 @@ def test_a_cancelled_postgres_transition_is_all_or_nothing(
     plan = {"cancel_at": 0, "seen": 0}
 
     def cancelling(name: str) -> Callable[..., Awaitable[object]]:
-        async def statement(connection: PostgresSession, sql: str, *args: object) -> object:
+        async def statement(connection: PostgresSession, sql: str, params: Params = ()) -> object:
             if victim and plan["seen"] == plan["cancel_at"]:
                 victim[0].cancel()
             plan["seen"] += 1
-            return await calls[name](connection, sql, *args)
+            return await calls[name](connection, sql, params)
 
         return statement
 
