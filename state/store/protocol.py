@@ -1,7 +1,8 @@
 """The `JobStore` protocol: jobs, their audit trail, leases, and what each step produced.
 
-Every backend (SQLite now, PostgreSQL with the scale-out work) implements
-this protocol with the same semantics:
+Both backends, SQLite and PostgreSQL (one SQL store, `state.store.sql`,
+over each database's dialect), implement this protocol with the same
+semantics:
 
 * Jobs. `create_job` keeps the upload's bytes (keyed by sha256, so a worker
   can re-read them) and is idempotent by content: identical bytes return
