@@ -79,13 +79,12 @@ MUTANTS: Final = (
     ),
     Mutant(
         "the budget is checked without reserving",
-        "state/store/sqlite_ledger.py",
+        "state/store/ledger.py",
         (
             Edit(
-                "SqliteLedger.try_add",
-                "return [await _add(tx, limit.key, usd, requests, limit.expires_at)"
-                " for limit in limits]",
-                "return [(used.get(limit.key, (0.0, 0))[0] + usd, requests) for limit in limits]",
+                "SqlLedger.try_add",
+                "return [await charge(tx, key, usd, requests, expiries[key]) for key in keys]",
+                "return [(used.get(key, (0.0, 0))[0] + usd, requests) for key in keys]",
             ),
         ),
     ),

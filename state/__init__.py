@@ -16,6 +16,8 @@ from state.machine import (
     WaitReason,
     next_state,
 )
+from state.store.database import SchemaTooNew
+from state.store.ledger import SqlLedger
 from state.store.protocol import (
     ChunkText,
     Embedding,
@@ -30,9 +32,7 @@ from state.store.protocol import (
     StoredParse,
     Upload,
 )
-from state.store.sqlite_db import SchemaTooNew
-from state.store.sqlite_ledger import SqliteLedger
-from state.store.sqlite_store import SqliteJobStore
+from state.store.sqlite import SqliteJobStore
 
 quiet_until_configured(__name__)  # see resilience.events
 
@@ -51,8 +51,8 @@ __all__ = [
     "JobStore",
     "NotStored",
     "SchemaTooNew",
+    "SqlLedger",
     "SqliteJobStore",
-    "SqliteLedger",
     "StaleJob",
     "StoredChunk",
     "StoredParse",

@@ -6,7 +6,7 @@ between connections and reopening are the behaviour under test. PostgreSQL
 runs on a throwaway server with a fresh database per test (`tests.postgres`);
 its variants carry the `postgres` marker and skip when no server can be had.
 
-PostgreSQL works on the virtual loop because `state.store.postgres_db` holds the
+PostgreSQL works on the virtual loop because `state.store.postgres` holds the
 clock (`resilience.clock.thread_work`) while a statement is out: the server
 answers in real time, so without the hold time would jump to the next timer
 whenever its socket was not ready at that instant. The store takes `now`
@@ -37,6 +37,7 @@ from resilience.clock import wall_time
 from resilience.errors import ConfigError
 from resilience.ledger import PeriodLimit
 from resilience.testing import run_virtual
+from simulations.servers import free_port
 from state import (
     EmbeddingRow,
     IllegalTransition,
@@ -54,11 +55,12 @@ from state import (
     WaitReason,
 )
 from state.pipeline.chunking import ChunkingPolicy, chunk
+from state.store.database import Params
 from state.store.open import locate, open_store
-from state.store.postgres_db import Connection
-from state.store.postgres_store import PostgresJobStore
-from state.store.schema import LATEST, MIGRATIONS
-from state.store.sqlite_db import Params, Session
+from state.store.postgres import PostgresJobStore, PostgresSession
+from state.store.schema import LATEST, MIGRATIONS, SQLITE
+from state.store.schema import POSTGRES as POSTGRES_SQL
+from state.store.sqlite import SqliteSession
 from state.store.vectors import pack_f32, unpack_f32
 
 S, T = JobState, Trigger
@@ -456,17 +458,17 @@ def test_a_cancelled_transition_is_all_or_nothing(
     cancelled while statement `k` is in aiosqlite's thread. The statement
     still finishes there, so a cancelled COMMIT has committed.
     """
-    fetch = Session.fetch
+    fetch = SqliteSession.fetch
     victim: list[asyncio.Task[Job]] = []
     plan = {"cancel_at": 0, "seen": 0}
 
-    async def cancelling_fetch(session: Session, sql: str, params: Params = ()) -> list[Row]:
+    async def cancelling_fetch(session: SqliteSession, sql: str, params: Params = ()) -> list[Row]:
         if victim and plan["seen"] == plan["cancel_at"]:
             victim[0].cancel()
         plan["seen"] += 1
         return await fetch(session, sql, params)
 
-    monkeypatch.setattr(Session, "fetch", cancelling_fetch)
+    monkeypatch.setattr(SqliteSession, "fetch", cancelling_fetch)
 
     async def body(store: Store) -> list[tuple[int, int, bool]]:
         return await cancel_each_statement(store, victim, plan, statements=6)
@@ -492,21 +494,21 @@ def test_a_cancelled_postgres_transition_is_all_or_nothing(
     cancels the query on the server and the transaction rolls back, and the
     connection goes back to the pool usable.
     """
-    calls = {"fetch_one": Connection.fetch_one, "execute": Connection.execute}
+    calls = {"fetch_one": PostgresSession.fetch_one, "execute": PostgresSession.execute}
     victim: list[asyncio.Task[Job]] = []
     plan = {"cancel_at": 0, "seen": 0}
 
     def cancelling(name: str) -> Callable[..., Awaitable[object]]:
-        async def statement(connection: Connection, sql: str, *args: object) -> object:
+        async def statement(connection: PostgresSession, sql: str, params: Params = ()) -> object:
             if victim and plan["seen"] == plan["cancel_at"]:
                 victim[0].cancel()
             plan["seen"] += 1
-            return await calls[name](connection, sql, *args)
+            return await calls[name](connection, sql, params)
 
         return statement
 
     for name in calls:
-        monkeypatch.setattr(Connection, name, cancelling(name))
+        monkeypatch.setattr(PostgresSession, name, cancelling(name))
 
     async def body(store: Store) -> list[tuple[int, int, bool]]:
         return await cancel_each_statement(store, victim, plan, statements=4)
@@ -727,7 +729,7 @@ def test_opening_a_v1_database_upgrades_it_and_keeps_its_data(sqlite_db: Path) -
     db = str(sqlite_db)
     with sqlite3.connect(db) as old:  # what the first release wrote
         old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT)")
-        for statement in MIGRATIONS[0].statements:
+        for statement in MIGRATIONS[0].render(SQLITE):
             old.execute(statement)
         old.execute("INSERT INTO schema_version VALUES (1, ?)", (MIGRATIONS[0].description,))
         old.execute("INSERT INTO documents VALUES ('abc', x'00')")
@@ -762,7 +764,7 @@ def test_opening_a_v1_postgres_database_upgrades_it_and_keeps_its_data(
     raw_sql(
         db,
         "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL)",
-        *MIGRATIONS[0].postgres,
+        *MIGRATIONS[0].render(POSTGRES_SQL),
         "INSERT INTO schema_version VALUES (1, 'documents, jobs and their audit trail')",
         "INSERT INTO documents VALUES ('abc', '\\x00')",
         """INSERT INTO jobs VALUES ('job-abc', 'abc', 'old.txt', 'text/plain', 'chunked', 4,
@@ -823,6 +825,18 @@ def test_open_store_opens_either_backend(db: str) -> None:
             return await store.schema_version()
 
     assert run_virtual(main()) == LATEST
+
+
+def test_an_unreachable_postgres_server_is_a_config_error_without_the_password() -> None:
+    url = f"postgresql://breakwater:hunter2@127.0.0.1:{free_port()}/jobs"  # nobody listens
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(open_store(url))
+    message = str(caught.value)
+    assert message.startswith(
+        "BREAKWATER_DB: cannot open the PostgreSQL database "
+        f"postgresql://breakwater@127.0.0.1:{url.rsplit(':', 1)[1]}: "
+    )
+    assert "hunter2" not in message
 
 
 # -- the budget ledger ----------------------------------------------------------------

@@ -14,10 +14,10 @@ from itertools import pairwise
 from typing import Final, Unpack
 
 from state.machine import Job, JobState, Trigger
+from state.store.database import Database
 from state.store.protocol import JobChanges
 from state.store.rows import job_from_row
-from state.store.sqlite_db import SqliteDatabase
-from state.store.sqlite_store import SqliteJobStore
+from state.store.sqlite import SqliteJobStore, SqliteSession
 
 S = JobState
 PIPELINE: Final = (S.UPLOADED, S.PARSING, S.PARSED, S.CHUNKED, S.EMBEDDING, S.COMPLETE)
@@ -62,19 +62,21 @@ class CheckedStore(SqliteJobStore):
     leases, say) fail instead of writing, so its leases must lapse.
     """
 
-    def __init__(self, database: SqliteDatabase, lapsed_commits: list[str] | None = None) -> None:
+    def __init__(
+        self, database: Database[SqliteSession], lapsed_commits: list[str] | None = None
+    ) -> None:
         self.alive = True
         super().__init__(database)
         self.lapsed_commits: list[str] = [] if lapsed_commits is None else lapsed_commits
 
     @property
-    def _db(self) -> SqliteDatabase:
+    def _db(self) -> Database[SqliteSession]:
         if not self.alive:
             raise ProcessKilled("this process was killed")
         return self._database
 
     @_db.setter
-    def _db(self, database: SqliteDatabase) -> None:
+    def _db(self, database: Database[SqliteSession]) -> None:
         self._database = database
 
     def sibling(self) -> CheckedStore:

@@ -4,7 +4,7 @@ The store is the one `--db`, else BREAKWATER_DB, else ./breakwater.sqlite3
 names, opened by `state.store.open.open_store`: a SQLite path (or `sqlite:///PATH`)
 or a `postgresql://` URL. Any other value, and a PostgreSQL server that
 cannot be reached, is a `ConfigError` naming BREAKWATER_DB (exit code 2).
-A URL is shown without its password or query (`shown`).
+A URL is shown without its password or query (`state.store.open.shown`).
 
 Safety: a command never spends without a key (the pipeline runs a key-less
 provider MOCK-only) and never without a daily budget: a provider whose
@@ -19,20 +19,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
-from urllib.parse import urlsplit
+from typing import Final, TextIO
 
 from providers import PROVIDERS
 from resilience.clock import wall_time
 from resilience.config import variable_name
-from resilience.errors import ConfigError
-from state import JobState, JobStore, SqliteJobStore
+from state import JobState, JobStore
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
 from state.pipeline.worker import Worker
-from state.store.open import locate, open_store
-
-if TYPE_CHECKING:
-    from state.store.postgres_store import PostgresJobStore
+from state.store.open import locate, shown
 
 DEFAULT_DB: Final = "breakwater.sqlite3"
 DEFAULT_DAILY_BUDGET_USD: Final = 1.0
@@ -51,41 +46,6 @@ def database_location(arg: str | None, environ: Mapping[str, str]) -> Path | str
     the default; anything else is a `ConfigError` naming BREAKWATER_DB
     (`state.store.open.locate`)."""
     return locate(arg or environ.get("BREAKWATER_DB", "").strip() or DEFAULT_DB)
-
-
-def shown(where: Path | str) -> str:
-    """`where` fit to print: a URL loses its password and its query (which may hold one)."""
-    if isinstance(where, Path):
-        return str(where)
-    parts = urlsplit(where)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    name = userinfo.split(":", 1)[0]
-    user = f"{name}@" if name else ""  # redis://:password@host has no user to show
-    return f"{parts.scheme}://{user}{host}{parts.path}"
-
-
-async def open_job_store(where: Path | str) -> SqliteJobStore | PostgresJobStore:
-    """The store at `where`, opened and migrated (`state.store.open.open_store`); close it
-    when done.
-
-    A PostgreSQL server that refuses, is not there, or rejects the URL's role,
-    password or database is a `ConfigError` naming BREAKWATER_DB, not a traceback.
-    """
-    if isinstance(where, Path):
-        return await open_store(where)
-    try:
-        return await open_store(where)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        import asyncpg  # type: ignore[import-untyped]  # present: open_store imported it
-
-        if not isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
-            raise
-        raise ConfigError(
-            f"BREAKWATER_DB: cannot open the PostgreSQL database {shown(where)}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def command_environment(environ: Mapping[str, str], *, mode: str | None = None) -> dict[str, str]:

@@ -25,7 +25,6 @@ from state.app.common import (
     database_location,
     ingest_file,
     mime_type,
-    open_job_store,
     spend_lines,
     summary,
     work_until_done,
@@ -33,6 +32,7 @@ from state.app.common import (
 from state.pipeline.backfill import backfill
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
 from state.pipeline.worker import Worker, install_signal_handlers, remove_signal_handlers
+from state.store.open import open_store
 
 DEFAULT_LEASE_S: Final = 60.0
 """`breakwater worker --lease-s`: the `Worker` default."""
@@ -45,7 +45,7 @@ async def _with_pipeline(
 ) -> int:
     """Open the store at `db`, build the pipeline over its ledger, announce, run `body`,
     close both."""
-    async with await open_job_store(db) as store:
+    async with await open_store(db) as store:
         pipeline = Pipeline.from_env(environ, ledger=store.ledger())
         try:
             if banner:

@@ -37,11 +37,12 @@ from aiohttp import web
 
 from providers import LLAMAPARSE, OPENAI
 from providers.llamaparse.webhooks import WebhookInbox
-from state.app.common import announce, database_location, open_job_store
+from state.app.common import announce, database_location
 from state.app.metrics import Metrics
 from state.app.server import KnownJob, create_app
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
 from state.pipeline.worker import Worker
+from state.store.open import open_store
 from state.store.protocol import JobStore
 
 DEFAULT_WORKERS: Final = 2
@@ -98,7 +99,7 @@ async def _serve(
     workers: int,
 ) -> int:
     where = database_location(db, environ)
-    async with await open_job_store(where) as store:
+    async with await open_store(where) as store:
         secret = environ.get("LLAMA_CLOUD_WEBHOOK_SECRET", "").strip()
         # Without a secret no delivery verifies: parses poll rather than wait for one.
         inbox = WebhookInbox() if secret else None

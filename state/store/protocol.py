@@ -1,6 +1,7 @@
 """The `JobStore` protocol: jobs, their audit trail, leases, and what each step produced.
 
-Both backends, SQLite and PostgreSQL, implement this protocol with the same
+Both backends, SQLite and PostgreSQL (one SQL store, `state.store.sql`,
+over each database's dialect), implement this protocol with the same
 semantics:
 
 * Jobs. `create_job` keeps the upload's bytes (keyed by sha256, so a worker

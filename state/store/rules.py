@@ -1,8 +1,8 @@
-"""What a transition does to a job besides its state, written once for every backend.
+"""What a transition does to a job besides its state, apart from any SQL.
 
-A backend loads the row, checks the compare-and-set and `lease_problem`,
-then writes what `apply` returns; so the PostgreSQL store cannot drift from
-the SQLite one on what `wait` or `fail` means. The rules are tabled in
+The store (`state.store.sql`) loads the row, checks the compare-and-set and
+`lease_problem`, then writes what `apply` returns; these rules can then be
+tested, and read, without a database. The rules are tabled in
 `state.store.protocol`'s docstring.
 """
 

@@ -1,4 +1,7 @@
-"""One SQLite database file, opened for the store and the ledger to share.
+"""SQLite: one database file, its session and its dialect, and `SqliteJobStore` on it.
+
+`SqliteJobStore.open(path)` is the embedded default (`BREAKWATER_DB`): the
+store of `state.store.sql`, over this module's `SqliteDatabase`.
 
 Decisions:
 
@@ -9,7 +12,8 @@ Decisions:
 * Writes run in `BEGIN IMMEDIATE`, which takes the write lock at the start,
   so a read-check-write (a compare-and-set, a budget check) cannot be
   overtaken by another process between its read and its write. Waiting for
-  that lock is `busy_timeout`'s job.
+  that lock is `busy_timeout`'s job. The dialect therefore needs no row
+  locks, no lease query that skips locked rows, and no lock for migrating.
 * WAL, so readers in other processes never block the writer, with
   `synchronous=NORMAL`: an application crash loses nothing, and a power cut
   can only lose the last commits, which the idempotent steps redo.
@@ -24,6 +28,8 @@ Decisions:
   either way, but inline allows one connection per file in a process: a
   second would wait for SQLite's lock on the very thread the first needs
   to release it.
+* Batches (chunks, vectors) are `executemany`: one statement a row, in
+  order, inside the caller's transaction.
 * Cancellation: a rollback is queued behind whatever statement is in
   flight (aiosqlite runs them in order), so a cancelled transaction never
   leaves the connection inside one.
@@ -33,24 +39,53 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, Self
 
 import aiosqlite
 
 from resilience.clock import thread_work
-from state.store.schema import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
+from resilience.ledger import Totals
+from state.store.database import Dialect, Params, Vector, migrate
+from state.store.protocol import ChunkText
+from state.store.schema import SQLITE
+from state.store.sql import SqlJobStore
 
 MIN_SQLITE: Final = (3, 35, 0)
 """RETURNING arrived in SQLite 3.35.0 (2021)."""
 
-Params = Sequence[object]
+_LEASE: Final = """
+UPDATE jobs
+SET lease_owner = ?1, lease_expires_at = ?2,
+    step_attempts = step_attempts + (state != 'waiting')
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state NOT IN ('complete', 'failed') AND not_before <= ?3
+        AND (lease_owner IS NULL OR lease_expires_at <= ?3)
+    ORDER BY not_before, created_at, id
+    LIMIT ?4
+)
+RETURNING *"""
 
+_INSERT_CHUNKS: Final = "INSERT INTO chunks (sha256, chunk_index, text) VALUES (?, ?, ?)"
+_ADD_CHUNKS: Final = _INSERT_CHUNKS + " ON CONFLICT DO NOTHING"
 
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer Breakwater; this code must not touch it."""
+_PUT_EMBEDDING: Final = """
+INSERT INTO embeddings (sha256, chunk_index, model, dimensions, vector, path)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (sha256, chunk_index, model, dimensions) DO UPDATE SET
+    vector = excluded.vector, path = excluded.path
+WHERE NOT (embeddings.path = 'real' AND excluded.path = 'mock')"""
+
+_CHARGE: Final = """
+INSERT INTO budget_ledger (key, usd, requests, expires_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    usd = usd + excluded.usd,
+    requests = requests + excluded.requests,
+    expires_at = MAX(expires_at, excluded.expires_at)
+RETURNING usd, requests"""
 
 
 class _Driver(Protocol):
@@ -101,7 +136,7 @@ class _Inline:
         self._connection.close()
 
 
-class Session:
+class SqliteSession:
     """Statements on the connection, handed out only while the database's lock is held."""
 
     def __init__(self, driver: _Driver) -> None:
@@ -115,17 +150,61 @@ class Session:
         rows = await self.fetch(sql, params)
         return rows[0] if rows else None
 
+    async def execute(self, sql: str, params: Params = ()) -> None:
+        await self.fetch(sql, params)
+
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
         """Run one statement per parameter row; return how many rows it changed in all."""
         return await self._driver.execute_many(sql, rows)
 
 
+class SqliteDialect(Dialect[SqliteSession]):
+    spelling = SQLITE
+    lease = _LEASE
+    row_lock = ""
+    missing_parent = sqlite3.IntegrityError
+
+    async def put_chunks(
+        self, tx: SqliteSession, sha256: str, chunks: Sequence[ChunkText], *, keep_existing: bool
+    ) -> int:
+        sql = _ADD_CHUNKS if keep_existing else _INSERT_CHUNKS
+        return await tx.execute_many(sql, [(sha256, chunk.index, chunk.text) for chunk in chunks])
+
+    async def put_vectors(
+        self,
+        tx: SqliteSession,
+        sha256: str,
+        model: str,
+        dimensions: int,
+        vectors: Sequence[Vector],
+    ) -> int:
+        rows = [(sha256, index, model, dimensions, blob, path) for index, blob, path in vectors]
+        return await tx.execute_many(_PUT_EMBEDDING, rows)
+
+    async def hold_budget(
+        self, tx: SqliteSession, expiries: Mapping[str, float]
+    ) -> dict[str, Totals]:
+        marks = ", ".join("?" * len(expiries))
+        rows = await tx.fetch(
+            f"SELECT key, usd, requests FROM budget_ledger WHERE key IN ({marks})", list(expiries)
+        )
+        return {str(row[0]): (float(row[1]), int(row[2])) for row in rows}
+
+    async def charge_budget(
+        self, tx: SqliteSession, key: str, usd: float, requests: int, expires_at: float
+    ) -> Totals:
+        rows = await tx.fetch(_CHARGE, (key, usd, requests, expires_at))
+        return float(rows[0][0]), int(rows[0][1])
+
+
 class SqliteDatabase:
     """An open, migrated database file. Use `session()` or `transaction()` to reach it."""
 
+    dialect: Final = SqliteDialect()
+
     def __init__(self, driver: _Driver) -> None:
         self._driver = driver
-        self._session = Session(driver)
+        self._session = SqliteSession(driver)
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -154,7 +233,7 @@ class SqliteDatabase:
         database = cls(driver)
         try:
             await database._configure(busy_timeout_s)
-            await database._migrate()
+            await migrate(database)
         except BaseException:
             await database.close()
             raise
@@ -169,38 +248,14 @@ class SqliteDatabase:
             await session.fetch("PRAGMA synchronous = NORMAL")
             await session.fetch("PRAGMA foreign_keys = ON")
 
-    async def _migrate(self) -> None:
-        async with self.session() as session:
-            await session.fetch(SCHEMA_VERSION_TABLE)
-            current = await _version(session)
-        if current > LATEST:
-            raise SchemaTooNew(f"database schema is v{current}; this code knows up to v{LATEST}")
-        for migration in MIGRATIONS:
-            if migration.version <= current:
-                continue
-            async with self.transaction() as tx:
-                # Another process may have applied it since we looked.
-                if await _version(tx) >= migration.version:
-                    continue
-                for statement in migration.statements:
-                    await tx.fetch(statement)
-                await tx.fetch(
-                    "INSERT INTO schema_version (version, description) VALUES (?, ?)",
-                    (migration.version, migration.description),
-                )
-
-    async def schema_version(self) -> int:
-        async with self.session() as session:
-            return await _version(session)
-
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
+    async def session(self) -> AsyncIterator[SqliteSession]:
         """The connection for statements that are atomic one by one."""
         async with self._lock:
             yield self._session
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Session]:
+    async def transaction(self) -> AsyncIterator[SqliteSession]:
         """A write transaction: committed if the block returns, rolled back if it raises."""
         async with self._lock:
             try:
@@ -221,12 +276,22 @@ class SqliteDatabase:
         await self._driver.close()
 
 
-async def _version(session: Session) -> int:
-    row = await session.fetch_one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-    return int(row[0]) if row is not None else 0
+class SqliteJobStore(SqlJobStore[SqliteSession]):
+    """The `JobStore` protocol on SQLite. Open with `await SqliteJobStore.open(path)`."""
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, busy_timeout_s: float = 5.0, inline: bool = False
+    ) -> Self:
+        """Open (creating if needed) and upgrade the database file at `path`.
+
+        `inline=True` runs statements on the loop's thread: for simulations,
+        which must replay exactly (see the module).
+        """
+        return cls(await SqliteDatabase.open(path, busy_timeout_s=busy_timeout_s, inline=inline))
 
 
-async def _switch_to_wal(session: Session, timeout_s: float) -> sqlite3.Row | None:
+async def _switch_to_wal(session: SqliteSession, timeout_s: float) -> sqlite3.Row | None:
     """`PRAGMA journal_mode = WAL`, retried while another connection holds the file.
 
     Switching needs the database to itself, and SQLite may refuse at once

@@ -1,27 +1,42 @@
-"""`JobStore` on one SQLite file: the embedded default (`BREAKWATER_DB`).
+"""`JobStore` in SQL, written once for SQLite and PostgreSQL.
 
-`SqliteJobStore.open(path)` opens the file in WAL mode and upgrades its
-schema (`state.store.sqlite_db`). Every multi-statement change is one
-`BEGIN IMMEDIATE` transaction, so a compare-and-set holds against other
-processes on the same file too, not only against other tasks. The budget
-ledger lives in the same file (`SqliteJobStore.ledger`), so totals survive
-restarts along with the jobs they paid for.
+Every method is one statement in a session, or one transaction, on a
+`state.store.database.Database`; what the two databases cannot share sits
+in its `Dialect`. Open a store with `SqliteJobStore.open(path)`
+(`state.store.sqlite`) or `PostgresJobStore.open(url)` (`state.store.postgres`),
+or let `state.store.open.open_store` pick by `BREAKWATER_DB`.
+
+How a compare-and-set (`transition`, `renew_lease`, `clear_degraded`) holds:
+it reads the job inside a transaction, the row held by the dialect's
+`row_lock` (PostgreSQL) or by the transaction itself (SQLite's `BEGIN
+IMMEDIATE` takes the file's write lock at the start), judges it with
+`state.store.rules`, and writes the job and its audit row together. A
+concurrent one waits, then reads what the winner committed and raises
+`StaleJob`. `lease` is one statement, so atomic without a transaction.
+
+`create_job` inserts the job with `ON CONFLICT DO NOTHING`: of two uploads
+of the same bytes at once on PostgreSQL, the second waits on the unique
+key, inserts nothing and returns the first's job (on SQLite the write lock
+already kept them apart, and the first SELECT finds it).
+
+The budget ledger lives in the same database (`ledger()`), so totals
+survive restarts along with the jobs they paid for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, Unpack
+from typing import Final, Generic, Self, Unpack
 
 from providers.llamaparse.client import ParsedDocument
 from resilience.clock import Clock, iso_utc, wall_time
 from resilience.router import Path as ServedBy
 from state.machine import Job, JobState, Trigger
+from state.store.database import Database, Params, S, Session, Vector, schema_version
+from state.store.ledger import SqlLedger
 from state.store.protocol import (
     ChunkText,
     Embedding,
@@ -36,24 +51,15 @@ from state.store.protocol import (
     Upload,
     served_by,
 )
-from state.store.rows import event_from_row, job_from_row
+from state.store.rows import Row, event_from_row, job_from_row
 from state.store.rules import apply, check_changes, job_id_for, lease_problem
-from state.store.sqlite_db import Session, SqliteDatabase
-from state.store.sqlite_ledger import SqliteLedger
 from state.store.vectors import pack_f32, unpack_f32
 
-_LIVE: Final = "state NOT IN ('complete', 'failed')"
-
-_LEASE: Final = f"""
-UPDATE jobs
-SET lease_owner = ?, lease_expires_at = ?,
-    step_attempts = step_attempts + (state != 'waiting')
-WHERE id IN (
-    SELECT id FROM jobs
-    WHERE {_LIVE} AND not_before <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?)
-    ORDER BY not_before, created_at, id
-    LIMIT ?
-)
+_CREATE_JOB: Final = """
+INSERT INTO jobs (id, sha256, filename, mime_type, state, version,
+    step_attempts, not_before, degraded, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, 1, 0, ?, FALSE, ?, ?)
+ON CONFLICT DO NOTHING
 RETURNING *"""
 
 _WRITE_JOB: Final = """
@@ -83,34 +89,17 @@ WHERE NOT (parses.path = 'real' AND excluded.path = 'mock')
          OR NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.sha256 = parses.sha256))
 RETURNING sha256"""
 
-_PUT_EMBEDDING: Final = """
-INSERT INTO embeddings (sha256, chunk_index, model, dimensions, vector, path)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (sha256, chunk_index, model, dimensions) DO UPDATE SET
-    vector = excluded.vector, path = excluded.path
-WHERE NOT (embeddings.path = 'real' AND excluded.path = 'mock')"""
-
 _TABLES: Final = ("documents", "jobs", "job_events", "parses", "chunks", "embeddings")
 
 
-class SqliteJobStore:
-    """The `JobStore` protocol on SQLite. Open with `await SqliteJobStore.open(path)`."""
+class SqlJobStore(Generic[S]):
+    """The `JobStore` protocol on a SQL `Database`; see the module for how it stays atomic."""
 
-    def __init__(self, database: SqliteDatabase) -> None:
+    def __init__(self, database: Database[S]) -> None:
         self._db = database
+        self._load_job = "SELECT * FROM jobs WHERE id = ?" + database.dialect.row_lock
 
-    @classmethod
-    async def open(
-        cls, path: str | Path, *, busy_timeout_s: float = 5.0, inline: bool = False
-    ) -> Self:
-        """Open (creating if needed) and upgrade the database file at `path`.
-
-        `inline=True` runs statements on the loop's thread: for simulations,
-        which must replay exactly (`state.store.sqlite_db`).
-        """
-        return cls(await SqliteDatabase.open(path, busy_timeout_s=busy_timeout_s, inline=inline))
-
-    async def __aenter__(self) -> SqliteJobStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -121,12 +110,13 @@ class SqliteJobStore:
     ) -> None:
         await self.close()
 
-    def ledger(self, *, clock: Clock = wall_time) -> SqliteLedger:
-        """A budget `LedgerStore` in this file; `clock` only dates keys for expiry."""
-        return SqliteLedger(self._db, clock=clock)
+    def ledger(self, *, clock: Clock = wall_time) -> SqlLedger[S]:
+        """A budget `LedgerStore` in this database; `clock` only dates keys for expiry."""
+        return SqlLedger(self._db, clock=clock)
 
     async def schema_version(self) -> int:
-        return await self._db.schema_version()
+        async with self._db.session() as session:
+            return await schema_version(session)
 
     async def close(self) -> None:
         await self._db.close()
@@ -143,45 +133,33 @@ class SqliteJobStore:
         correlation_id: str | None = None,
     ) -> Upload:
         sha256 = hashlib.sha256(content).hexdigest()
+        job_id = job_id_for(sha256)
         stamp = iso_utc(now)
         async with self._db.transaction() as tx:
             existing = await tx.fetch_one("SELECT * FROM jobs WHERE sha256 = ?", (sha256,))
             if existing is not None:
                 return Upload(job_from_row(existing), created=False)
-            await tx.fetch(
+            await tx.execute(
                 "INSERT INTO documents (sha256, content) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (sha256, content),
             )
             row = await tx.fetch_one(
-                """INSERT INTO jobs (id, sha256, filename, mime_type, state, version,
-                    step_attempts, not_before, degraded, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, 1, 0, ?, 0, ?, ?)
-                RETURNING *""",
+                _CREATE_JOB,
                 (
-                    job_id_for(sha256),
+                    job_id,
                     sha256,
                     filename,
                     mime_type,
-                    JobState.UPLOADED,
-                    now,
+                    JobState.UPLOADED.value,
+                    float(now),
                     stamp,
                     stamp,
                 ),
             )
-            job = job_from_row(_present(row))
-            await tx.fetch(
-                _AUDIT,
-                (
-                    job.id,
-                    job.version,
-                    None,
-                    job.state,
-                    "create",
-                    f"uploaded {filename}",
-                    correlation_id,
-                    stamp,
-                ),
-            )
+            if row is None:  # an upload of the same bytes committed while we waited
+                return Upload(await self._load(tx, job_id), created=False)
+            job = job_from_row(row)
+            await _audit(tx, job, None, "create", f"uploaded {filename}", correlation_id)
         return Upload(job, created=True)
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -208,9 +186,10 @@ class SqliteJobStore:
             raise ValueError("a lease needs an owner")
         if not lease_s > 0 or limit < 1:
             raise ValueError(f"lease_s must be > 0 and limit >= 1, got {lease_s!r}, {limit!r}")
-        # One statement, so atomic without a transaction.
         async with self._db.session() as session:
-            rows = await session.fetch(_LEASE, (owner, now + lease_s, now, now, limit))
+            rows = await session.fetch(
+                self._db.dialect.lease, (owner, float(now + lease_s), float(now), limit)
+            )
         return sorted(
             map(job_from_row, rows), key=lambda job: (job.not_before, job.created_at, job.id)
         )
@@ -219,13 +198,13 @@ class SqliteJobStore:
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
         async with self._db.transaction() as tx:
-            job = await _load(tx, job_id)
+            job = await self._load(tx, job_id)
             problem = lease_problem(job, owner, now)
             if problem is not None:
                 raise StaleJob(job_id, problem)
             row = await tx.fetch_one(
                 "UPDATE jobs SET lease_expires_at = ? WHERE id = ? RETURNING *",
-                (now + lease_s, job_id),
+                (float(now + lease_s), job_id),
             )
         return job_from_row(_present(row))
 
@@ -254,7 +233,7 @@ class SqliteJobStore:
         trigger = Trigger(trigger)
         check_changes(trigger, changes)
         async with self._db.transaction() as tx:
-            job = await _load(tx, job_id)
+            job = await self._load(tx, job_id)
             if job.state != expected_state or job.version != expected_version:
                 raise StaleJob(
                     job_id,
@@ -265,38 +244,8 @@ class SqliteJobStore:
             if problem is not None:
                 raise StaleJob(job_id, problem)
             new = apply(job, trigger, changes, now)
-            row = await tx.fetch_one(
-                _WRITE_JOB,
-                (
-                    new.state,
-                    new.version,
-                    new.step_attempts,
-                    new.not_before,
-                    new.wait_reason,
-                    new.resume_to,
-                    new.degraded,
-                    new.last_error,
-                    new.failure_reason,
-                    new.lease_owner,
-                    new.lease_expires_at,
-                    new.updated_at,
-                    job_id,
-                    job.version,
-                ),
-            )
-            await tx.fetch(
-                _AUDIT,
-                (
-                    job_id,
-                    new.version,
-                    job.state,
-                    new.state,
-                    trigger,
-                    reason,
-                    correlation_id,
-                    new.updated_at,
-                ),
-            )
+            row = await tx.fetch_one(_WRITE_JOB, (*_job_params(new), job_id, job.version))
+            await _audit(tx, new, job.state, trigger.value, reason, correlation_id)
         return job_from_row(_present(row))
 
     async def jobs_by_state(self) -> dict[JobState, int]:
@@ -321,30 +270,19 @@ class SqliteJobStore:
             raise ValueError("clearing degraded must say why")
         stamp = iso_utc(now)
         async with self._db.transaction() as tx:
-            job = await _load(tx, job_id)
+            job = await self._load(tx, job_id)
             if job.state != JobState.COMPLETE or not job.degraded:
                 raise StaleJob(
                     job_id, f"only a degraded complete job can be cleared, found {job.state}"
                 )
             row = await tx.fetch_one(
-                """UPDATE jobs SET degraded = 0, version = ?, updated_at = ?
+                """UPDATE jobs SET degraded = FALSE, version = ?, updated_at = ?
                 WHERE id = ? AND version = ? RETURNING *""",
                 (job.version + 1, stamp, job_id, job.version),
             )
-            await tx.fetch(
-                _AUDIT,
-                (
-                    job_id,
-                    job.version + 1,
-                    job.state,
-                    job.state,
-                    "clear_degraded",
-                    reason,
-                    correlation_id,
-                    stamp,
-                ),
-            )
-        return job_from_row(_present(row))
+            cleared = job_from_row(_present(row))
+            await _audit(tx, cleared, job.state, "clear_degraded", reason, correlation_id)
+        return cleared
 
     async def row_counts(self) -> dict[str, int]:
         counts = ", ".join(f"(SELECT COUNT(*) FROM {table})" for table in _TABLES)
@@ -352,13 +290,20 @@ class SqliteJobStore:
             row = _present(await session.fetch_one(f"SELECT {counts}"))
         return {table: int(row[i]) for i, table in enumerate(_TABLES)}
 
+    async def _load(self, tx: S, job_id: str) -> Job:
+        """The job, its row held until the transaction ends."""
+        row = await tx.fetch_one(self._load_job, (job_id,))
+        if row is None:
+            raise JobNotFound(job_id)
+        return job_from_row(row)
+
     # -- what the steps produced ---------------------------------------------
 
     async def put_parse(self, parsed: ParsedDocument, path: ServedBy) -> bool:
         async with self._db.session() as session:
             try:
                 row = await session.fetch_one(_PUT_PARSE, _parse_params(parsed, path))
-            except sqlite3.IntegrityError as exc:
+            except self._db.dialect.missing_parent as exc:
                 raise NotStored(f"no document {parsed.sha256} for this parse") from exc
         return row is not None
 
@@ -379,15 +324,11 @@ class SqliteJobStore:
     async def put_chunks(self, sha256: str, chunks: Sequence[ChunkText]) -> int:
         if any(chunk.index < 0 for chunk in chunks):
             raise ValueError("chunk indexes count from 0")
-        rows = [(sha256, chunk.index, chunk.text) for chunk in chunks]
+        dialect = self._db.dialect
         async with self._db.transaction() as tx:
             try:
-                return await tx.execute_many(
-                    """INSERT INTO chunks (sha256, chunk_index, text) VALUES (?, ?, ?)
-                    ON CONFLICT DO NOTHING""",
-                    rows,
-                )
-            except sqlite3.IntegrityError as exc:
+                return await dialect.put_chunks(tx, sha256, chunks, keep_existing=True)
+            except dialect.missing_parent as exc:
                 raise NotStored(f"no document {sha256} for these chunks") from exc
 
     async def chunks(self, sha256: str) -> list[StoredChunk]:
@@ -401,11 +342,12 @@ class SqliteJobStore:
     async def put_embeddings(
         self, sha256: str, model: str, dimensions: int, rows: Iterable[EmbeddingRow]
     ) -> int:
-        params = _vector_params(sha256, model, dimensions, rows)
+        vectors = _vectors(dimensions, rows)
+        dialect = self._db.dialect
         async with self._db.transaction() as tx:
             try:
-                return await tx.execute_many(_PUT_EMBEDDING, params)
-            except sqlite3.IntegrityError as exc:
+                return await dialect.put_vectors(tx, sha256, model, dimensions, vectors)
+            except dialect.missing_parent as exc:
                 raise NotStored(f"embeddings for chunks of {sha256} never stored") from exc
 
     async def replace_outputs(
@@ -417,22 +359,20 @@ class SqliteJobStore:
         rows: Iterable[EmbeddingRow],
     ) -> None:
         sha256 = parsed.sha256
-        vectors = _vector_params(sha256, model, dimensions, rows)
-        if any(param[-1] != "real" for param in vectors):
+        vectors = _vectors(dimensions, rows)
+        if any(path != "real" for _, _, path in vectors):
             raise ValueError("replace_outputs takes real results only")
+        dialect = self._db.dialect
         async with self._db.transaction() as tx:
             if await tx.fetch_one("SELECT 1 FROM documents WHERE sha256 = ?", (sha256,)) is None:
                 raise NotStored(f"no document {sha256} for this parse")
-            await tx.fetch("DELETE FROM embeddings WHERE sha256 = ?", (sha256,))
-            await tx.fetch("DELETE FROM chunks WHERE sha256 = ?", (sha256,))
+            await tx.execute("DELETE FROM embeddings WHERE sha256 = ?", (sha256,))
+            await tx.execute("DELETE FROM chunks WHERE sha256 = ?", (sha256,))
             await tx.fetch_one(_PUT_PARSE, _parse_params(parsed, "real"))
-            await tx.execute_many(
-                "INSERT INTO chunks (sha256, chunk_index, text) VALUES (?, ?, ?)",
-                [(sha256, chunk.index, chunk.text) for chunk in chunks],
-            )
+            await dialect.put_chunks(tx, sha256, chunks, keep_existing=False)
             try:
-                await tx.execute_many(_PUT_EMBEDDING, vectors)
-            except sqlite3.IntegrityError as exc:
+                await dialect.put_vectors(tx, sha256, model, dimensions, vectors)
+            except dialect.missing_parent as exc:
                 raise NotStored(f"vectors for chunks of {sha256} not in the new set") from exc
 
     async def embeddings(self, sha256: str, model: str, dimensions: int) -> list[Embedding]:
@@ -445,7 +385,49 @@ class SqliteJobStore:
         return [Embedding(int(row[0]), unpack_f32(row[1]), served_by(row[2])) for row in rows]
 
 
-def _parse_params(parsed: ParsedDocument, path: ServedBy) -> tuple[object, ...]:
+def _job_params(job: Job) -> Params:
+    """The job's columns in `_WRITE_JOB`'s SET order."""
+    return (
+        job.state.value,
+        job.version,
+        job.step_attempts,
+        float(job.not_before),
+        None if job.wait_reason is None else job.wait_reason.value,
+        None if job.resume_to is None else job.resume_to.value,
+        job.degraded,
+        job.last_error,
+        job.failure_reason,
+        job.lease_owner,
+        job.lease_expires_at,
+        job.updated_at,
+    )
+
+
+async def _audit(
+    tx: Session,
+    job: Job,
+    source: JobState | None,
+    trigger: str,
+    reason: str,
+    correlation_id: str | None,
+) -> None:
+    """The audit row of the move that left `job` as it is, from `source`."""
+    await tx.execute(
+        _AUDIT,
+        (
+            job.id,
+            job.version,
+            None if source is None else source.value,
+            job.state.value,
+            trigger,
+            reason,
+            correlation_id,
+            job.updated_at,
+        ),
+    )
+
+
+def _parse_params(parsed: ParsedDocument, path: ServedBy) -> Params:
     return (
         parsed.sha256,
         parsed.markdown,
@@ -456,27 +438,19 @@ def _parse_params(parsed: ParsedDocument, path: ServedBy) -> tuple[object, ...]:
     )
 
 
-def _vector_params(
-    sha256: str, model: str, dimensions: int, rows: Iterable[EmbeddingRow]
-) -> list[tuple[object, ...]]:
-    params: list[tuple[object, ...]] = []
+def _vectors(dimensions: int, rows: Iterable[EmbeddingRow]) -> list[Vector]:
+    """Check and pack every row before any I/O, so a bad row writes nothing."""
+    vectors: list[Vector] = []
     for chunk_index, vector, path in rows:
         if len(vector) != dimensions:
             raise ValueError(
                 f"chunk {chunk_index}: {len(vector)} values for {dimensions} dimensions"
             )
-        params.append((sha256, chunk_index, model, dimensions, pack_f32(vector), served_by(path)))
-    return params
+        vectors.append((chunk_index, pack_f32(vector), served_by(path)))
+    return vectors
 
 
-async def _load(session: Session, job_id: str) -> Job:
-    row = await session.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-    if row is None:
-        raise JobNotFound(job_id)
-    return job_from_row(row)
-
-
-def _present(row: sqlite3.Row | None) -> sqlite3.Row:
+def _present(row: Row | None) -> Row:
     """A row the statement must have produced (an INSERT or a locked UPDATE ... RETURNING)."""
     if row is None:
         raise RuntimeError("a write inside a locked transaction returned no row")
