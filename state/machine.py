@@ -235,6 +235,9 @@ class Job:
     lease_expires_at: float | None
     created_at: str
     updated_at: str
+    correlation_id: str
+    """What ties the job's provider requests, log lines and audit rows together:
+    the upload's `X-Correlation-ID`, else the job's id."""
 
     @property
     def is_terminal(self) -> bool:

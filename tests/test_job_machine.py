@@ -67,6 +67,7 @@ def make_job(state: JobState = S.UPLOADED, **fields: object) -> Job:
         lease_expires_at=200.0,
         created_at="2026-01-01T00:00:00.000Z",
         updated_at="2026-01-01T00:00:00.000Z",
+        correlation_id="abc-123",
     )
     return replace(job, **fields)  # type: ignore[arg-type]
 

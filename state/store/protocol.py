@@ -177,7 +177,10 @@ class JobStore(Protocol):
         now: float,
         correlation_id: str | None = None,
     ) -> Upload:
-        """Store the upload and open a job in `uploaded`, or return content's existing job."""
+        """Store the upload and open a job in `uploaded`, or return content's existing job.
+
+        The job keeps `correlation_id` (else its own id) for every call and
+        audit row of its life; an existing job keeps the one it was given."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...

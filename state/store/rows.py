@@ -46,6 +46,7 @@ def job_from_row(row: Row) -> Job:
         lease_expires_at=_real(row["lease_expires_at"]),
         created_at=str(row["created_at"]),
         updated_at=str(row["updated_at"]),
+        correlation_id=str(row["correlation_id"]),
     )
 
 

@@ -161,6 +161,18 @@ MIGRATIONS: Final = (
             "CREATE INDEX budget_ledger_expiry ON budget_ledger (expires_at)",
         ),
     ),
+    Migration(
+        4,
+        "each job's correlation id",
+        (
+            "ALTER TABLE jobs ADD COLUMN correlation_id TEXT",
+            # Jobs from before: the id their upload's audit row carried, else their own.
+            """UPDATE jobs SET correlation_id = COALESCE(
+                (SELECT e.correlation_id FROM job_events e
+                 WHERE e.job_id = jobs.id AND e.trigger = 'create'),
+                id)""",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

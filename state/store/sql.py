@@ -57,8 +57,8 @@ from state.store.vectors import pack_f32, unpack_f32
 
 _CREATE_JOB: Final = """
 INSERT INTO jobs (id, sha256, filename, mime_type, state, version,
-    step_attempts, not_before, degraded, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, 1, 0, ?, FALSE, ?, ?)
+    step_attempts, not_before, degraded, created_at, updated_at, correlation_id)
+VALUES (?, ?, ?, ?, ?, 1, 0, ?, FALSE, ?, ?, ?)
 ON CONFLICT DO NOTHING
 RETURNING *"""
 
@@ -154,12 +154,13 @@ class SqlJobStore(Generic[S]):
                     float(now),
                     stamp,
                     stamp,
+                    correlation_id or job_id,
                 ),
             )
             if row is None:  # an upload of the same bytes committed while we waited
                 return Upload(await self._load(tx, job_id), created=False)
             job = job_from_row(row)
-            await _audit(tx, job, None, "create", f"uploaded {filename}", correlation_id)
+            await _audit(tx, job, None, "create", f"uploaded {filename}", job.correlation_id)
         return Upload(job, created=True)
 
     async def get_job(self, job_id: str) -> Job | None:
