@@ -17,7 +17,6 @@ ask it without awaiting, which saves the guard's hot path a coroutine each.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -82,13 +81,14 @@ class Reservation:
     is settled against the hour it started in.
     """
 
-    id: int
     budget: Budget = field(repr=False)
     provider: str
     cost: float
     requests: int
     periods: tuple[Period, ...]
     correlation_id: str | None = None
+    open: bool = True
+    """False once settled, released or kept."""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -148,8 +148,6 @@ class Budget:
         # The guard's hot path: a ledger that answers at once is asked without a coroutine.
         self._sync_ledger = self._ledger if isinstance(self._ledger, SyncLedger) else None
         self.usage = UsageLog(clock=clock) if usage is None else usage
-        self._ids = itertools.count(1)
-        self._open: set[int] = set()
         # Rebuilt only when the hour turns.
         self._hour: HourPlan | None = None
         # Per period kind: the usd and request totals below which no alert can fire.
@@ -317,10 +315,7 @@ class Budget:
         correlation_id: str | None,
     ) -> Reservation:
         """Open the reservation the ledger just charged, and alert if a level was reached."""
-        reservation = Reservation(
-            next(self._ids), self, provider, cost, requests, hour.periods, correlation_id
-        )
-        self._open.add(reservation.id)
+        reservation = Reservation(self, provider, cost, requests, hour.periods, correlation_id)
         # Unrolled for the two periods: a loop over them costs three times as much.
         (hour_usd, hour_requests), (day_usd, day_requests) = totals
         hour_usd_floor, hour_requests_floor, day_usd_floor, day_requests_floor = hour.alert_floors
@@ -334,13 +329,13 @@ class Budget:
         return reservation
 
     def _close(self, reservation: Reservation) -> None:
-        try:
-            self._open.remove(reservation.id)
-        except KeyError:
+        if reservation.budget is not self:
             raise RuntimeError(
-                f"reservation {reservation.id} for {reservation.provider} is already "
-                "settled or released, or belongs to another budget"
-            ) from None
+                f"a reservation for {reservation.provider} belongs to another budget"
+            )
+        if not reservation.open:
+            raise RuntimeError(f"a reservation for {reservation.provider} is already settled")
+        reservation.open = False
 
     def _refusal(
         self,

@@ -111,7 +111,10 @@ class LocalLimits:
             return self._admit_waiting(requests, units, cost, correlation_id, max_wait_s)
         if tokens is not None and not tokens.try_acquire(units, now):
             return self._admit_waiting(None, units, cost, correlation_id, max_wait_s)
-        return self._reserve(cost, correlation_id)
+        budget = self.budget
+        if budget is None:
+            return _no_reservation()
+        return budget.reserve(self.name, cost, correlation_id=correlation_id)
 
     async def pause(self, retry_after_s: float) -> None:
         until = asyncio.get_running_loop().time() + retry_after_s
@@ -132,13 +135,10 @@ class LocalLimits:
             await requests.acquire(1, max_wait_s)
         if self.tokens is not None:
             await self.tokens.acquire(units, max_wait_s)
-        return await self._reserve(cost, correlation_id)
-
-    def _reserve(self, cost: float, correlation_id: str) -> Awaitable[Reservation | None]:
         budget = self.budget
         if budget is None:
-            return _no_reservation()
-        return budget.reserve(self.name, cost, correlation_id=correlation_id)
+            return None
+        return await budget.reserve(self.name, cost, correlation_id=correlation_id)
 
 
 async def _no_reservation() -> None:
