@@ -98,7 +98,7 @@ class Guard:
         )
         self.max_wait_s = max_wait_s
         self._ids = itertools.count(1)
-        self._retrying = self.retry.after_first_failure(self._retry, self._on_backoff)
+        self._retrying = self.retry.after_first_failure(self._again, self._on_backoff)
 
     def __repr__(self) -> str:
         return f"Guard({self.name!r}, breaker={self.breaker.state!r})"
@@ -125,10 +125,10 @@ class Guard:
 
         Raises `CircuitOpen`, `RateLimited` or `BudgetExceeded` when the guard
         refuses, or the provider's last error when retries end. (A plain method
-        returning `_run`'s coroutine, so the call costs one coroutine, not two.)
+        returning `_attempt`'s coroutine, so the call costs one coroutine, not two.)
         """
         cid = correlation_id or self.new_correlation_id()
-        return self._run(Call(fn, args, kwargs, units, cost, cid))
+        return self._attempt(Call(fn, args, kwargs, units, cost, cid))
 
     def protect(
         self, *, units: Amount = 1, cost: Amount = 0.0
@@ -144,7 +144,7 @@ class Guard:
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
                 amounts = _amount(units, args, kwargs), _amount(cost, args, kwargs)
                 call = Call(fn, args, kwargs, *amounts, self.new_correlation_id())
-                return await self._run(call)
+                return await self._attempt(call)
 
             return guarded
 
@@ -154,61 +154,57 @@ class Guard:
         """`@guard`: `protect()` with one unit and no cost per call."""
         return self.protect()(fn)
 
-    async def _run(self, call: Call[T]) -> T:
-        """The first attempt; retries only after it failed, so success pays for none."""
-        if self.breaker.rejecting:
-            raise CircuitOpen(self.name, self.breaker.retry_after_s())
-        try:
-            result: T = await self._attempt(call)
-        except Exception as exc:
-            if self.retry.max_attempts == 1 or not is_retryable(exc):
-                raise
-            first = exc
-        else:
-            return result
-        retried: T = await self._retrying(call, first)
-        return retried
+    async def _attempt(self, call: Call[T], first: bool = True) -> T:
+        """One try through limits and breaker; the first hands a retryable failure to retries.
 
-    async def _retry(self, call: Call[T]) -> T:
-        """A later attempt: like the first, refused at once by an open breaker."""
-        if self.breaker.rejecting:
-            raise CircuitOpen(self.name, self.breaker.retry_after_s())
-        return await self._attempt(call)
-
-    async def _attempt(self, call: Call[T]) -> T:
-        """One try through limits and breaker. The caller saw the breaker not open."""
+        Retries start only after the first try failed, so success pays for no
+        retry machinery, and each retry is this same attempt (`first=False`).
+        """
+        breaker = self.breaker
+        if breaker.rejecting:
+            raise CircuitOpen(self.name, breaker.retry_after_s())
         limits = self.limits
         loop = asyncio.get_running_loop()
         now = loop.time()
-        reservation = await limits.admit(
-            call.units, call.cost, call.correlation_id, self.max_wait_s, now
-        )
-        breaker = self.breaker
-        ticket = breaker.acquire()
-        if ticket is None:  # it opened, or its probes went out, while this call waited
-            if reservation is not None:
-                await reservation.budget.release(reservation, error_class="circuit_open")
-            raise CircuitOpen(self.name, breaker.retry_after_s())
-        # Only slow-call detection reads `started`, so without it the clock is not read again.
-        started = loop.time() if breaker.policy.slow_call_s is not None else now
-        # Awaited here rather than in `breaker.execute`: one coroutine fewer per call.
         try:
-            pending = call.fn(*call.args, **call.kwargs)
-            result = await (breaker.bounded(pending) if ticket.probe else pending)
-        except BaseException as exc:
-            breaker.finish(ticket, exc, started, loop.time(), call.correlation_id)
-            pause_s = _rate_limit_pause_s(exc)
-            if pause_s is not None:
-                await limits.pause(pause_s)
+            reservation = await limits.admit(
+                call.units, call.cost, call.correlation_id, self.max_wait_s, now
+            )
+            ticket = breaker.acquire()
+            if ticket is None:  # it opened, or its probes went out, while this call waited
+                if reservation is not None:
+                    await reservation.budget.release(reservation, error_class="circuit_open")
+                raise CircuitOpen(self.name, breaker.retry_after_s())
+            # Only slow-call detection reads `started`: without it the clock is not read again.
+            started = loop.time() if breaker.policy.slow_call_s is not None else now
+            # Awaited here rather than in `breaker.execute`: one coroutine fewer per call.
+            try:
+                pending = call.fn(*call.args, **call.kwargs)
+                result = await (breaker.bounded(pending) if ticket.probe else pending)
+            except BaseException as exc:
+                breaker.finish(ticket, exc, started, loop.time(), call.correlation_id)
+                pause_s = _rate_limit_pause_s(exc)
+                if pause_s is not None:
+                    await limits.pause(pause_s)
+                if reservation is not None:
+                    await _settle_failure(reservation, exc)
+                raise
+            breaker.finish(ticket, None, started, loop.time(), call.correlation_id)
             if reservation is not None:
-                await _settle_failure(reservation, exc)
-            raise
-        breaker.finish(ticket, None, started, loop.time(), call.correlation_id)
-        if reservation is not None:
-            actual: float | None = getattr(result, "cost_usd", None)
-            used: int = getattr(result, "tokens", 0)
-            await reservation.budget.settle(reservation, actual, tokens=used)
-        return result
+                actual: float | None = getattr(result, "cost_usd", None)
+                used: int = getattr(result, "tokens", 0)
+                await reservation.budget.settle(reservation, actual, tokens=used)
+            return result
+        except Exception as exc:
+            if not first or self.retry.max_attempts == 1 or not is_retryable(exc):
+                raise
+            failed = exc
+        retried: T = await self._retrying(call, failed)
+        return retried
+
+    def _again(self, call: Call[T]) -> Coroutine[Any, Any, T]:
+        """A retry: the same attempt, which leaves further retries to `backoff`."""
+        return self._attempt(call, first=False)
 
     def _on_backoff(self, call: Call[Any], details: Details) -> None:
         exc = details.get("exception")

@@ -142,7 +142,7 @@ class Router:
             return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
         try:
             # The guard's own entry, given a `Call`: re-packing for `guard.call` costs 10 %.
-            value = await guard._run(Call(route.real, args, kwargs, units, cost, cid))
+            value = await guard._attempt(Call(route.real, args, kwargs, units, cost, cid))
         except Exception as exc:
             reason = fallback_reason(exc) if mode is _HYBRID else None
             if reason is None:
