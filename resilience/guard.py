@@ -70,7 +70,7 @@ class Guard:
     either may be None. `max_wait_s` bounds how long a call waits for a bucket
     before failing fast with `RateLimited` (None waits as long as it takes).
     `shared` replaces the buckets and the budget with limits kept for many
-    processes (then `requests`, `tokens` and `budget` stay None).
+    processes (then `requests` and `tokens` stay None, and `budget` is theirs).
     """
 
     def __init__(
