@@ -6,12 +6,11 @@ Two parts, each doing one job:
   change of state is one of its triggers, an illegal trigger raises, and the
   machine owns all timing: the open -> half_open move is scheduled with
   `loop.call_later`, so logs and health checks show half_open on time.
-* An `aiobreaker.CircuitBreaker` counts consecutive failures while closed.
-  Its exclude list classifies outcomes with `resilience.errors.classify`,
-  and its listener fires the machine's `trip` trigger. aiobreaker's own
-  open -> half-open timing mixes `utcnow()` and `now()`, so it is never
-  consulted: outcomes are replayed into it only while the machine is closed,
-  and the machine pushes every state change back into it, so the two agree.
+* aiobreaker counts consecutive failures while closed, behind the small
+  adapter in `resilience.breaker_accounting` (its contract is in that
+  module's docstring): outcomes are replayed into it only while the machine
+  is closed, it says when it tripped, and the machine pushes every state
+  change back into it, so the two agree.
 
 Half-open probes are gated by counted permits (Resilience4j's model): at
 most `half_open_max_calls` run at once, each bounded by `probe_timeout_s`.
@@ -26,12 +25,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-import aiobreaker
-from aiobreaker.state import CircuitBreakerError, CircuitBreakerState
-from aiobreaker.storage.memory import CircuitMemoryStorage
 from transitions import Machine
 
-from resilience.errors import CircuitOpen, ErrorClass, ProviderError, classify
+from resilience.breaker_accounting import FailureAccounting, is_failure
+from resilience.errors import CircuitOpen, ProviderError
 from resilience.events import emit
 
 T = TypeVar("T")
@@ -52,12 +49,6 @@ _TRANSITIONS: Final = (
     ("force_closed", "*", CLOSED),
     ("reset", "*", CLOSED),
 )
-
-_AIOBREAKER_STATE: Final = {
-    CLOSED: CircuitBreakerState.CLOSED,
-    OPEN: CircuitBreakerState.OPEN,
-    HALF_OPEN: CircuitBreakerState.HALF_OPEN,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,37 +166,6 @@ class _Model:
     trigger: Callable[..., bool]
 
 
-class _Replayed(Exception):
-    """A finished call's outcome, replayed into aiobreaker for accounting."""
-
-    def __init__(self, original: BaseException) -> None:
-        self.original = original
-
-
-def _replay(outcome: BaseException | None) -> None:
-    if outcome is not None:
-        raise _Replayed(outcome)
-
-
-def _not_a_failure(exc: BaseException) -> bool:
-    original = exc.original if isinstance(exc, _Replayed) else exc
-    return classify(original) is not ErrorClass.FAILURE
-
-
-class _Listener(aiobreaker.CircuitBreakerListener):  # type: ignore[misc]
-    def __init__(self, owner: Breaker) -> None:
-        self._owner = owner
-
-    def failure(self, breaker: Any, exception: BaseException) -> None:
-        self._owner._on_counted(True, self._owner._replayed_at)
-
-    def success(self, breaker: Any) -> None:
-        self._owner._on_counted(False, self._owner._replayed_at)
-
-    def state_change(self, breaker: Any, old: Any, new: Any) -> None:
-        self._owner._on_aiobreaker_state(new.state)
-
-
 class Breaker:
     """A circuit breaker for one provider.
 
@@ -226,15 +186,8 @@ class Breaker:
             initial=CLOSED,
             auto_transitions=False,
         )
-        # Kept to read the failure count directly: `fail_counter` is a property over it.
-        self._aio_storage = CircuitMemoryStorage(CircuitBreakerState.CLOSED)
-        self._aio = aiobreaker.CircuitBreaker(
-            fail_max=self.policy.failure_threshold,
-            state_storage=self._aio_storage,
-            exclude=[_not_a_failure],
-            listeners=[_Listener(self)],
-            name=name,
-        )
+        self._accounting = FailureAccounting(name, self.policy.failure_threshold, self._on_counted)
+        self._counter = self._accounting.storage  # read on every call: one lookup fewer
         self._window = _Window(self.policy.window_s)
         self._epoch = 0
         self._ticket = Ticket(0, probe=False)
@@ -244,7 +197,6 @@ class Breaker:
         self._timer: asyncio.TimerHandle | None = None
         self._probes = 0
         self._probe_successes = 0
-        self._syncing = False
         self._pending: tuple[str, str] | None = None
         self._correlation_id: str | None = None
         self._replayed_at = 0.0  # loop time of the outcome being replayed into aiobreaker
@@ -262,12 +214,11 @@ class Breaker:
     @property
     def aiobreaker_state(self) -> str:
         """aiobreaker's view of the state; always equal to `state`."""
-        current = self._aio.current_state
-        return next(k for k, v in _AIOBREAKER_STATE.items() if v is current)
+        return self._accounting.state
 
     @property
     def consecutive_failures(self) -> int:
-        return int(self._aio.fail_counter)
+        return self._accounting.failures
 
     @property
     def cooldown_s(self) -> float:
@@ -390,9 +341,7 @@ class Breaker:
             slow = self.policy.slow_call_s
             if slow is not None and ended - started > slow:
                 outcome = SlowCall(f"{self.name}: call took longer than {slow}s")
-            elif (
-                ticket.epoch == self._epoch and not ticket.probe and self._aio_storage.counter == 0
-            ):
+            elif ticket.epoch == self._epoch and not ticket.probe and self._counter.counter == 0:
                 # Most calls: aiobreaker would only zero a zero counter, and a success
                 # cannot trip, so counting it in the window is all there is to do.
                 self._window.add(ended, False)
@@ -462,25 +411,24 @@ class Breaker:
         if not ticket.probe:
             self._correlation_id = correlation_id
             self._replayed_at = now
-            try:
-                self._aio.call(_replay, outcome)
-            except (_Replayed, CircuitBreakerError):
-                pass
+            if self._accounting.record(outcome) and self._pending is None:
+                threshold = self.policy.failure_threshold
+                self._pending = ("trip", f"{threshold} consecutive failures")
             self._flush_pending()
             return
         self._correlation_id = correlation_id
         self._probes -= 1
-        if outcome is not None and not _not_a_failure(outcome):
+        if outcome is not None and is_failure(outcome):
             self._fire("reopen", f"probe failed: {type(outcome).__name__}")
             return
         self._probe_successes += 1
         if self._probe_successes >= self.policy.success_threshold:
             self._fire("close", f"{self._probe_successes} probe(s) succeeded")
 
-    def _on_counted(self, failed: bool, now: float) -> None:
-        """aiobreaker counted a closed-state outcome at loop time `now`: keep the rate window."""
+    def _on_counted(self, failed: bool) -> None:
+        """aiobreaker counted the outcome being replayed: keep the rate window."""
         window = self._window
-        window.add(now, failed)
+        window.add(self._replayed_at, failed)
         if (
             failed
             and self._pending is None
@@ -488,18 +436,7 @@ class Breaker:
             and window.rate >= self.policy.failure_rate
         ):
             self._pending = ("trip", f"failure rate {window.rate:.2f} over {window.calls} calls")
-            self._syncing = True
-            try:
-                self._aio.open()
-            finally:
-                self._syncing = False
-
-    def _on_aiobreaker_state(self, new: CircuitBreakerState) -> None:
-        if self._syncing or self._pending is not None:
-            return
-        if new is CircuitBreakerState.OPEN and self._model.state == CLOSED:
-            threshold = self.policy.failure_threshold
-            self._pending = ("trip", f"{threshold} consecutive failures")
+            self._accounting.open()
 
     def _flush_pending(self) -> None:
         # Fired after aiobreaker returns, so the machine never runs inside it.
@@ -581,23 +518,8 @@ class Breaker:
             self._forced = False
             self._cooldown = self.policy.cooldown_s
             self._window.clear()
-        self._sync_aiobreaker(dest)
+        self._accounting.follow(dest)
 
     def _cooldown_over(self) -> None:
         self._timer = None
         self._fire("half_open", f"cooldown of {self._cooldown:g}s elapsed")
-
-    def _sync_aiobreaker(self, dest: str) -> None:
-        # Closing always goes through aiobreaker: it is what zeroes its counter.
-        if dest != CLOSED and self._aio.current_state is _AIOBREAKER_STATE[dest]:
-            return
-        self._syncing = True
-        try:
-            if dest == OPEN:
-                self._aio.open()
-            elif dest == HALF_OPEN:
-                self._aio.half_open()
-            else:
-                self._aio.close()
-        finally:
-            self._syncing = False

@@ -24,19 +24,16 @@ from resilience.errors import RateLimited
 
 
 class Throttle(Protocol):
-    """What a provider client tells a rate limiter: the server's feedback.
+    """What a provider client tells a rate limiter: the server's rate-limit headers.
 
     `TokenBucket` is one; a shared limiter (`resilience.shared.gate`) gives
     each client an object of its own that passes the feedback on to Redis.
+    A 429 is not in it: the guard alone pauses the buckets for one.
     """
 
     @property
     def capacity(self) -> float:
         """The most one call can take: a client keeps its requests under it."""
-        ...
-
-    def pause_until(self, t: float) -> None:
-        """Grant nothing before loop time `t` (a 429's Retry-After)."""
         ...
 
     def sync(self, remaining: float | None, reset_after_s: float | None) -> None:

@@ -11,18 +11,17 @@ a charge. When the call ends, the reservation is settled one of three ways:
 
 Totals live in a `LedgerStore` (in memory by default) so several processes
 can share one budget; `usage` keeps the human-readable breakdown. When the
-store is also a `SyncLedger` (the in-memory one is), `reserve_now` and
-`settle_now` do the same work without a coroutine, for the guard's hot path.
+store is also a `SyncLedger` (the in-memory one is), `reserve` and `settle`
+ask it without awaiting, which saves the guard's hot path a coroutine each.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Literal
 
 from resilience.clock import Clock, wall_time
 from resilience.errors import BudgetExceeded, ConfigError
@@ -76,16 +75,20 @@ class BudgetLimits:
 class Reservation:
     """An estimated charge awaiting its outcome. Settle, release or keep it exactly once.
 
-    It remembers the periods it was charged to, so a call that straddles an
-    hour boundary is settled against the hour it started in.
+    It remembers the budget that made it, so it is settled there even after
+    its holder changed budgets (a shared gate falling back to a local one), and
+    the periods it was charged to, so a call that straddles an hour boundary
+    is settled against the hour it started in.
     """
 
-    id: int
+    budget: Budget = field(repr=False)
     provider: str
     cost: float
     requests: int
     periods: tuple[Period, ...]
     correlation_id: str | None = None
+    open: bool = True
+    """False once settled, released or kept."""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -142,12 +145,9 @@ class Budget:
         self.scope = scope
         self._clock = clock
         self._ledger: LedgerStore = InMemoryLedger(clock=clock) if ledger is None else ledger
+        # The guard's hot path: a ledger that answers at once is asked without a coroutine.
         self._sync_ledger = self._ledger if isinstance(self._ledger, SyncLedger) else None
-        self.answers_now: Final = self._sync_ledger is not None
-        """True when the ledger is a `SyncLedger`, so `reserve_now` and `settle_now` work."""
         self.usage = UsageLog(clock=clock) if usage is None else usage
-        self._ids = itertools.count(1)
-        self._open: set[int] = set()
         # Rebuilt only when the hour turns.
         self._hour: HourPlan | None = None
         # Per period kind: the usd and request totals below which no alert can fire.
@@ -181,44 +181,19 @@ class Budget:
         crossed; its `retry_after_s` runs to the end of the latest period
         whose limit is reached.
         """
-        if self._sync_ledger is not None:
-            return self.reserve_now(
-                provider, cost, requests=requests, correlation_id=correlation_id
-            )
         if not cost >= 0 or requests < 0:
-            raise _negative_estimate(cost, requests)
-        now = self._clock()
-        hour = self._current(now)
-        totals = await self._ledger.try_add(hour.limits, cost, requests)
-        if totals is None:
-            used = [await self._ledger.totals(period.key) for period in hour.periods]
-            raise self._refusal(provider, cost, requests, hour.periods, used, now, correlation_id)
-        return self._admit(provider, cost, requests, hour, totals, correlation_id)
-
-    def reserve_now(
-        self,
-        provider: str,
-        cost: float,
-        *,
-        requests: int = 1,
-        correlation_id: str | None = None,
-    ) -> Reservation:
-        """`reserve` without a coroutine; only for a budget that `answers_now`.
-
-        The guard calls this once per call, so its checks are written inline.
-        """
-        ledger = self._sync_ledger
-        if ledger is None:
-            raise _needs_await(self.scope)
-        if not cost >= 0 or requests < 0:
-            raise _negative_estimate(cost, requests)
+            raise ValueError(f"cost and requests must be >= 0, got {cost!r} and {requests!r}")
         now = self._clock()
         hour = self._hour
-        if hour is None or not hour.start <= now < hour.end:
+        if hour is None or not hour.start <= now < hour.end:  # inline: once per call
             hour = self._current(now)
-        totals = ledger.try_add_now(hour.limits, cost, requests)
+        sync = self._sync_ledger
+        if sync is not None:
+            totals = sync.try_add_now(hour.limits, cost, requests)
+        else:
+            totals = await self._ledger.try_add(hour.limits, cost, requests)
         if totals is None:
-            used = [ledger.totals_now(period.key) for period in hour.periods]
+            used = [await self._ledger.totals(period.key) for period in hour.periods]
             raise self._refusal(provider, cost, requests, hour.periods, used, now, correlation_id)
         return self._admit(provider, cost, requests, hour, totals, correlation_id)
 
@@ -226,42 +201,16 @@ class Budget:
         self, reservation: Reservation, actual_cost: float | None = None, *, tokens: int = 0
     ) -> None:
         """The call succeeded: charge `actual_cost` instead of the estimate, if given."""
-        if self._sync_ledger is not None:
-            self.settle_now(reservation, actual_cost, tokens=tokens)
-            return
         if actual_cost is not None and not actual_cost >= 0:
             raise ValueError(f"actual_cost must be >= 0, got {actual_cost!r}")
         self._close(reservation)
         cost = reservation.cost if actual_cost is None else actual_cost
         if cost != reservation.cost:
-            totals = await self._ledger.add(reservation.keys, cost - reservation.cost, 0)
-            self._check_alerts(
-                reservation.provider, reservation.periods, totals, reservation.correlation_id
-            )
-        self.usage.record(
-            reservation.provider,
-            requests=reservation.requests,
-            tokens=tokens,
-            cost_usd=cost,
-            at=reservation.periods[0].start,
-        )
-
-    def settle_now(
-        self, reservation: Reservation, actual_cost: float | None = None, *, tokens: int = 0
-    ) -> None:
-        """`settle` without a coroutine; only for a budget that `answers_now`.
-
-        The guard calls this once per call, so its checks are written inline.
-        """
-        ledger = self._sync_ledger
-        if ledger is None:
-            raise _needs_await(self.scope)
-        if actual_cost is not None and not actual_cost >= 0:
-            raise ValueError(f"actual_cost must be >= 0, got {actual_cost!r}")
-        self._close(reservation)
-        cost = reservation.cost if actual_cost is None else actual_cost
-        if cost != reservation.cost:
-            totals = ledger.add_now(reservation.keys, cost - reservation.cost, 0)
+            keys, delta, sync = reservation.keys, cost - reservation.cost, self._sync_ledger
+            if sync is not None:
+                totals = sync.add_now(keys, delta, 0)
+            else:
+                totals = await self._ledger.add(keys, delta, 0)
             self._check_alerts(
                 reservation.provider, reservation.periods, totals, reservation.correlation_id
             )
@@ -366,10 +315,7 @@ class Budget:
         correlation_id: str | None,
     ) -> Reservation:
         """Open the reservation the ledger just charged, and alert if a level was reached."""
-        reservation = Reservation(
-            next(self._ids), provider, cost, requests, hour.periods, correlation_id
-        )
-        self._open.add(reservation.id)
+        reservation = Reservation(self, provider, cost, requests, hour.periods, correlation_id)
         # Unrolled for the two periods: a loop over them costs three times as much.
         (hour_usd, hour_requests), (day_usd, day_requests) = totals
         hour_usd_floor, hour_requests_floor, day_usd_floor, day_requests_floor = hour.alert_floors
@@ -383,13 +329,13 @@ class Budget:
         return reservation
 
     def _close(self, reservation: Reservation) -> None:
-        try:
-            self._open.remove(reservation.id)
-        except KeyError:
+        if reservation.budget is not self:
             raise RuntimeError(
-                f"reservation {reservation.id} for {reservation.provider} is already "
-                "settled or released, or belongs to another budget"
-            ) from None
+                f"a reservation for {reservation.provider} belongs to another budget"
+            )
+        if not reservation.open:
+            raise RuntimeError(f"a reservation for {reservation.provider} is already settled")
+        reservation.open = False
 
     def _refusal(
         self,
@@ -488,11 +434,3 @@ class Budget:
         self._alerted = {
             key: entry for key, entry in self._alerted.items() if entry[0] + KEY_RETENTION_S > now
         }
-
-
-def _negative_estimate(cost: float, requests: int) -> ValueError:
-    return ValueError(f"cost and requests must be >= 0, got {cost!r} and {requests!r}")
-
-
-def _needs_await(scope: str) -> TypeError:
-    return TypeError(f"budget {scope!r} has an async ledger: await reserve and settle instead")

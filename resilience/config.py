@@ -33,8 +33,9 @@ from resilience.bucket import TokenBucket
 from resilience.budget import Budget, BudgetLimits
 from resilience.errors import ConfigError
 from resilience.events import DEFAULT_LOG_PATH
-from resilience.guard import Guard, SharedLimits
+from resilience.guard import Guard
 from resilience.ledger import LedgerStore
+from resilience.limits import Limits
 from resilience.retry import RetryPolicy
 from resilience.router import ServiceMode
 from resilience.shared.policy import BudgetWhenDown, SharedPolicy
@@ -102,7 +103,7 @@ class ProviderSettings:
         *,
         rng: random.Random | None = None,
         ledger: LedgerStore | None = None,
-        shared: SharedLimits | None = None,
+        shared: Limits | None = None,
     ) -> Guard:
         """A `Guard` for provider `name` with these limits, retries and breaker.
 

@@ -18,7 +18,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import backoff
 from backoff.types import Details
@@ -26,6 +26,7 @@ from backoff.types import Details
 from resilience.errors import ErrorClass, Rejected, classify
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 _RETRYABLE = frozenset({ErrorClass.FAILURE, ErrorClass.RATE_LIMITED})
 
@@ -87,32 +88,42 @@ class RetryPolicy:
 
     def after_first_failure(
         self,
-        attempt: Callable[..., Awaitable[T]],
-        on_backoff: Callable[[Details], None] | None = None,
-    ) -> Callable[..., Awaitable[T]]:
+        attempt: Callable[[A], Awaitable[T]],
+        on_backoff: Callable[[A, Details], None] | None = None,
+    ) -> Callable[[A, BaseException], Awaitable[T]]:
         """Build (once) the function that retries `attempt` after its first try failed.
 
         The caller makes the first try itself and, when it fails with a
-        retryable error, calls the result as `retried(*args, replay=[error])`.
+        retryable error, calls the result as `retried(subject, error)`.
         backoff receives that error as its own first try, so it waits, counts
         and gives up exactly as if it had run it, and the success path pays
-        nothing for retry machinery it did not need.
+        nothing for retry machinery it did not need. `on_backoff` is told the
+        subject with each wait.
         """
         rng = self.rng if self.rng is not None else random.Random()
 
-        async def replay_then_attempt(*args: Any, replay: list[BaseException]) -> T:
+        async def replay_then_attempt(subject: A, replay: list[BaseException]) -> T:
             if replay:
                 raise replay.pop()
-            return await attempt(*args)
+            return await attempt(subject)
 
-        retried: Callable[..., Awaitable[T]] = backoff.on_exception(
+        def report(details: Details) -> None:
+            if on_backoff is not None:
+                subject: A = details["args"][0]  # `replay_then_attempt`'s own first argument
+                on_backoff(subject, details)
+
+        retrying: Callable[[A, list[BaseException]], Awaitable[T]] = backoff.on_exception(
             self.delays,
             Exception,
             max_tries=self.max_attempts,
             giveup=lambda exc: not is_retryable(exc),
             jitter=None,
-            on_backoff=[on_backoff] if on_backoff is not None else [],
+            on_backoff=[report],
             logger=None,
             rng=rng,
         )(replay_then_attempt)
+
+        def retried(subject: A, first: BaseException) -> Awaitable[T]:
+            return retrying(subject, [first])
+
         return retried

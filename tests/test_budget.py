@@ -463,21 +463,24 @@ def test_the_in_memory_ledger_also_answers_without_awaiting() -> None:
     assert not isinstance(AwaitedLedger(), SyncLedger)
 
 
-def test_reserve_now_and_settle_now_do_what_reserve_and_settle_do(
+def test_a_budget_over_a_ledger_that_answers_at_once_works_the_same(
     alerts: list[dict[str, Any]],
 ) -> None:
+    """The in-memory ledger is asked without awaiting (`SyncLedger`): same results."""
     budget = Budget(hourly_usd=1.0, daily_usd=10.0, clock=FixedClock(T0))
 
-    assert budget.answers_now
-    settled = budget.reserve_now("openai", 0.4, correlation_id="job-1")
-    budget.settle_now(settled, 0.6, tokens=30)  # crosses 50 % of the hour
-    with pytest.raises(RuntimeError, match="already settled"):
-        budget.settle_now(settled)
-    budget.settle_now(budget.reserve_now("openai", 0.2))
-    with pytest.raises(BudgetExceeded) as refused:
-        budget.reserve_now("openai", 0.5)
+    async def scenario() -> BudgetExceeded:
+        settled = await budget.reserve("openai", 0.4, correlation_id="job-1")
+        await budget.settle(settled, 0.6, tokens=30)  # crosses 50 % of the hour
+        with pytest.raises(RuntimeError, match="already settled"):
+            await budget.settle(settled)
+        await budget.settle(await budget.reserve("openai", 0.2))
+        with pytest.raises(BudgetExceeded) as refused:
+            await budget.reserve("openai", 0.5)
+        return refused.value
 
-    assert refused.value.retry_after_s == pytest.approx(30.0)
+    refused = run_virtual(scenario())
+    assert refused.retry_after_s == pytest.approx(30.0)
     assert run_virtual(budget.spent("hour")) == pytest.approx((0.8, 2))
     openai = budget.usage.summary()["providers"]["openai"]
     assert (openai["requests"], openai["tokens"]) == (2, 30)
@@ -507,20 +510,9 @@ def test_a_budget_over_an_awaited_ledger_works_the_same(alerts: list[dict[str, A
 
     spent, refused = run_virtual(scenario())
 
-    assert not budget.answers_now
     assert spent == pytest.approx((0.8, 2))
     assert refused.retry_after_s == pytest.approx(30.0)
     assert "hour usd" in refused.detail
     assert [a["threshold"] for a in alerts] == [0.5, 0.8, 1.0]
     openai = budget.usage.summary()["providers"]["openai"]
     assert openai["errors"] == {"failure": 1, "rate_limited": 1}
-
-
-def test_reserve_now_needs_a_ledger_that_answers_now() -> None:
-    budget = Budget(daily_usd=1.0, ledger=AwaitedLedger())
-
-    with pytest.raises(TypeError, match="async ledger"):
-        budget.reserve_now("openai", 0.1)
-    reservation = run_virtual(budget.reserve("openai", 0.1))
-    with pytest.raises(TypeError, match="async ledger"):
-        budget.settle_now(reservation)

@@ -329,3 +329,24 @@ def test_the_token_bucket_sees_the_time_the_request_bucket_waited() -> None:
         return calls
 
     assert run_virtual(main()) == pytest.approx([0.0, 1.0, 2.0])
+
+
+def test_protect_takes_units_and_cost_from_the_calls_arguments() -> None:
+    async def main() -> tuple[list[str], float, float, str]:
+        tokens = TokenBucket(100, 1)
+        budget = Budget(daily_usd=10.0)
+        guard = Guard("p", tokens=tokens, budget=budget)
+
+        @guard.protect(
+            units=lambda batch, **_: len(batch), cost=lambda batch, **_: 0.5 * len(batch)
+        )
+        async def send(batch: list[str], *, suffix: str = "") -> list[str]:
+            return [text + suffix for text in batch]
+
+        sent = await send(["a", "b", "c"], suffix="!")  # keyword arguments reach `send`
+        spent, _ = await budget.spent("day")
+        return sent, tokens.level(), spent, send.__name__
+
+    sent, level, spent, name = run_virtual(main())
+    assert (sent, spent, name) == (["a!", "b!", "c!"], 1.5, "send")
+    assert level == pytest.approx(97.0)

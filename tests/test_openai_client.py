@@ -423,11 +423,14 @@ def test_a_429_rate_limit_pauses_the_buckets(events: Events) -> None:
         **{"retry-after-ms": "250", "retry-after": "1"},
     )
     embedder = client(FakeNetwork(answer), buckets=(requests, tokens))
+    guard = Guard("openai", requests=requests, tokens=tokens, retry=RetryPolicy(max_attempts=1))
+    # The guard, not the client, pauses the buckets: the batch goes through it.
+    send = guard.protect(units=lambda batch, **_: batch.tokens)(embedder.embed_batch)
 
     async def scenario() -> tuple[ProviderError, float]:
         await asyncio.sleep(10)
         with pytest.raises(ProviderError) as raised:
-            await embedder.embed_batch(one_batch(embedder, "a"), correlation_id="c-9")
+            await send(one_batch(embedder, "a"), correlation_id="c-9")
         return raised.value, asyncio.get_running_loop().time()
 
     raised, now = run_virtual(scenario())

@@ -74,7 +74,7 @@ def test_racing_reservations_never_cross_the_shared_budget(redis_url: str) -> No
                 return
             assert reservation is not None
             granted += 1
-            await g.settle(reservation, 0.01, tokens=0)
+            await reservation.budget.settle(reservation, 0.01, tokens=0)
 
         await asyncio.gather(
             *(reserve(g, f"{i}-{n}") for i, g in enumerate(gates) for n in range(100))
@@ -252,7 +252,7 @@ def test_unreachable_redis_falls_back_to_local_limits_when_allowed() -> None:
             granted.append(reservation)
         # The local budget holds half the limit: one $0.01 call fits in $0.015.
         assert len(granted) == 1
-        await g.settle(granted[0], 0.01, tokens=0)
+        await granted[0].budget.settle(granted[0], 0.01, tokens=0)
         await g.client.aclose()
 
     run(body)
@@ -287,7 +287,7 @@ def test_a_redis_restart_is_survived_and_spend_kept(
         )
         reservation = await g.admit(1, 0.25, "a", None)
         assert reservation is not None
-        await g.settle(reservation, None, tokens=0)
+        await reservation.budget.settle(reservation, None, tokens=0)
         redis_server.stop()
         with pytest.raises(BudgetExceeded, match="unreachable"):
             await g.admit(1, 0.25, "b", None)

@@ -36,7 +36,7 @@ from providers.http import error_from_response, rate_limits, reported
 from providers.pricing import embedding_cost_usd, output_dimensions
 from providers.tokens import count_tokens, split, truncate
 from providers.transport import HttpRequest, HttpResponse, Transport
-from resilience import ConfigError, ErrorClass, ProviderError, Router, classify
+from resilience import ConfigError, ProviderError, Router
 from resilience.bucket import Throttle
 from resilience.clock import wall_time
 from resilience.events import emit
@@ -189,8 +189,8 @@ class OpenAIEmbeddings:
     """The OpenAI embeddings client.
 
     `buckets` are the guard's (requests, tokens) buckets, either may be None:
-    rate-limit headers pull them down to what the server reports, and a 429
-    pauses them. A tokens bucket smaller than 300,000 also caps the tokens per
+    rate-limit headers pull them down to what the server reports (a 429's
+    pause is the guard's to make). A tokens bucket smaller than 300,000 also caps the tokens per
     request, since the guard could never grant a batch bigger than it.
     """
 
@@ -339,12 +339,7 @@ class OpenAIEmbeddings:
     def _error(self, response: HttpResponse) -> ProviderError:
         error = error_from_response(OPENAI, response, wall_time(), secrets=[self._config.api_key])
         if response.status == 429:
-            self.stats.rate_limited += 1
-            if classify(error) is ErrorClass.RATE_LIMITED and error.retry_after_s is not None:
-                until = asyncio.get_running_loop().time() + error.retry_after_s
-                for bucket in self._buckets:
-                    if bucket is not None:
-                        bucket.pause_until(until)
+            self.stats.rate_limited += 1  # the guard pauses the buckets for its Retry-After
         elif response.status == 401:
             return ProviderError(
                 f"{error.message} (check OPENAI_API_KEY)",

@@ -87,9 +87,9 @@ class _Batch:
 
 
 class RedisGate:
-    """The shared buckets and budget of provider `name`. See the module docstring.
+    """The shared buckets and budget of provider `name`, as a guard's `Limits`.
 
-    `rpm` and `tpm` are the provider's limits (None: no such bucket);
+    See the module docstring. `rpm` and `tpm` are the provider's limits (None: no such bucket);
     `budget_limits` makes the gate's `budget`, a `Budget` whose ledger is in
     Redis. `clock` is the budget's wall clock.
     """
@@ -164,7 +164,7 @@ class RedisGate:
     def __repr__(self) -> str:
         return f"RedisGate({self.name!r}, worker_id={self.worker_id!r})"
 
-    # -- what the guard calls ------------------------------------------------
+    # -- what the guard calls (`resilience.limits.Limits`) --------------------
 
     @property
     def reachable(self) -> bool:
@@ -180,24 +180,30 @@ class RedisGate:
         return pair[0], pair[1]
 
     async def admit(
-        self, units: float, cost: float, correlation_id: str, max_wait_s: float | None
+        self,
+        units: float,
+        cost: float,
+        correlation_id: str,
+        max_wait_s: float | None,
+        now: float | None = None,
     ) -> Reservation | None:
         """Take a request and `units` tokens, and reserve `cost`, in one script.
 
         Waits for the buckets like a `TokenBucket`: raises `RateLimited` when
         the wait would pass `max_wait_s`, and `BudgetExceeded` when the budget
-        refuses. Returns the reservation, or None without a budget.
+        refuses. Returns the reservation, or None without a budget. `now` is
+        the loop time the wait is measured from (the guard's attempt began).
         """
         tokens = self._buckets["tokens"]
         if tokens is not None and units > tokens[0]:
             raise ValueError(
                 f"{self.name}: {units:g} tokens can never be granted by a bucket of {tokens[0]:g}"
             )
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = asyncio.get_running_loop().time() if now is None else now
         wait = await self._try_admit(units, cost, correlation_id, max_wait_s)
         if not isinstance(wait, float):
             return wait
+        loop = asyncio.get_running_loop()
         async with self._queue:  # one poller per worker, the rest queued in order
             while True:
                 waited = loop.time() - started
@@ -209,31 +215,17 @@ class RedisGate:
                 if not isinstance(wait, float):
                     return wait
 
-    async def settle(
-        self, reservation: Reservation, actual_cost: float | None, *, tokens: int
-    ) -> None:
-        await self._budget_of(reservation).settle(reservation, actual_cost, tokens=tokens)
-
-    async def release(self, reservation: Reservation, *, error_class: str) -> None:
-        await self._budget_of(reservation).release(reservation, error_class=error_class)
-
-    async def keep(self, reservation: Reservation, *, error_class: str) -> None:
-        await self._budget_of(reservation).keep(reservation, error_class=error_class)
-
     async def pause(self, retry_after_s: float) -> None:
         """A 429: grant nothing to any worker for `retry_after_s`, then ramp up from empty."""
-        self.pause_fallback(asyncio.get_running_loop().time() + retry_after_s)
+        until = asyncio.get_running_loop().time() + retry_after_s
+        for bucket in self._fallback.values():
+            bucket.pause_until(until)
         if self._down():
             return
         try:
             await self._run(self._pause, [self._keys[2]], retry_after_s)
         except UNREACHABLE as exc:
             self._went_down(exc)
-
-    def pause_fallback(self, until: float) -> None:
-        """Pause the local fallback buckets until loop time `until`."""
-        for bucket in self._fallback.values():
-            bucket.pause_until(until)
 
     def report(self, kind: str, remaining: float | None) -> None:
         """The provider says `remaining` units are left: the next script lowers the bucket to it."""
@@ -379,18 +371,9 @@ class RedisGate:
                     await bucket.acquire(amount, max_wait_s)
         except BaseException:
             if reservation is not None:
-                await self.release(reservation, error_class="cancelled")
+                await reservation.budget.release(reservation, error_class="cancelled")
             raise
         return reservation
-
-    def _budget_of(self, reservation: Reservation) -> Budget:
-        """The budget that made `reservation`: its ledger keys name the budget's scope."""
-        local, keys = self._local_budget, reservation.keys
-        if local is not None and keys and keys[0].startswith(f"{local.scope}:"):
-            return local
-        if self.budget is None:
-            raise RuntimeError(f"{self.name}: the gate has no budget to settle with")
-        return self.budget
 
     async def _run(self, script: Any, keys: list[str], fields: dict[str, Any] | float) -> list[str]:
         """Run `script` with `fields` as its one JSON argument (see `resilience.shared.scripts`)."""
@@ -481,19 +464,16 @@ class RedisGate:
 
 
 class _Throttle:
-    """One bucket's `Throttle` for the provider client.
+    """One bucket's `Throttle` for the provider client: its headers reach the gate.
 
-    A 429 pauses only the local fallback here: the guard sees the same 429
-    and pauses the shared bucket (`RedisGate.pause`) for every worker.
+    A 429 is not the client's to act on: the guard sees it and pauses the
+    shared buckets (`RedisGate.pause`) for every worker.
     """
 
     def __init__(self, gate: RedisGate, kind: str, capacity: float) -> None:
         self._gate = gate
         self._kind = kind
         self.capacity = capacity
-
-    def pause_until(self, t: float) -> None:
-        self._gate.pause_fallback(t)
 
     def sync(self, remaining: float | None, reset_after_s: float | None) -> None:
         self._gate.report(self._kind, remaining)

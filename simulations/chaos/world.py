@@ -374,7 +374,7 @@ class World:
         for process in self.processes.values():
             guard = process.pipeline.guard(capability)
             old = guard.budget
-            guard.budget = Budget(
+            guard.limits.budget = Budget(
                 daily_usd=daily_usd,
                 scope=provider,
                 ledger=self.ledger,
