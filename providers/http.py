@@ -1,4 +1,8 @@
-"""What both provider clients read from HTTP responses.
+"""What both provider clients share over HTTP: the correlation header, and reading responses.
+
+* `correlated`: request headers plus `X-Correlation-ID`, the id bound to the
+  call in hand (`resilience.correlation`), so the provider's request logs,
+  and our emulators, tie each request to its job.
 
 * `retry_after_s`: `retry-after-ms` first, then `Retry-After` as seconds or
   as an HTTP date, the order openai-python uses.
@@ -21,8 +25,15 @@ from typing import Any
 import orjson
 
 from providers.transport import HttpResponse
-from resilience import ProviderError
+from resilience import ProviderError, correlation
 from resilience.events import emit
+
+
+def correlated(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """`headers`, plus the bound correlation id's header when one is bound."""
+    cid = correlation.current()
+    return headers if cid is None else {**headers, correlation.HEADER: cid}
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}

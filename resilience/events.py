@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 from loguru import logger
 
+from resilience import correlation
 from resilience.clock import iso_utc, wall_time
 
 if TYPE_CHECKING:
@@ -64,7 +65,13 @@ def emit(event: str, /, *, level: str = "INFO", **fields: Any) -> None:
 
     The record is attributed to the caller (depth 1), so enabling or
     disabling a package in loguru governs the events that package emits.
+    An event emitted while a correlation id is bound (`resilience.correlation`)
+    carries it, unless the caller names one itself.
     """
+    if "correlation_id" not in fields:
+        cid = correlation.current()
+        if cid is not None:
+            fields["correlation_id"] = cid
     logger.opt(depth=1).bind(event=event, **fields).log(level, event)
 
 

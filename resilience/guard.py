@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from backoff.types import Details
 
+from resilience import correlation
 from resilience.breaker import Breaker, BreakerPolicy
 from resilience.bucket import TokenBucket
 from resilience.budget import Budget, Reservation
@@ -127,7 +128,7 @@ class Guard:
         refuses, or the provider's last error when retries end. (A plain method
         returning `_attempt`'s coroutine, so the call costs one coroutine, not two.)
         """
-        cid = correlation_id or self.new_correlation_id()
+        cid = correlation_id or correlation.current() or self.new_correlation_id()
         return self._attempt(Call(fn, args, kwargs, units, cost, cid))
 
     def protect(
@@ -143,7 +144,8 @@ class Guard:
             @functools.wraps(fn)
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
                 amounts = _amount(units, args, kwargs), _amount(cost, args, kwargs)
-                call = Call(fn, args, kwargs, *amounts, self.new_correlation_id())
+                cid = correlation.current() or self.new_correlation_id()
+                call = Call(fn, args, kwargs, *amounts, cid)
                 return await self._attempt(call)
 
             return guarded
@@ -178,10 +180,13 @@ class Guard:
             # Only slow-call detection reads `started`: without it the clock is not read again.
             started = loop.time() if breaker.policy.slow_call_s is not None else now
             # Awaited here rather than in `breaker.execute`: one coroutine fewer per call.
+            # The provider reads the call's correlation id from the context (its requests carry it).
+            bound = correlation.bind(call.correlation_id)
             try:
                 pending = call.fn(*call.args, **call.kwargs)
                 result = await (breaker.bounded(pending) if ticket.probe else pending)
             except BaseException as exc:
+                correlation.unbind(bound)
                 breaker.finish(ticket, exc, started, loop.time(), call.correlation_id)
                 pause_s = _rate_limit_pause_s(exc)
                 if pause_s is not None:
@@ -189,6 +194,7 @@ class Guard:
                 if reservation is not None:
                     await _settle_failure(reservation, exc)
                 raise
+            correlation.unbind(bound)
             breaker.finish(ticket, None, started, loop.time(), call.correlation_id)
             if reservation is not None:
                 actual: float | None = getattr(result, "cost_usd", None)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 
+from resilience import correlation
 from resilience.breaker import OPEN
 from resilience.errors import (
     BudgetExceeded,
@@ -179,7 +180,7 @@ class Router:
                 self._publish(capability, route, "mode", "mock")
             return Routed(value, "mock", "mode")
         guard = route.guard
-        cid = correlation_id or guard.new_correlation_id()
+        cid = correlation_id or correlation.current() or guard.new_correlation_id()
         if mode is _HYBRID and guard.breaker.state == OPEN:
             return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
         try:

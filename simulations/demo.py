@@ -157,7 +157,7 @@ async def _run(db: Path, log_path: str, out: TextIO) -> int:
                 file=out,
             )
             await asyncio.sleep(wait_s + 0.1)
-            report = await backfill(store, pipeline, correlation_id="demo-backfill")
+            report = await backfill(store, pipeline)
             emit("demo.finished", repaired=len(report.repaired))
             print(f"Backfill: {len(report.repaired)} made whole", file=out)
             for job_id, why in report.still_degraded.items():

@@ -204,7 +204,7 @@ def test_a_partial_batch_resends_only_the_missing_input(events: Events) -> None:
         assert resend[0] in TEXTS
         assert (client.stats.requests, client.stats.retried_missing) == (2, 1)
         [event] = events.of("openai.partial_batch")
-        assert (event["missing"], event["correlation_id"]) == (1, "job-7:0")
+        assert (event["missing"], event["correlation_id"]) == (1, "job-7")
         assert_all_real(result, len(TEXTS))
         assert result.vectors == await official(TEXTS)
 

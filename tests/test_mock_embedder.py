@@ -77,7 +77,7 @@ def test_vectors_are_the_same_in_another_process() -> None:
 def test_embed_batch_has_the_real_clients_shape_at_no_cost() -> None:
     batch = batch_of("alpha", "beta", dimensions=64)
     mock = MockEmbedder(dimensions=64)
-    result = run_virtual(mock.embed_batch(batch, correlation_id="c-1"))
+    result = run_virtual(mock.embed_batch(batch))
     assert result.vectors == {0: mock.vector("alpha"), 1: mock.vector("beta")}
     assert result.missing == []
     assert result.tokens == batch.tokens

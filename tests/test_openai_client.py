@@ -40,6 +40,7 @@ from resilience import (
     ServiceMode,
     TokenBucket,
     classify,
+    correlation,
 )
 from resilience.testing import run_virtual
 from tests.events import Events
@@ -397,8 +398,8 @@ def body_with(*items: Any, usage: Any = USAGE) -> bytes:
 )
 def test_a_malformed_response_is_a_502_provider_error(body: bytes, events: Events) -> None:
     embedder = client(FakeNetwork(HttpResponse.build(200, {"x-request-id": "req_bad"}, body)))
-    with pytest.raises(ProviderError, match="malformed") as raised:
-        run_virtual(embedder.embed_batch(one_batch(embedder, "a", "b"), correlation_id="c-1"))
+    with pytest.raises(ProviderError, match="malformed") as raised, correlation.bound("c-1"):
+        run_virtual(embedder.embed_batch(one_batch(embedder, "a", "b")))
     assert (raised.value.status, raised.value.code) == (502, "malformed_response")
     assert raised.value.request_id == "req_bad"
     assert classify(raised.value) is ErrorClass.FAILURE
@@ -429,8 +430,8 @@ def test_a_429_rate_limit_pauses_the_buckets(events: Events) -> None:
 
     async def scenario() -> tuple[ProviderError, float]:
         await asyncio.sleep(10)
-        with pytest.raises(ProviderError) as raised:
-            await send(one_batch(embedder, "a"), correlation_id="c-9")
+        with pytest.raises(ProviderError) as raised, correlation.bound("c-9"):
+            await send(one_batch(embedder, "a"))
         return raised.value, asyncio.get_running_loop().time()
 
     raised, now = run_virtual(scenario())
@@ -520,8 +521,8 @@ def test_a_transport_error_is_reported_and_raised(events: Events) -> None:
             raise TransportError("POST http://emulator.test/v1/embeddings: ClientConnectorError")
 
     embedder = OpenAIEmbeddings(CONFIG, Refused(), dimensions=DIMS)
-    with pytest.raises(TransportError):
-        run_virtual(embedder.embed_batch(one_batch(embedder, "a"), correlation_id="c-3"))
+    with pytest.raises(TransportError), correlation.bound("c-3"):
+        run_virtual(embedder.embed_batch(one_batch(embedder, "a")))
     [event] = events.of("provider.error")
     assert (event["status"], event["correlation_id"]) == (None, "c-3")
 
@@ -629,7 +630,10 @@ def test_embed_resends_only_the_missing_inputs(events: Events) -> None:
     assert result.paths == ["real"] * 3
     assert embedder.stats.retried_missing == 1
     [event] = events.of("openai.partial_batch")
-    assert (event["missing"], event["retry"], event["correlation_id"]) == (1, 1, "job-1:0")
+    assert (event["missing"], event["batch"], event["retry"]) == (1, 0, 1)
+    assert event["correlation_id"] == "job-1"
+    sent = [request.headers[correlation.HEADER] for request in network.requests]
+    assert sent == ["job-1", "job-1"]  # the batch and its re-send of the missing input
 
 
 def test_an_input_never_answered_is_a_failure_and_hybrid_serves_the_mock() -> None:
@@ -687,8 +691,20 @@ def test_provider_errors_carry_the_embed_correlation_id(events: Events) -> None:
     embedder = client(FakeNetwork(error(503, "overloaded", "server_error", None)))
     router = router_for(embedder, MockEmbedder(dimensions=DIMS), attempts=1)
     run_virtual(embedder.embed(["alpha"], router, correlation_id="job-7"))
-    assert [e["correlation_id"] for e in events.of("provider.error")] == ["job-7:0"]
-    assert events.of("fallback.served")[0]["correlation_id"] == "job-7:0"
+    assert [e["correlation_id"] for e in events.of("provider.error")] == ["job-7"]
+    assert events.of("fallback.served")[0]["correlation_id"] == "job-7"
+
+
+def test_a_request_carries_the_bound_correlation_id_and_none_without_one() -> None:
+    network = FakeNetwork(reply())
+    embedder = client(network)
+    with correlation.bound("abc-123"):
+        run_virtual(embedder.embed_batch(one_batch(embedder, "a")))
+    run_virtual(embedder.embed_batch(one_batch(embedder, "a")))
+    tagged, untagged = network.requests
+    assert tagged.headers[correlation.HEADER] == "abc-123"
+    assert correlation.HEADER not in untagged.headers
+    assert correlation.current() is None  # the binding ended with its block
 
 
 def test_a_mock_of_another_size_is_refused() -> None:

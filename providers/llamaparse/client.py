@@ -34,11 +34,11 @@ import orjson
 from pypdf import PdfReader
 
 from providers import LLAMAPARSE
-from providers.http import error_from_response, reported
+from providers.http import correlated, error_from_response, reported
 from providers.llamaparse.webhooks import WebhookInbox
 from providers.pricing import USD_PER_CREDIT, parse_cost_usd
 from providers.transport import HttpRequest, HttpResponse, Transport
-from resilience import ConfigError, ErrorClass, ProviderError, TokenBucket, classify
+from resilience import ConfigError, ErrorClass, ProviderError, TokenBucket, classify, correlation
 from resilience.clock import wall_time
 
 DEFAULT_BASE_URL: Final = "https://api.cloud.llamaindex.ai"
@@ -323,9 +323,7 @@ class LlamaParse:
     def estimate_cost_usd(self, document: Document) -> float:
         return estimate_cost_usd(document)
 
-    async def parse(
-        self, document: Document, *, correlation_id: str | None = None
-    ) -> ParsedDocument:
+    async def parse(self, document: Document) -> ParsedDocument:
         """Parse `document` to markdown, once per distinct content.
 
         Raises `ProviderError`: 422 when the service could not parse the
@@ -345,7 +343,7 @@ class LlamaParse:
             flight = self._inflight.get(sha256)  # started while we read the cache?
         if flight is None:
             task = asyncio.get_running_loop().create_task(
-                self._parse_and_cache(document, sha256, correlation_id)
+                self._parse_and_cache(document, sha256, correlation.current())
             )
             flight = self._inflight[sha256] = _InFlight(task)
             task.add_done_callback(partial(self._landed, sha256))
@@ -564,8 +562,9 @@ class LlamaParse:
         return self.config.base_url.rstrip("/") + path
 
     @staticmethod
-    def _headers(key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+    def _headers(key: str) -> Mapping[str, str]:
+        """Auth, and the bound correlation id (the parse's task inherits its caller's)."""
+        return correlated({"Authorization": f"Bearer {key}", "Accept": "application/json"})
 
     @property
     def _secrets(self) -> tuple[str, ...]:

@@ -41,9 +41,7 @@ class MockParser:
     def __repr__(self) -> str:
         return f"MockParser(latency_s={self.latency_s:g}, failures={len(self.failures)})"
 
-    async def parse(
-        self, document: Document, *, correlation_id: str | None = None
-    ) -> ParsedDocument:
+    async def parse(self, document: Document) -> ParsedDocument:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         failure = self.failures.get(document.name)

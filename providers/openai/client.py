@@ -25,18 +25,17 @@ import binascii
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, TypeGuard
 
 import orjson
 
 from providers import OPENAI
-from providers.http import error_from_response, rate_limits, reported
+from providers.http import correlated, error_from_response, rate_limits, reported
 from providers.pricing import embedding_cost_usd, output_dimensions
 from providers.tokens import count_tokens, split, truncate
 from providers.transport import HttpRequest, HttpResponse, Transport
-from resilience import ConfigError, ProviderError, Router
+from resilience import ConfigError, ProviderError, Router, correlation
 from resilience.bucket import Throttle
 from resilience.clock import wall_time
 from resilience.events import emit
@@ -52,11 +51,6 @@ MISSING_RETRIES: Final = 3
 """How many times `embed` re-sends inputs a response left out before giving up."""
 
 LongInputs = Literal["truncate", "split"]
-
-_correlation: ContextVar[str | None] = ContextVar("openai_correlation_id", default=None)
-"""The id `embed` gives each routed call. The router keeps `correlation_id` for
-the guard's own events and does not pass it on, so this is how `embed_batch`
-learns it for its `provider.error` events."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,13 +290,14 @@ class OpenAIEmbeddings:
 
     # -- one request ---------------------------------------------------------
 
-    async def embed_batch(self, batch: Batch, *, correlation_id: str | None = None) -> BatchResult:
+    async def embed_batch(self, batch: Batch) -> BatchResult:
         """POST one batch. Raises `ProviderError` for every failure, never anything else.
 
         A response with fewer items than inputs is returned as it is, with the
         left-out positions in `missing`; one with a wrong item fails as a 502.
+        The request carries the bound correlation id (`providers.http.correlated`).
         """
-        cid = correlation_id if correlation_id is not None else _correlation.get()
+        cid = correlation.current()
         payload: dict[str, Any] = {
             "model": self.model,
             "input": list(batch.texts),
@@ -310,7 +305,7 @@ class OpenAIEmbeddings:
         }
         if self.dimensions is not None:
             payload["dimensions"] = self.dimensions
-        request = HttpRequest("POST", self._url, self._headers, orjson.dumps(payload))
+        request = HttpRequest("POST", self._url, correlated(self._headers), orjson.dumps(payload))
         self.stats.requests += 1
         timeout_s = self._config.read_timeout_s
         try:
@@ -429,18 +424,21 @@ class OpenAIEmbeddings:
     ) -> Embeddings:
         """Embed `texts` through `router`'s `capability`, one vector per input, in order.
 
-        Batch n is routed with correlation id "<id>:n" (its re-sends of missing
-        inputs "<id>:n:retry<k>"). A split input's vector is the token-weighted
+        Every batch, and every re-send of inputs a response left out, is routed
+        with the one correlation id: the caller's, else the bound one, else a
+        new one. A split input's vector is the token-weighted
         mean of its pieces' vectors, scaled back to unit length as OpenAI's
         vectors are (the method of OpenAI's cookbook for long inputs).
         """
         batches = self.plan(texts)
-        cid = correlation_id or router.guard(capability).new_correlation_id()
+        cid = (
+            correlation_id or correlation.current() or router.guard(capability).new_correlation_id()
+        )
         parts: dict[int, list[tuple[list[float], int]]] = {}
         paths: list[Path] = ["real"] * len(texts)
         reasons: list[str | None] = [None] * len(texts)
         for number, batch in enumerate(batches):
-            served = await self._complete(batch, router, capability, f"{cid}:{number}")
+            served = await self._complete(batch, router, capability, cid, number)
             for position, (vector, path, reason) in served.items():
                 index = batch.indices[position]
                 parts.setdefault(index, []).append((vector, batch.token_counts[position]))
@@ -451,24 +449,19 @@ class OpenAIEmbeddings:
         return Embeddings(vectors, paths, reasons)
 
     async def _complete(
-        self, batch: Batch, router: Router, capability: str, cid: str
+        self, batch: Batch, router: Router, capability: str, cid: str, number: int
     ) -> dict[int, _Served]:
         """Every position of `batch` served, re-sending only what a response left out."""
         served: dict[int, _Served] = {}
         pending, positions = batch, list(range(len(batch)))
         for attempt in range(MISSING_RETRIES + 1):
-            call_id = f"{cid}:retry{attempt}" if attempt else cid
-            token = _correlation.set(call_id)
-            try:
-                routed = await router.call(
-                    capability,
-                    pending,
-                    units=pending.tokens,
-                    cost=pending.estimated_cost_usd,
-                    correlation_id=call_id,
-                )
-            finally:
-                _correlation.reset(token)
+            routed = await router.call(
+                capability,
+                pending,
+                units=pending.tokens,
+                cost=pending.estimated_cost_usd,
+                correlation_id=cid,
+            )
             result: BatchResult = routed.value
             for position, vector in result.vectors.items():
                 self._check_length(vector, capability)
@@ -483,8 +476,9 @@ class OpenAIEmbeddings:
                     level="WARNING",
                     provider=OPENAI,
                     missing=len(positions),
+                    batch=number,
                     retry=attempt + 1,
-                    correlation_id=call_id,
+                    correlation_id=cid,
                 )
                 pending = self._batch(
                     [

@@ -52,11 +52,10 @@ class MockEmbedder:
         norm = math.hypot(*values) or 1.0
         return [value / norm for value in values]
 
-    async def embed_batch(self, batch: Batch, *, correlation_id: str | None = None) -> BatchResult:
+    async def embed_batch(self, batch: Batch) -> BatchResult:
         """Embed `batch` as the real client would, billing nothing.
 
         `tokens` is what the batch holds (what was embedded); `cost_usd` is 0.
-        `correlation_id` is accepted for the same signature and not used.
         """
         self.calls += 1
         if self.latency_s > 0:

@@ -4,6 +4,8 @@
 
 * `POST /documents`: multipart, field `file`. 201 `{"job_id", "created": true}`,
   or 200 with `"created": false` when identical content already has a job.
+  An `X-Correlation-ID` (1 to 128 visible ASCII characters, else 400) is kept
+  on the job and carried by its provider requests, log lines and audit rows.
 * `GET /jobs/{id}`: `{"job": {...}, "history": [...]}`; the job carries
   `state` and `degraded`.
 * `POST /webhooks/llamaparse`: 200 `{"status": "accepted" | "duplicate", ...}`.
@@ -37,6 +39,7 @@ the parse step moves the job.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any, Final
@@ -52,7 +55,7 @@ from providers.llamaparse.webhooks import (
     check_delivery,
     sign_standard_webhook,
 )
-from resilience import Guard
+from resilience import Guard, correlation
 from resilience.clock import Clock, wall_time
 from resilience.events import emit
 from resilience.usage import UsageLog
@@ -243,8 +246,26 @@ async def _json_errors(
 # -- uploads -----------------------------------------------------------------
 
 
+_CORRELATION_ID: Final = re.compile(r"[\x21-\x7e]{1,128}")
+"""What an `X-Correlation-ID` may be: it goes out again in every provider request's
+headers and every log line, so only visible ASCII, and not too much of it."""
+
+
+def _correlation_id(request: web.Request) -> str | None:
+    """The upload's `X-Correlation-ID`, if it sent one; ApiError 400 if unusable."""
+    sent = request.headers.get(correlation.HEADER)
+    if sent is not None and _CORRELATION_ID.fullmatch(sent) is None:
+        raise ApiError(
+            400,
+            "bad_correlation_id",
+            f"{correlation.HEADER} must be 1 to 128 visible ASCII characters",
+        )
+    return sent
+
+
 async def _upload(request: web.Request) -> web.Response:
     config = request.app[_CONFIG]
+    cid = _correlation_id(request)
     limit = config.max_upload_bytes
     length = request.content_length
     if length is not None and length > limit + _MULTIPART_SLACK:
@@ -261,7 +282,7 @@ async def _upload(request: web.Request) -> web.Response:
         filename=filename,
         mime_type=mime_type,
         now=config.clock(),
-        correlation_id=request.headers.get("X-Correlation-ID"),
+        correlation_id=cid,
     )
     body = {"job_id": job.id, "created": created, "state": job.state.value}
     return _json(body, 201 if created else 200, {"Location": f"/jobs/{job.id}"})
@@ -314,6 +335,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "failure_reason": job.failure_reason,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
+        "correlation_id": job.correlation_id,
     }
 
 

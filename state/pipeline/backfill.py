@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from providers.llamaparse.client import ParsedDocument
-from resilience import ProviderError, Rejected, Router, ServiceMode
+from resilience import ProviderError, Rejected, Router, ServiceMode, correlation
 from resilience.clock import wall_time
 from resilience.events import emit
 from state.machine import Job
@@ -35,7 +35,6 @@ async def backfill(
     pipeline: Pipeline,
     *,
     clock: Callable[[], float] = wall_time,
-    correlation_id: str = "backfill",
 ) -> BackfillReport:
     """Redo the mock-served steps of degraded complete jobs in REAL mode, then clear `degraded`.
 
@@ -46,32 +45,34 @@ async def backfill(
     piece came back mock, nothing is written. Embeddings whose stored path
     is mock are re-embedded; real ones replace them. A job whose every step
     is real then has `degraded` cleared, with an audit row. Errors leave the
-    job as it was and are reported.
+    job as it was and are reported. Each job's calls, log lines and audit row
+    carry its own correlation id.
     """
     report = BackfillReport()
     routers = pipeline.routers_for(ServiceMode.REAL)
     embedder = pipeline.embedder
     model, dims = embedder.model, embedder.vector_dimensions
     for job in await store.degraded_jobs():
-        try:
-            problem = await _backfill_parse(store, pipeline, routers, job)
-            if problem is None:
-                problem = await _backfill_embeddings(store, pipeline, routers[EMBED], job)
-        except (Rejected, ProviderError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if problem is not None:
-            report.still_degraded[job.id] = problem
-            emit("backfill.skipped", level="WARNING", job_id=job.id, reason=problem)
-            continue
-        embeddings = await store.embeddings(job.sha256, model, dims)
-        await store.clear_degraded(
-            job.id,
-            reason=f"backfill: parse and {len(embeddings)} embeddings real",
-            correlation_id=correlation_id,
-            now=clock(),
-        )
-        report.repaired.append(job.id)
-        emit("backfill.repaired", job_id=job.id, embeddings=len(embeddings))
+        with correlation.bound(job.correlation_id):
+            try:
+                problem = await _backfill_parse(store, pipeline, routers, job)
+                if problem is None:
+                    problem = await _backfill_embeddings(store, pipeline, routers[EMBED], job)
+            except (Rejected, ProviderError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None:
+                report.still_degraded[job.id] = problem
+                emit("backfill.skipped", level="WARNING", job_id=job.id, reason=problem)
+                continue
+            embeddings = await store.embeddings(job.sha256, model, dims)
+            await store.clear_degraded(
+                job.id,
+                reason=f"backfill: parse and {len(embeddings)} embeddings real",
+                correlation_id=job.correlation_id,
+                now=clock(),
+            )
+            report.repaired.append(job.id)
+            emit("backfill.repaired", job_id=job.id, embeddings=len(embeddings))
     return report
 
 

@@ -50,13 +50,13 @@ class MissingInput:
 async def route_parse(
     store: JobStore, router: Router, job: Job
 ) -> Routed[ParsedDocument] | MissingInput:
-    """Parse `job`'s stored document through `router`, the job's id as correlation id."""
+    """Parse `job`'s stored document through `router`, under the job's correlation id."""
     content = await store.document(job.sha256)
     if content is None:
         return MissingInput("document", job.sha256)
     document = Document(job.filename, content, job.mime_type)
     return await router.call(
-        PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.id
+        PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.correlation_id
     )
 
 
@@ -64,7 +64,9 @@ async def embed_rows(
     embedder: OpenAIEmbeddings, router: Router, chunks: Sequence[ChunkText], job: Job
 ) -> list[EmbeddingRow]:
     """Embed `chunks` through `router`: one row per chunk, each marked real or mock."""
-    result = await embedder.embed([c.text for c in chunks], router, correlation_id=job.id)
+    result = await embedder.embed(
+        [c.text for c in chunks], router, correlation_id=job.correlation_id
+    )
     return [
         EmbeddingRow(c.index, vector, path)
         for c, vector, path in zip(chunks, result.vectors, result.paths, strict=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, Unpack
 
-from resilience import ErrorClass, Rejected, classify
+from resilience import ErrorClass, Rejected, classify, correlation
 from resilience.clock import wall_time
 from resilience.events import emit
 from state.machine import Job, JobState, Trigger, WaitReason
@@ -150,26 +150,37 @@ class Worker:
     # -- one job -------------------------------------------------------------
 
     async def _hold(self, job: Job) -> None:
-        """Walk `job` while holding its lease, renewing it; release it if still ours."""
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job.id))
-        try:
-            await self._walk(job)
-        except StaleJob as exc:
-            self.stats.stale += 1
-            emit("worker.stale", level="WARNING", job_id=job.id, owner=self.owner, detail=str(exc))
-        except Exception as exc:  # a bug or a store error: log it, let the lease go, carry on
-            self.stats.errors += 1
-            emit(
-                "worker.error",
-                level="ERROR",
-                job_id=job.id,
-                state=job.state.value,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-        finally:
-            heartbeat.cancel()
-            if await self.store.release_lease(job.id, self.owner):
-                self.stats.released += 1
+        """Walk `job` while holding its lease, renewing it; release it if still ours.
+
+        The job's correlation id is bound throughout, so its log lines and
+        provider requests carry it (`resilience.correlation`).
+        """
+        with correlation.bound(job.correlation_id):
+            heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(job.id))
+            try:
+                await self._walk(job)
+            except StaleJob as exc:
+                self.stats.stale += 1
+                emit(
+                    "worker.stale",
+                    level="WARNING",
+                    job_id=job.id,
+                    owner=self.owner,
+                    detail=str(exc),
+                )
+            except Exception as exc:  # a bug or a store error: log it, let the lease go, carry on
+                self.stats.errors += 1
+                emit(
+                    "worker.error",
+                    level="ERROR",
+                    job_id=job.id,
+                    state=job.state.value,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            finally:
+                heartbeat.cancel()
+                if await self.store.release_lease(job.id, self.owner):
+                    self.stats.released += 1
 
     async def _heartbeat(self, job_id: str) -> None:
         while True:
@@ -304,7 +315,7 @@ class Worker:
             owner=self.owner,
             trigger=trigger,
             reason=reason,
-            correlation_id=job.id,
+            correlation_id=job.correlation_id,
             now=self.clock() if now is None else now,
             **changes,
         )
