@@ -140,7 +140,7 @@ class Pipeline:
         `ConfigError` for a bad value.
         """
         config = load_config(environ, (OPENAI, LLAMAPARSE))
-        mode = ServiceMode(config.service_mode)
+        mode = config.service_mode
         owned: AiohttpTransport | None = None
         if transport is None:
             transport = owned = AiohttpTransport()
