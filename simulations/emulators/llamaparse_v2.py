@@ -79,12 +79,13 @@ FILES: Final = "/api/v1/beta/files"
 DEFAULT_PROJECT: Final = "emulated-project"
 CREDITS_PER_PAGE: Final = {"fast": 1, "cost_effective": 3, "agentic": 10, "agentic_plus": 45}
 VERSIONS: Final = {
-    "fast": ["2026-06-15", "2026-06-01"],
-    "cost_effective": ["2026-09-28", "2026-07-24"],
-    "agentic": ["2026-10-16", "2026-09-28"],
-    "agentic_plus": ["2026-09-28", "2026-07-24"],
+    "fast": ["2026-06-15", "2025-12-11"],
+    "cost_effective": ["2026-09-28", "2026-08-19", "2026-07-23"],
+    "agentic": ["2026-10-16", "2026-09-28", "2026-07-24"],
+    "agentic_plus": ["2026-09-28", "2026-08-19", "2026-07-08"],
 }
-"""Dated versions per tier, newest first; `latest` is the first (as in `llama-cloud` 2.19)."""
+"""Dated versions per tier, newest first, a few of those `llama-cloud` 2.19 knows
+(its response model accepts only its listed dates); `latest` is the first."""
 EXPANDS: Final = frozenset(
     {"text", "markdown", "items", "metadata", "markdown_full", "text_full", "job_metadata"}
     | {"usage", "images_content_metadata"}
