@@ -68,19 +68,26 @@ def test_parse_returns_each_pdf_pages_own_words() -> None:
             expand=["markdown", "text", "items", "markdown_full", "text_full", "usage"],
         )
     assert result.job.status == "COMPLETED"
-    assert result.job.usage is not None and result.job.usage.credits == 3 * len(PAGES)
-    assert result.markdown is not None and result.text is not None and result.items is not None
+    assert result.job.usage is not None
+    assert result.job.usage.credits == 3 * len(PAGES)
+    assert result.markdown is not None
+    assert result.text is not None
+    assert result.items is not None
     for number, (page, markdown, text, items) in enumerate(
         zip(PAGES, result.markdown.pages, result.text.pages, result.items.pages, strict=True), 1
     ):
-        assert markdown.success is True and markdown.page_number == number
+        assert markdown.success is True
+        assert markdown.page_number == number
         assert text.page_number == number
         for line in page.split("\n"):
             assert line in markdown.markdown
             assert line in text.text
-        assert items.success is True and items.items
-    assert result.markdown_full is not None and "Armour stones" in result.markdown_full
-    assert result.text_full is not None and "Spring tides" in result.text_full
+        assert items.success is True
+        assert items.items
+    assert result.markdown_full is not None
+    assert "Armour stones" in result.markdown_full
+    assert result.text_full is not None
+    assert "Spring tides" in result.text_full
     assert emulator.stats().count("POST /api/v2/parse/upload", 200) == 1
 
 
@@ -103,18 +110,21 @@ def test_text_markdown_and_html_come_back_as_their_words(
 ) -> None:
     with sdk() as (client, _):
         result = parse(client, (name, content, media_type), expand=["markdown", "items"])
-    assert result.markdown is not None and result.items is not None
+    assert result.markdown is not None
+    assert result.items is not None
     (page,) = result.markdown.pages
-    assert page.success is True and words in page.markdown
+    assert page.success is True
+    assert words in page.markdown
     assert "<" not in page.markdown
     (items,) = result.items.pages
-    assert items.success is True and any(words in item.md for item in items.items)
+    assert items.success is True
+    assert any(words in item.md for item in items.items)
 
 
 def test_a_failed_job_raises_polling_error_with_its_message() -> None:
-    with sdk(plan(page_failure_rate=1.0)) as (client, _):
-        with pytest.raises(PollingError, match=r"status: FAILED \| Error: 3 of 3 pages failed"):
-            parse(client, ("harbour.pdf", make_pdf(PAGES), "application/pdf"), expand=["text"])
+    failed = r"status: FAILED \| Error: 3 of 3 pages failed"
+    with sdk(plan(page_failure_rate=1.0)) as (client, _), pytest.raises(PollingError, match=failed):
+        parse(client, ("harbour.pdf", make_pdf(PAGES), "application/pdf"), expand=["text"])
 
 
 def test_a_partially_failed_job_completes_with_failed_pages() -> None:
@@ -129,12 +139,14 @@ def test_a_partially_failed_job_completes_with_failed_pages() -> None:
         with pytest.raises(PollingError, match="status: FAILED"):  # the default ratio, 0.05
             parse(client, ("long.pdf", make_pdf(pages), "application/pdf"), expand=["text"])
     assert result.job.status == "COMPLETED"
-    assert result.markdown is not None and result.items is not None
+    assert result.markdown is not None
+    assert result.items is not None
     failed = [page.page_number for page in result.markdown.pages if page.success is False]
     assert 0 < len(failed) < len(pages)
     for page, items in zip(result.markdown.pages, result.items.pages, strict=True):
         if page.success is False:
-            assert page.error and items.success is False
+            assert page.error
+            assert items.success is False
         else:
             assert f"Bollard {page.page_number} holds" in page.markdown
     assert emulator.stats().jobs_created == 2
@@ -149,7 +161,8 @@ def test_a_429_is_retried_after_retry_after() -> None:
         second = client.parsing.create(tier="fast", version="latest", upload_file=upload)
         elapsed = time.monotonic() - started
         stats = emulator.stats()
-    assert first.id != second.id and second.status == "PENDING"
+    assert first.id != second.id
+    assert second.status == "PENDING"
     assert stats.count("POST /api/v2/parse/upload", 429) >= 1
     assert stats.count("POST /api/v2/parse/upload", 200) == 2
     assert elapsed >= 0.7  # Retry-After: 1, less the SDK's jitter of at most a quarter
@@ -171,10 +184,13 @@ def test_files_api_then_parse_by_file_id_and_list_by_creation_time() -> None:
         versions = client.parsing.list_versions()
         client.files.delete(file.id)
         assert list(client.files.list()) == []
-    assert result.text_full is not None and "Cranes lift containers." in result.text_full
-    assert result.job.usage is not None and result.job.usage.credits == 10
+    assert result.text_full is not None
+    assert "Cranes lift containers." in result.text_full
+    assert result.job.usage is not None
+    assert result.job.usage.credits == 10
     assert [entry.id for entry in listed] == [job.id]
-    assert listed[0].name == "quay.md" and listed[0].status == "COMPLETED"
+    assert listed[0].name == "quay.md"
+    assert listed[0].status == "COMPLETED"
     assert versions.latest.cost_effective in versions.cost_effective
 
 

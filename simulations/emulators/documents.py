@@ -58,9 +58,16 @@ class Document:
     def page_count(self) -> int:
         return len(self.pages)
 
-    def joined(self, failed: Collection[int] = ()) -> str:
-        """v1's markdown (and text): the pages that did not fail, separated as upstream."""
-        return PAGE_SEPARATOR.join(p.markdown for p in self.pages if p.number not in failed)
+    def joined(self, failed: Collection[int] = (), separator: str = PAGE_SEPARATOR) -> str:
+        """The pages that did not fail, as one string. `separator` may hold
+        `{page_number}`, the number of the page it introduces (v1's `page_separator`)."""
+        kept = [page for page in self.pages if page.number not in failed]
+        if not kept:
+            return ""
+        parts = [kept[0].markdown]
+        for page in kept[1:]:
+            parts += [separator.replace("{page_number}", str(page.number)), page.markdown]
+        return "".join(parts)
 
     @property
     def unreadable(self) -> frozenset[int]:

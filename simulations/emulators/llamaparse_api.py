@@ -6,7 +6,9 @@
 * `GET .../job/{id}/result/markdown`, `.../result/text` and `.../result/json`
   answer `{"markdown" | "text" | "pages", "job_metadata": {job_pages,
   job_is_cache_hit, credits_used}}` once the job finished, and 404 "Result
-  not found" before. The text is the document's own (see `documents`).
+  not found" before. The text is the document's own (see `documents`), its
+  pages joined by `page_separator` (default `\n---\n`; `{page_number}` in
+  it becomes the number of the page that follows).
 
 A job is PENDING for a parse time drawn from the plan, then SUCCESS; or
 PARTIAL_SUCCESS when some pages failed (the plan's `page_failure_rate`, or
@@ -42,7 +44,7 @@ from yarl import URL
 
 from providers.transport import HttpResponse
 from simulations.emulators.chaos import draw_range
-from simulations.emulators.documents import Document, render_document
+from simulations.emulators.documents import PAGE_SEPARATOR, Document, render_document
 from simulations.emulators.faults import LlamaParsePlan
 from simulations.emulators.ids import Ids
 from simulations.emulators.llamaparse_shared import (
@@ -90,6 +92,11 @@ class Job:
     document: Document
     failed_pages: frozenset[int]
     metadata: dict[str, Any]
+    separator: str
+
+    @property
+    def joined(self) -> str:
+        return self.document.joined(self.failed_pages, self.separator)
 
     @property
     def outcome(self) -> str:
@@ -280,11 +287,12 @@ class LlamaParseApi:
             "job_is_cache_hit": hit,
             "credits_used": 0 if hit else document.page_count * _credits_per_page(form),
         }
-        job = Job(self._ids.job_id(), ready_at, document, failed, metadata)
+        separator = form.value("page_separator") or PAGE_SEPARATOR
+        job = Job(self._ids.job_id(), ready_at, document, failed, metadata, separator)
         self._jobs[job.id] = job
         self._stats.job_created()
         if webhook_url is not None:
-            data: dict[str, Any] = {"md": document.joined(failed), "job_metadata": metadata}
+            data: dict[str, Any] = {"md": job.joined, "job_metadata": metadata}
             if job.outcome == "ERROR":
                 data |= {"error_code": "PARSING_ERROR", "error_message": job.error_message}
             event = {
@@ -312,7 +320,7 @@ class LlamaParseApi:
             return rejected.response
         if job.status(asyncio.get_running_loop().time()) not in ("SUCCESS", "PARTIAL_SUCCESS"):
             return json_response(404, {"detail": RESULT_NOT_FOUND})
-        content = job.pages() if kind == "pages" else job.document.joined(job.failed_pages)
+        content = job.pages() if kind == "pages" else job.joined
         return json_response(200, {kind: content, "job_metadata": job.metadata})
 
     @staticmethod
