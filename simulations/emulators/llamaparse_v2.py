@@ -111,9 +111,9 @@ def _invalid(location: str, message: str) -> Rejected:
 class _Webhook:
     url: str
     events: frozenset[str] | None
-    headers: dict[str, str]
-    secret: str | None
-    as_json: bool
+    headers: dict[str, str] = field(repr=False)
+    secret: str | None = field(repr=False)
+    as_json: bool = False
 
 
 @dataclass(slots=True)
