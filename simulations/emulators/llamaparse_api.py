@@ -47,6 +47,7 @@ from simulations.emulators.chaos import draw_range
 from simulations.emulators.documents import PAGE_SEPARATOR, Document, render_document
 from simulations.emulators.faults import LlamaParsePlan
 from simulations.emulators.ids import Ids
+from simulations.emulators.llamaparse_files import FilesApi
 from simulations.emulators.llamaparse_shared import (
     ContentCache,
     Rejected,
@@ -54,9 +55,10 @@ from simulations.emulators.llamaparse_shared import (
     admit_upload,
     authenticate,
     draw_failed_pages,
+    read_form,
 )
-from simulations.emulators.llamaparse_v2 import FilesApi, ParseV2
-from simulations.emulators.multipart import Form, MultipartError, parse_form
+from simulations.emulators.llamaparse_v2 import ParseV2
+from simulations.emulators.multipart import Form
 from simulations.emulators.ratelimit import SlidingWindow
 from simulations.emulators.routing import (
     Incoming,
@@ -257,10 +259,7 @@ class LlamaParseApi:
     # -- steps --------------------------------------------------------------
 
     def _create_job(self, incoming: Incoming, now: float) -> Job:
-        try:
-            form = parse_form(incoming.headers.get("Content-Type", ""), incoming.body)
-        except MultipartError:
-            raise Rejected(400, "There was an error parsing the body") from None
+        form = read_form(incoming)
         upload = form.files.get("file")
         if upload is None:
             raise Rejected(

@@ -16,10 +16,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from simulations.emulators.multipart import Form, MultipartError, parse_form
 from simulations.emulators.ratelimit import SlidingWindow
 from simulations.emulators.routing import Incoming, json_response
 
 CACHE_TTL_S: Final = 48 * 3600.0
+DEFAULT_PROJECT: Final = "emulated-project"
+"""The `project_id` of jobs and files when the request names none."""
 
 
 class Rejected(Exception):
@@ -30,12 +33,30 @@ class Rejected(Exception):
         self.response = json_response(status, {"detail": detail}, headers)
 
 
+def invalid(location: str, message: str) -> Rejected:
+    """A FastAPI-style 422 for one field."""
+    return Rejected(422, [{"type": "value_error", "loc": ["body", location], "msg": message}])
+
+
 def authenticate(incoming: Incoming, api_key: str | None) -> None:
     """401 "Invalid API key" without a Bearer key, or with the wrong one when `api_key` is set."""
     scheme, _, key = incoming.headers.get("Authorization", "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key or api_key not in (None, key):
         raise Rejected(401, "Invalid API key")
+
+
+def read_form(incoming: Incoming) -> Form:
+    """The multipart body, or 400 "There was an error parsing the body" as upstream."""
+    try:
+        return parse_form(incoming.headers.get("Content-Type", ""), incoming.body)
+    except MultipartError:
+        raise Rejected(400, "There was an error parsing the body") from None
+
+
+def project_of(incoming: Incoming) -> str:
+    """The `project_id` query parameter every LlamaCloud route takes, or the default."""
+    return incoming.query.get("project_id") or DEFAULT_PROJECT
 
 
 def admit_upload(window: SlidingWindow, now: float, retry_after: bool) -> None:

@@ -1,4 +1,5 @@
-"""The emulated LlamaParse v2 API (`/api/v2/parse`) and the files API (`/api/v1/beta/files`).
+"""The emulated LlamaParse v2 API, `/api/v2/parse` (results: `llamaparse_results`; files:
+`llamaparse_files`).
 
 Shapes follow the official `llama-cloud` 2.x SDK (see
 shared/reference/llamaparse-v2.md, section 9):
@@ -48,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -57,9 +58,11 @@ import orjson
 
 from providers.transport import HttpResponse
 from simulations.emulators.chaos import draw_range
-from simulations.emulators.documents import Document, Page, render_document
+from simulations.emulators.documents import Document, render_document
 from simulations.emulators.faults import LlamaParsePlan
 from simulations.emulators.ids import Ids
+from simulations.emulators.llamaparse_files import FilesApi
+from simulations.emulators.llamaparse_results import expanded, read_expand
 from simulations.emulators.llamaparse_shared import (
     ContentCache,
     Rejected,
@@ -67,16 +70,17 @@ from simulations.emulators.llamaparse_shared import (
     admit_upload,
     authenticate,
     draw_failed_pages,
+    invalid,
+    project_of,
+    read_form,
 )
-from simulations.emulators.multipart import MultipartError, UploadedFile, parse_form
+from simulations.emulators.multipart import UploadedFile
 from simulations.emulators.ratelimit import SlidingWindow
 from simulations.emulators.routing import Incoming, Route, json_response
 from simulations.emulators.stats import Stats
 from simulations.emulators.webhook_delivery import WebhookSender
 
 PARSE: Final = "/api/v2/parse"
-FILES: Final = "/api/v1/beta/files"
-DEFAULT_PROJECT: Final = "emulated-project"
 CREDITS_PER_PAGE: Final = {"fast": 1, "cost_effective": 3, "agentic": 10, "agentic_plus": 45}
 VERSIONS: Final = {
     "fast": ["2026-06-15", "2025-12-11"],
@@ -86,25 +90,11 @@ VERSIONS: Final = {
 }
 """Dated versions per tier, newest first, a few of those `llama-cloud` 2.19 knows
 (its response model accepts only its listed dates); `latest` is the first."""
-EXPANDS: Final = frozenset(
-    {"text", "markdown", "items", "metadata", "markdown_full", "text_full", "job_metadata"}
-    | {"usage", "images_content_metadata"}
-)
-CONTENT_METADATA: Final = frozenset(
-    {"text", "markdown", "items", "metadata", "raw_words", "xlsx", "output_pdf"}
-    | {"stripped_markdown", "concatenated_stripped_markdown", "forms"}
-)
 TERMINAL: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 PENDING_SHARE: Final = 0.1
 """The share of a job's parse time it spends PENDING (queued) before RUNNING [NF]."""
 DEFAULT_ALLOWED_FAILURE_RATIO: Final = 0.05
-PAGE_ERROR: Final = "The page could not be parsed"
 DEFAULT_PAGE_SIZE: Final = 50
-
-
-def _invalid(location: str, message: str) -> Rejected:
-    """A FastAPI-style 422 for one field."""
-    return Rejected(422, [{"type": "value_error", "loc": ["body", location], "msg": message}])
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,117 +152,19 @@ class _Job:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _File:
-    id: str
-    project_id: str
-    upload: UploadedFile
-    purpose: str
-    external_file_id: str | None
-
-    def describe(self) -> dict[str, Any]:
-        name = self.upload.filename
-        return {
-            "id": self.id,
-            "name": name,
-            "project_id": self.project_id,
-            "file_type": name.rsplit(".", 1)[-1].lower() if "." in name else None,
-            "purpose": self.purpose,
-            "external_file_id": self.external_file_id,
-            "expires_at": None,
-        }
-
-
-def _project(incoming: Incoming) -> str:
-    return incoming.query.get("project_id") or DEFAULT_PROJECT
-
-
-class FilesApi:
-    """`/api/v1/beta/files`: upload (multipart `file` + `purpose`), get, list, delete."""
-
-    def __init__(self, ids: Ids, api_key: str | None) -> None:
-        self._ids = ids
-        self._api_key = api_key
-        self._files: dict[str, _File] = {}
-        self.routes: Sequence[Route] = (
-            Route("POST", FILES, self._create),
-            Route("GET", FILES, self._list),
-            Route("GET", f"{FILES}/{{file_id}}", self._get),
-            Route("DELETE", f"{FILES}/{{file_id}}", self._delete),
-        )
-
-    def clear(self) -> None:
-        self._files.clear()
-
-    def find(self, file_id: str) -> UploadedFile:
-        found = self._files.get(file_id)
-        if found is None:
-            raise Rejected(404, f"File {file_id} not found")
-        return found.upload
-
-    async def _create(self, incoming: Incoming, _params: Mapping[str, str]) -> HttpResponse:
-        try:
-            authenticate(incoming, self._api_key)
-            try:
-                form = parse_form(incoming.headers.get("Content-Type", ""), incoming.body)
-            except MultipartError:
-                raise Rejected(400, "There was an error parsing the body") from None
-            upload, purpose = form.files.get("file"), form.value("purpose")
-            if upload is None:
-                raise _invalid("file", "Field required")
-            if not purpose:
-                raise _invalid("purpose", "Field required")
-        except Rejected as rejected:
-            return rejected.response
-        record = _File(
-            f"file-{self._ids.job_id()}",
-            _project(incoming),
-            upload,
-            purpose,
-            form.value("external_file_id"),
-        )
-        self._files[record.id] = record
-        return json_response(200, record.describe())
-
-    async def _list(self, incoming: Incoming, _params: Mapping[str, str]) -> HttpResponse:
-        try:
-            authenticate(incoming, self._api_key)
-        except Rejected as rejected:
-            return rejected.response
-        items = [record.describe() for record in self._files.values()]
-        return json_response(200, {"items": items, "next_page_token": None})
-
-    async def _get(self, incoming: Incoming, params: Mapping[str, str]) -> HttpResponse:
-        try:
-            authenticate(incoming, self._api_key)
-            self.find(params["file_id"])
-        except Rejected as rejected:
-            return rejected.response
-        return json_response(200, self._files[params["file_id"]].describe())
-
-    async def _delete(self, incoming: Incoming, params: Mapping[str, str]) -> HttpResponse:
-        try:
-            authenticate(incoming, self._api_key)
-            self.find(params["file_id"])
-        except Rejected as rejected:
-            return rejected.response
-        del self._files[params["file_id"]]
-        return HttpResponse.build(204, {}, b"")
-
-
 def _target_pages(raw: object) -> frozenset[int] | None:
     """`"1,3,5-8"` (1-based) as a set of page numbers."""
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise _invalid("page_ranges.target_pages", "Input should be a valid string")
+        raise invalid("page_ranges.target_pages", "Input should be a valid string")
     pages: set[int] = set()
     try:
         for part in filter(None, (piece.strip() for piece in raw.split(","))):
             low, _, high = part.partition("-")
             pages.update(range(int(low), int(high or low) + 1))
     except ValueError:
-        raise _invalid("page_ranges.target_pages", f"Invalid page range: {raw}") from None
+        raise invalid("page_ranges.target_pages", f"Invalid page range: {raw}") from None
     return frozenset(pages)
 
 
@@ -280,12 +172,12 @@ def _webhooks(raw: object) -> list[_Webhook]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise _invalid("webhook_configurations", "Input should be a valid list")
+        raise invalid("webhook_configurations", "Input should be a valid list")
     configured = []
     for entry in raw:
         url = entry.get("webhook_url") if isinstance(entry, dict) else None
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise _invalid("webhook_configurations.webhook_url", "Invalid webhook_url")
+            raise invalid("webhook_configurations.webhook_url", "Invalid webhook_url")
         events = entry.get("webhook_events")
         configured.append(
             _Webhook(
@@ -304,19 +196,6 @@ def _section(config: Mapping[str, Any], *path: str) -> Any:
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return value
-
-
-def _items(page: Page) -> list[dict[str, Any]]:
-    """The page's markdown blocks as typed items: headings, and text for the rest."""
-    items: list[dict[str, Any]] = []
-    for block in filter(None, (piece.strip() for piece in page.markdown.split("\n\n"))):
-        marks = len(block) - len(block.lstrip("#"))
-        if 0 < marks <= 6 and block[marks:].startswith(" "):
-            value = block[marks:].strip()
-            items.append({"type": "heading", "level": marks, "md": block, "value": value})
-        else:
-            items.append({"type": "text", "md": block, "value": block})
-    return items
 
 
 class ParseV2:
@@ -366,17 +245,14 @@ class ParseV2:
     async def _upload(self, incoming: Incoming, _params: Mapping[str, str]) -> HttpResponse:
         try:
             authenticate(incoming, self._api_key)
-            try:
-                form = parse_form(incoming.headers.get("Content-Type", ""), incoming.body)
-            except MultipartError:
-                raise Rejected(400, "There was an error parsing the body") from None
+            form = read_form(incoming)
             upload = form.files.get("file")
             if upload is None:
-                raise _invalid("file", "Field required")
+                raise invalid("file", "Field required")
             try:
                 config = orjson.loads(form.value("configuration") or "")
             except orjson.JSONDecodeError:
-                raise _invalid("configuration", "Value is not valid JSON") from None
+                raise invalid("configuration", "Value is not valid JSON") from None
             job = self._submit(incoming, config, upload)
         except Rejected as rejected:
             return rejected.response
@@ -390,12 +266,12 @@ class ParseV2:
             except orjson.JSONDecodeError:
                 raise Rejected(400, "There was an error parsing the body") from None
             if not isinstance(config, dict):
-                raise _invalid("body", "Input should be a valid object")
+                raise invalid("body", "Input should be a valid object")
             if config.get("source_url") is not None:
                 raise Rejected(400, "source_url is not supported by the emulator: upload a file")
             file_id = config.get("file_id")
             if not isinstance(file_id, str):
-                raise _invalid("file_id", "Either file_id or source_url is required")
+                raise invalid("file_id", "Either file_id or source_url is required")
             job = self._submit(incoming, config, self._files.find(file_id))
         except Rejected as rejected:
             return rejected.response
@@ -447,7 +323,7 @@ class ParseV2:
         try:
             authenticate(incoming, self._api_key)
             job = self._job(params["job_id"])
-            expand = self._expand(incoming.query.getall("expand", []))
+            expand = read_expand(incoming.query.getall("expand", []))
         except Rejected as rejected:
             return rejected.response
         described = self._describe(job, now)
@@ -456,7 +332,12 @@ class ParseV2:
         if "usage" in expand:
             described["usage"] = {"credits": job.credits if job.status(now) in TERMINAL else None}
         if completed:
-            answer |= self._content(job, expand)
+            metadata = {
+                "job_pages": job.document.page_count,
+                "job_is_cache_hit": job.cache_hit,
+                "credits_used": job.credits,
+            }
+            answer |= expanded(job.document, job.failed_pages, expand, metadata)
         return json_response(200, answer)
 
     async def _cancel(self, incoming: Incoming, params: Mapping[str, str]) -> HttpResponse:
@@ -490,15 +371,15 @@ class ParseV2:
     def _submit(self, incoming: Incoming, config: Any, upload: UploadedFile) -> _Job:
         """Validate `config`, charge the upload limit, make the job and schedule its webhooks."""
         if not isinstance(config, dict):
-            raise _invalid("configuration", "Input should be a valid object")
+            raise invalid("configuration", "Input should be a valid object")
         tier, version = config.get("tier"), config.get("version")
         if tier not in CREDITS_PER_PAGE:
-            raise _invalid("tier", f"Input should be one of {', '.join(CREDITS_PER_PAGE)}")
+            raise invalid("tier", f"Input should be one of {', '.join(CREDITS_PER_PAGE)}")
         if version != "latest" and version not in VERSIONS[tier]:
-            raise _invalid("version", f"Unknown version {version!r} for tier {tier}")
+            raise invalid("version", f"Unknown version {version!r} for tier {tier}")
         max_pages = _section(config, "page_ranges", "max_pages")
         if max_pages is not None and not isinstance(max_pages, int):
-            raise _invalid("page_ranges.max_pages", "Input should be a valid integer")
+            raise invalid("page_ranges.max_pages", "Input should be a valid integer")
         targets = _target_pages(_section(config, "page_ranges", "target_pages"))
         ratio = _section(
             config, "processing_control", "job_failure_conditions", "allowed_page_failure_ratio"
@@ -523,7 +404,7 @@ class ParseV2:
         metadata = config.get("user_metadata")
         job = _Job(
             id=f"pjb-{self._ids.job_id()}",
-            project_id=_project(incoming),
+            project_id=project_of(incoming),
             name=upload.filename,
             tier=tier,
             created_at=now,
@@ -582,18 +463,6 @@ class ParseV2:
         except ValueError:
             raise Rejected(422, f"{name} must be an ISO 8601 datetime") from None
 
-    @staticmethod
-    def _expand(raw: Iterable[str]) -> frozenset[str]:
-        names = frozenset(
-            name.strip() for value in raw for name in value.split(",") if name.strip()
-        )
-        for name in names:
-            if name not in EXPANDS and name.removesuffix("_content_metadata") not in (
-                CONTENT_METADATA
-            ):
-                raise Rejected(422, f"Unknown expand value: {name}")
-        return names
-
     def _describe(self, job: _Job, now: float) -> dict[str, Any]:
         """The job object at loop time `now`, as create, cancel and list answer it."""
         status = job.status(now)
@@ -608,69 +477,3 @@ class ParseV2:
             "tier": job.tier,
             "user_metadata": job.user_metadata,
         }
-
-    def _content(self, job: _Job, expand: frozenset[str]) -> dict[str, Any]:
-        """The expanded result fields of a COMPLETED job."""
-        pages, failed = job.document.pages, job.failed_pages
-
-        def failed_page(page: Page) -> dict[str, Any]:
-            return {"page_number": page.number, "success": False, "error": PAGE_ERROR}
-
-        content: dict[str, Any] = {}
-        if "text" in expand:
-            content["text"] = {
-                "pages": [
-                    {"page_number": p.number, "text": "" if p.number in failed else p.markdown}
-                    for p in pages
-                ]
-            }
-        if "markdown" in expand:
-            content["markdown"] = {
-                "pages": [
-                    failed_page(p)
-                    if p.number in failed
-                    else {"page_number": p.number, "markdown": p.markdown, "success": True}
-                    for p in pages
-                ]
-            }
-        if "items" in expand:
-            content["items"] = {
-                "pages": [
-                    failed_page(p)
-                    if p.number in failed
-                    else {
-                        "page_number": p.number,
-                        "page_width": p.width,
-                        "page_height": p.height,
-                        "success": True,
-                        "items": _items(p),
-                    }
-                    for p in pages
-                ]
-            }
-        if "metadata" in expand:
-            content["metadata"] = {
-                "pages": [{"page_number": p.number} for p in pages],
-                "document": {},
-            }
-        full = job.document.joined(failed)
-        if "markdown_full" in expand:
-            content["markdown_full"] = full
-        if "text_full" in expand:
-            content["text_full"] = full
-        if "job_metadata" in expand:
-            content["job_metadata"] = {
-                "job_pages": job.document.page_count,
-                "job_is_cache_hit": job.cache_hit,
-                "credits_used": job.credits,
-            }
-        if "images_content_metadata" in expand:
-            content["images_content_metadata"] = {"total_count": 0, "images": []}
-        sizes = {
-            name: {"size_bytes": len(orjson.dumps(content.get(name, full))), "exists": True}
-            for name in (n.removesuffix("_content_metadata") for n in expand)
-            if name in CONTENT_METADATA
-        }
-        if sizes:
-            content["result_content_metadata"] = sizes
-        return content
