@@ -54,6 +54,7 @@ def get(path: str) -> HttpRequest:
 
 
 CONFIG: dict[str, Any] = {"tier": "fast", "version": "latest"}
+BAD_RATIO = {"job_failure_conditions": {"allowed_page_failure_ratio": "lots"}}
 
 
 def test_statuses_move_pending_running_completed_and_expand_returns_only_what_was_asked() -> None:
@@ -94,13 +95,14 @@ def test_invalid_requests_are_fastapi_errors() -> None:
         return [
             await transport.send(upload({"version": "latest"})),
             await transport.send(upload({"tier": "fast", "version": "1999-01-01"})),
+            await transport.send(upload({**CONFIG, "processing_control": BAD_RATIO})),
             await transport.send(get(f"/api/v2/parse/{job['id']}?expand=everything")),
             await transport.send(get("/api/v2/parse/pjb-unknown")),
             await transport.send(HttpRequest("GET", f"{BASE}/api/v2/parse/versions", {}, b"")),
         ]
 
     answers = in_process(Emulator(faults=plan()), scenario)
-    assert [answer.status for answer in answers] == [422, 422, 422, 404, 401]
+    assert [answer.status for answer in answers] == [422, 422, 422, 422, 404, 401]
     assert all("detail" in answer.json() for answer in answers)
 
 

@@ -179,6 +179,10 @@ def _webhooks(raw: object) -> list[_Webhook]:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise invalid("webhook_configurations.webhook_url", "Invalid webhook_url")
         events = entry.get("webhook_events")
+        if events is not None and not (
+            isinstance(events, list) and all(isinstance(e, str) for e in events)
+        ):
+            raise invalid("webhook_configurations.webhook_events", "Input should be a list")
         configured.append(
             _Webhook(
                 url,
@@ -384,6 +388,8 @@ class ParseV2:
         ratio = _section(
             config, "processing_control", "job_failure_conditions", "allowed_page_failure_ratio"
         )
+        if ratio is not None and (not isinstance(ratio, int | float) or not 0 <= ratio <= 1):
+            raise invalid("allowed_page_failure_ratio", "Input should be a number from 0 to 1")
         webhooks = _webhooks(config.get("webhook_configurations"))
         now = incoming.received_at
         admit_upload(self._uploads, now, retry_after=True)
