@@ -58,7 +58,7 @@ def _emulate(args: argparse.Namespace) -> int:
         print(f"  OpenAI base URL:      {running.openai_base_url}")
         print(
             f"  LlamaParse base URL:  {running.llamaparse_base_url}"
-            "  (/api/v1/parsing/..., alias /api/parsing/...)"
+            "  (v2: /api/v2/parse, /api/v1/beta/files; v1: /api/v1/parsing/..., /api/parsing/...)"
         )
         print(f"  Control:              {running.base_url}/_control/{{stats,faults,reset}}")
         sys.stdout.flush()

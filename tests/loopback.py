@@ -10,8 +10,9 @@ the receiver is the smallest real aiohttp app that mounts `check_delivery`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -162,3 +163,33 @@ async def receiving(receiver: WebhookReceiver) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/llamaparse"
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def served_in_thread(emulator: Emulator) -> Iterator[RunningEmulator]:
+    """`emulator` over real HTTP on 127.0.0.1, its own loop in a background thread.
+
+    For synchronous clients (the official SDKs' blocking APIs, or ones that
+    call `asyncio.run` themselves), which would stall a server on their own loop.
+    """
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    served: list[RunningEmulator] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        served.append(loop.run_until_complete(start(emulator, "127.0.0.1", 0)))
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="emulator", daemon=True)
+    thread.start()
+    if not ready.wait(10.0):
+        raise RuntimeError("the emulator did not start within 10 s")
+    try:
+        yield served[0]
+    finally:
+        asyncio.run_coroutine_threadsafe(served[0].close(), loop).result(10.0)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        loop.close()

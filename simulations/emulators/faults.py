@@ -33,7 +33,10 @@ in [0, 1] drawn independently per request.
         "parse_time_s": 1.0,         // range: how long a job stays PENDING
         "upload_limit": 15,          // uploads accepted per sliding window...
         "upload_window_s": 10.0,     // ...of this many seconds; then 429
-        "upload_retry_after": false, // whether that 429 carries Retry-After
+        "upload_retry_after": false, // whether that 429 carries Retry-After (v1 only)
+        "v2_upload_limit": 50,       // v2 uploads (/api/v2/parse*) per window; its 429
+                                     // always carries Retry-After, which the v2 SDK honours
+        "page_failure_rate": 0.0,    // each page fails to parse (partial success)
         "webhook": {
           "delay_s": 0.0,            // range: from SUCCESS to the first delivery attempt
           "drop_rate": 0.0,          // never delivered
@@ -206,6 +209,8 @@ class LlamaParsePlan(ProviderFaults):
     upload_limit: int = 15
     upload_window_s: float = 10.0
     upload_retry_after: bool = False
+    v2_upload_limit: int = 50
+    page_failure_rate: float = 0.0
     webhook: WebhookPlan = field(default_factory=WebhookPlan)
 
     def __post_init__(self) -> None:
@@ -213,6 +218,8 @@ class LlamaParsePlan(ProviderFaults):
         _check_range("parse_time_s", self.parse_time_s)
         _check_positive("upload_limit", self.upload_limit)
         _check_positive("upload_window_s", self.upload_window_s)
+        _check_positive("v2_upload_limit", self.v2_upload_limit)
+        _check_rate("page_failure_rate", self.page_failure_rate)
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,8 @@ _CONVERTERS: Final[Mapping[str, Converter]] = {
     "upload_limit": _integer,
     "upload_window_s": _number,
     "upload_retry_after": _boolean,
+    "v2_upload_limit": _integer,
+    "page_failure_rate": _number,
     "webhook": _webhook,
     "delay_s": _range,
     "drop_rate": _number,

@@ -3,14 +3,20 @@
 * `POST .../upload` (multipart: `file` plus options) creates a job and answers
   `{"id", "status": "PENDING", "error_code": null, "error_message": null}`.
 * `GET .../job/{id}` answers the same shape with the current status.
-* `GET .../job/{id}/result/markdown` and `.../result/text` answer
-  `{"markdown" | "text", "job_metadata": {job_pages, job_is_cache_hit,
-  credits_used}}` once the job succeeded, and 404 "Result not found" before.
+* `GET .../job/{id}/result/markdown`, `.../result/text` and `.../result/json`
+  answer `{"markdown" | "text" | "pages", "job_metadata": {job_pages,
+  job_is_cache_hit, credits_used}}` once the job finished, and 404 "Result
+  not found" before. The text is the document's own (see `documents`), its
+  pages joined by `page_separator` (default `\n---\n`; `{page_number}` in
+  it becomes the number of the page that follows).
 
-A job is PENDING for a parse time drawn from the plan and SUCCESS after,
-worked out from the loop clock whenever someone asks: no task runs per job,
-so a 300 s parse on a virtual-time loop costs nothing. A job with a
-`webhook_url` schedules a signed delivery for when it succeeds.
+A job is PENDING for a parse time drawn from the plan, then SUCCESS; or
+PARTIAL_SUCCESS when some pages failed (the plan's `page_failure_rate`, or
+pages pypdf cannot read), or ERROR when all did. It is worked out from the
+loop clock whenever someone asks: no task runs per job, so a 300 s parse on
+a virtual-time loop costs nothing. A job with a `webhook_url` schedules a
+signed delivery for when it ends. The v2 API (`llamaparse_v2`) is served
+beside this one, from the same limits and cache.
 
 Errors are FastAPI's `{"detail": ...}`. Every route needs `Authorization:
 Bearer <key>` (401 "Invalid API key" without one, or with the wrong one when
@@ -18,10 +24,8 @@ a key is configured). Uploads are limited to `upload_limit` per sliding
 `upload_window_s` (15 per 10 s, as documented); the 429 carries Retry-After
 only if the plan says so, since LlamaCloud documents none.
 
-The content cache is modelled for billing: the same file with the same
-options within 48 hours is `job_is_cache_hit: true` and costs 0 credits
-(unless `invalidate_cache` or `do_not_cache`), but still takes the parse
-time, so simulations stay predictable. Credits per page, by mode
+The content cache (`llamaparse_shared.ContentCache`) bills a repeat parse
+nothing unless `invalidate_cache` or `do_not_cache`. Credits per page, by mode
 [inferred from the tier prices]: fast 1, default 3, agent 10, premium 45.
 The emulator needs a `file`: it fetches no `input_url` or `input_s3_path`,
 and it accepts http:// webhook URLs and IP hosts, which LlamaCloud refuses.
@@ -30,8 +34,6 @@ and it accepts http:// webhook URLs and IP hosts, which LlamaCloud refuses.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,10 +44,21 @@ from yarl import URL
 
 from providers.transport import HttpResponse
 from simulations.emulators.chaos import draw_range
-from simulations.emulators.documents import Document, render_document
+from simulations.emulators.documents import PAGE_SEPARATOR, Document, render_document
 from simulations.emulators.faults import LlamaParsePlan
 from simulations.emulators.ids import Ids
-from simulations.emulators.multipart import Form, MultipartError, parse_form
+from simulations.emulators.llamaparse_files import FilesApi
+from simulations.emulators.llamaparse_shared import (
+    ContentCache,
+    Rejected,
+    WallClock,
+    admit_upload,
+    authenticate,
+    draw_failed_pages,
+    read_form,
+)
+from simulations.emulators.llamaparse_v2 import ParseV2
+from simulations.emulators.multipart import Form
 from simulations.emulators.ratelimit import SlidingWindow
 from simulations.emulators.routing import (
     Incoming,
@@ -58,11 +71,15 @@ from simulations.emulators.stats import Stats
 from simulations.emulators.webhook_delivery import WebhookSender
 
 PREFIXES: Final = ("/api/v1/parsing", "/api/parsing")
-CACHE_TTL_S: Final = 48 * 3600.0
 RESULT_NOT_FOUND: Final = "Result not found. Check job status to see if it has completed."
 _UNCACHED_OPTIONS: Final = frozenset(
     {"webhook_url", "invalidate_cache", "do_not_cache", "from_python_package"}
 )
+_EVENTS: Final = {
+    "SUCCESS": "parse.success",
+    "PARTIAL_SUCCESS": "parse.partial_success",
+    "ERROR": "parse.error",
+}
 
 
 UNPARSEABLE_SUFFIXES: Final = (".exe", ".dll", ".so")
@@ -70,23 +87,49 @@ UNPARSEABLE_SUFFIXES: Final = (".exe", ".dll", ".so")
 parse. Only executables are modeled; the real list of accepted types is long."""
 
 
-class _Rejected(Exception):
-    """Ends a request early with a FastAPI-style answer."""
-
-    def __init__(self, status: int, detail: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.response = json_response(status, {"detail": detail}, headers)
-
-
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str
     ready_at: float
     document: Document
+    failed_pages: frozenset[int]
     metadata: dict[str, Any]
+    separator: str
+
+    @property
+    def joined(self) -> str:
+        return self.document.joined(self.failed_pages, self.separator)
+
+    @property
+    def outcome(self) -> str:
+        if not self.failed_pages:
+            return "SUCCESS"
+        if len(self.failed_pages) < self.document.page_count:
+            return "PARTIAL_SUCCESS"
+        return "ERROR"
 
     def status(self, now: float) -> str:
-        return "SUCCESS" if now >= self.ready_at else "PENDING"
+        return self.outcome if now >= self.ready_at else "PENDING"
+
+    @property
+    def error_message(self) -> str | None:
+        return "Every page failed to parse" if self.outcome == "ERROR" else None
+
+    def pages(self) -> list[dict[str, Any]]:
+        """`/result/json`'s pages; a failed page is empty with `status: "ERROR"` [inferred]."""
+        return [
+            {
+                "page": page.number,
+                "text": "" if page.number in self.failed_pages else page.markdown,
+                "md": "" if page.number in self.failed_pages else page.markdown,
+                "images": [],
+                "items": [],
+                "width": page.width,
+                "height": page.height,
+                "status": "ERROR" if page.number in self.failed_pages else "OK",
+            }
+            for page in self.document.pages
+        ]
 
 
 def _flag(form: Form, name: str) -> bool:
@@ -110,7 +153,7 @@ def _max_pages(form: Form) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise _Rejected(
+        raise Rejected(
             422,
             [
                 {
@@ -129,21 +172,19 @@ def _webhook_url(form: Form) -> str | None:
         return None
     url = URL(raw)
     if url.scheme not in ("http", "https") or not url.host:
-        raise _Rejected(400, f"Invalid webhook_url: {raw}")
+        raise Rejected(400, f"Invalid webhook_url: {raw}")
     return raw
 
 
-def _cache_key(form: Form, data: bytes) -> tuple[object, ...]:
+def _cache_options(form: Form) -> str:
     options = sorted(
-        (name, tuple(values))
-        for name, values in form.fields.items()
-        if name not in _UNCACHED_OPTIONS
+        (name, values) for name, values in form.fields.items() if name not in _UNCACHED_OPTIONS
     )
-    return hashlib.sha256(data).hexdigest(), tuple(options)
+    return orjson.dumps(options).decode()
 
 
 class LlamaParseApi:
-    """Jobs, their results, the upload limit and the webhooks they trigger."""
+    """Both API versions: jobs, their results, the upload limits and the webhooks they trigger."""
 
     name: Final = "llamaparse"
 
@@ -158,7 +199,9 @@ class LlamaParseApi:
         self._rng = random.Random(0)
         self._uploads = SlidingWindow(self._plan.upload_limit, self._plan.upload_window_s)
         self._jobs: dict[str, Job] = {}
-        self._cache: dict[tuple[object, ...], float] = {}
+        self._cache = ContentCache()
+        self._files = FilesApi(ids, api_key)
+        self._v2 = ParseV2(ids, api_key, webhooks, stats, self._cache, self._files, WallClock())
         routes: list[Route] = []
         for prefix in PREFIXES:
             routes += [
@@ -166,39 +209,43 @@ class LlamaParseApi:
                 Route("GET", f"{prefix}/job/{{job_id}}", self._status),
                 Route("GET", f"{prefix}/job/{{job_id}}/result/markdown", self._markdown),
                 Route("GET", f"{prefix}/job/{{job_id}}/result/text", self._text),
+                Route("GET", f"{prefix}/job/{{job_id}}/result/json", self._json),
             ]
-        self.routes: Sequence[Route] = tuple(routes)
+        self.routes: Sequence[Route] = (*routes, *self._v2.routes, *self._files.routes)
 
     def configure(self, plan: LlamaParsePlan, rng: random.Random) -> None:
-        """Adopt `plan` for new jobs (parse times from `rng`); the upload window restarts."""
+        """Adopt `plan` for new jobs (parse times from `rng`); the upload windows restart."""
         self._plan = plan
         self._rng = rng
         self._uploads = SlidingWindow(plan.upload_limit, plan.upload_window_s)
+        self._v2.configure(plan, rng)
 
     def clear(self) -> None:
-        """Forget every job and cache entry."""
+        """Forget every job, file and cache entry."""
         self._jobs.clear()
         self._cache.clear()
+        self._v2.clear()
+        self._files.clear()
 
     # -- endpoints ----------------------------------------------------------
 
     async def _upload(self, incoming: Incoming, _params: Mapping[str, str]) -> HttpResponse:
         now = asyncio.get_running_loop().time()
         try:
-            self._authenticate(incoming)
-            self._admit_upload(now)
+            authenticate(incoming, self._api_key)
+            admit_upload(self._uploads, now, self._plan.upload_retry_after)
             job = self._create_job(incoming, now)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
-        return self._job_response(job.id, "PENDING")  # even with a zero parse time, as upstream
+        return self._job_response(job, "PENDING")  # even with a zero parse time, as upstream
 
     async def _status(self, incoming: Incoming, params: Mapping[str, str]) -> HttpResponse:
         try:
-            self._authenticate(incoming)
+            authenticate(incoming, self._api_key)
             job = self._job(params["job_id"])
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
-        return self._job_response(job.id, job.status(asyncio.get_running_loop().time()))
+        return self._job_response(job, job.status(asyncio.get_running_loop().time()))
 
     async def _markdown(self, incoming: Incoming, params: Mapping[str, str]) -> HttpResponse:
         return self._result(incoming, params["job_id"], "markdown")
@@ -206,91 +253,86 @@ class LlamaParseApi:
     async def _text(self, incoming: Incoming, params: Mapping[str, str]) -> HttpResponse:
         return self._result(incoming, params["job_id"], "text")
 
+    async def _json(self, incoming: Incoming, params: Mapping[str, str]) -> HttpResponse:
+        return self._result(incoming, params["job_id"], "pages")
+
     # -- steps --------------------------------------------------------------
 
-    def _authenticate(self, incoming: Incoming) -> None:
-        scheme, _, key = incoming.headers.get("Authorization", "").partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key or self._api_key not in (None, key):
-            raise _Rejected(401, "Invalid API key")
-
-    def _admit_upload(self, now: float) -> None:
-        wait_s = self._uploads.try_accept(now)
-        if wait_s is None:
-            return
-        plan = self._plan
-        headers = {"Retry-After": str(max(1, math.ceil(wait_s)))} if plan.upload_retry_after else {}
-        raise _Rejected(
-            429,
-            f"Rate limit exceeded: at most {plan.upload_limit} uploads per "
-            f"{plan.upload_window_s:g} seconds. Please retry later.",
-            headers,
-        )
-
     def _create_job(self, incoming: Incoming, now: float) -> Job:
-        try:
-            form = parse_form(incoming.headers.get("Content-Type", ""), incoming.body)
-        except MultipartError:
-            raise _Rejected(400, "There was an error parsing the body") from None
+        form = read_form(incoming)
         upload = form.files.get("file")
         if upload is None:
-            raise _Rejected(
+            raise Rejected(
                 400, "A file is required (the emulator does not fetch input_url or input_s3_path)"
             )
         if upload.filename.lower().endswith(UNPARSEABLE_SUFFIXES):
-            raise _Rejected(400, f"Unsupported file type: {upload.filename.rsplit('.', 1)[-1]}")
+            raise Rejected(400, f"Unsupported file type: {upload.filename.rsplit('.', 1)[-1]}")
         max_pages = _max_pages(form)
         webhook_url = _webhook_url(form)
         document = render_document(upload, max_pages)
         ready_at = now + draw_range(self._rng, self._plan.parse_time_s)
-        key = _cache_key(form, upload.data)
-        cached_at = self._cache.get(key)
-        hit = (
-            not _flag(form, "invalidate_cache")
-            and cached_at is not None
-            and cached_at <= now < cached_at + CACHE_TTL_S
+        failed = document.unreadable | draw_failed_pages(
+            self._rng, self._plan.page_failure_rate, document.page_count
         )
-        if not hit and not _flag(form, "do_not_cache"):
-            self._cache[key] = ready_at
+        hit = self._cache.hit(
+            upload.data,
+            _cache_options(form),
+            now,
+            use=not _flag(form, "invalidate_cache"),
+            store_at=None if _flag(form, "do_not_cache") else ready_at,
+        )
         metadata = {
-            "job_pages": document.pages,
+            "job_pages": document.page_count,
             "job_is_cache_hit": hit,
-            "credits_used": 0 if hit else document.pages * _credits_per_page(form),
+            "credits_used": 0 if hit else document.page_count * _credits_per_page(form),
         }
-        job = Job(self._ids.job_id(), ready_at, document, metadata)
+        separator = form.value("page_separator") or PAGE_SEPARATOR
+        job = Job(self._ids.job_id(), ready_at, document, failed, metadata, separator)
         self._jobs[job.id] = job
         self._stats.job_created()
         if webhook_url is not None:
+            data: dict[str, Any] = {"md": job.joined, "job_metadata": metadata}
+            if job.outcome == "ERROR":
+                data |= {"error_code": "PARSING_ERROR", "error_message": job.error_message}
             event = {
-                "event_type": "parse.success",
+                "event_type": _EVENTS[job.outcome],
                 "job_id": job.id,
-                "status": "SUCCESS",
-                "data": {"md": document.markdown, "job_metadata": metadata},
+                "status": job.outcome,
+                "data": data,
             }
-            self._webhooks.schedule(webhook_url, orjson.dumps(event), ready_at)
+            self._webhooks.schedule(
+                webhook_url, orjson.dumps(event), ready_at, secret=self._webhooks.secret
+            )
         return job
 
     def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
-            raise _Rejected(404, "Job not found")
+            raise Rejected(404, "Job not found")
         return job
 
     def _result(self, incoming: Incoming, job_id: str, kind: str) -> HttpResponse:
         try:
-            self._authenticate(incoming)
+            authenticate(incoming, self._api_key)
             job = self._job(job_id)
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return rejected.response
-        if job.status(asyncio.get_running_loop().time()) != "SUCCESS":
+        if job.status(asyncio.get_running_loop().time()) not in ("SUCCESS", "PARTIAL_SUCCESS"):
             return json_response(404, {"detail": RESULT_NOT_FOUND})
-        content = job.document.markdown if kind == "markdown" else job.document.text
+        content = job.pages() if kind == "pages" else job.joined
         return json_response(200, {kind: content, "job_metadata": job.metadata})
 
     @staticmethod
-    def _job_response(job_id: str, status: str) -> HttpResponse:
+    def _job_response(job: Job, status: str) -> HttpResponse:
+        error = status == "ERROR"
         return json_response(
-            200, {"id": job_id, "status": status, "error_code": None, "error_message": None}
+            200,
+            {
+                "id": job.id,
+                "status": status,
+                "error_code": "PARSING_ERROR" if error else None,
+                "error_message": job.error_message if error else None,
+            },
         )
 
     # -- faults -------------------------------------------------------------

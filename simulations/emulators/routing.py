@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 from providers.transport import HttpRequest, HttpResponse
@@ -30,15 +30,19 @@ class Incoming:
     headers: CIMultiDictProxy[str]
     body: bytes
     received_at: float
+    query: MultiDictProxy[str]
+    """Repeated keys kept (`expand=text&expand=markdown`, as Stainless SDKs send lists)."""
 
     @classmethod
     def from_request(cls, request: HttpRequest, now: float) -> Incoming:
+        url = URL(request.url)
         return cls(
             method=request.method.upper(),
-            path=URL(request.url).path,
+            path=url.path,
             headers=CIMultiDictProxy(CIMultiDict(request.headers)),
             body=request.body,
             received_at=now,
+            query=url.query,
         )
 
 

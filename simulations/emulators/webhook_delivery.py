@@ -4,10 +4,11 @@ Each delivery is POSTed through a `providers.transport.Transport`: real HTTP
 when the emulator serves sockets, or any in-process transport in a
 simulation, so a webhook can land in a handler with no sockets at all.
 
-The body is the emulator's event (LlamaCloud documents no event layout):
-`{"event_type": "parse.success", "job_id", "status": "SUCCESS",
-"data": {"md", "job_metadata"}}`, signed as LlamaCloud signs:
-`LC-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`.
+The body is the emulator's event (LlamaCloud documents no event layout; the
+APIs build it): `{"event_type": "parse.success", "job_id", "status",
+"data": {...}}`, signed as LlamaCloud signs: `LC-Signature: sha256=<hex
+HMAC-SHA256(secret, raw body)>`. v1 deliveries use the emulator's secret;
+a v2 webhook configuration brings its own, or none (then no signature).
 
 Everything random about a delivery (delay, drop, duplicate, bad signature)
 is drawn when the job is created, in that order, so a run replays exactly.
@@ -22,6 +23,7 @@ import asyncio
 import hashlib
 import hmac
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -57,7 +59,7 @@ class WebhookSender:
     """
 
     def __init__(self, secret: str, stats: Stats, transport: Transport | None = None) -> None:
-        self._secret = secret
+        self.secret = secret
         self._stats = stats
         self._transport = transport
         self._owned: AiohttpTransport | None = None
@@ -70,17 +72,30 @@ class WebhookSender:
         self._plan = plan
         self._rng = rng
 
-    def schedule(self, url: str, body: bytes, ready_at: float) -> None:
-        """Deliver `body` to `url` once loop time passes `ready_at` plus the plan's delay."""
+    def schedule(
+        self,
+        url: str,
+        body: bytes,
+        ready_at: float,
+        *,
+        secret: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> asyncio.Task[None]:
+        """Deliver `body` to `url` once loop time passes `ready_at` plus the plan's delay.
+
+        Signed with `secret` (none when None), with `headers` added; cancelling
+        the returned task abandons the delivery.
+        """
         plan, rng = self._plan, self._rng
         delay_s = draw_range(rng, plan.delay_s)
         drop = rng.random() < plan.drop_rate
         duplicate = rng.random() < plan.duplicate_rate
-        bad_signature = rng.random() < plan.bad_signature_rate
-        secret = f"not-{self._secret}" if bad_signature else self._secret
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
+        bad_signature = rng.random() < plan.bad_signature_rate and secret is not None
+        sent = {**(headers or {}), "Content-Type": "application/json"}
+        if secret is not None:
+            sent[SIGNATURE_HEADER] = sign(f"not-{secret}" if bad_signature else secret, body)
         delivery = _Delivery(
-            HttpRequest("POST", url, headers, body), ready_at + delay_s, drop, duplicate, plan
+            HttpRequest("POST", url, sent, body), ready_at + delay_s, drop, duplicate, plan
         )
         self._stats.webhook("scheduled")
         if bad_signature:
@@ -88,6 +103,7 @@ class WebhookSender:
         task = asyncio.get_running_loop().create_task(self._run(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run(self, delivery: _Delivery) -> None:
         loop = asyncio.get_running_loop()
