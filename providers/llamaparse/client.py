@@ -304,6 +304,13 @@ def upload_throttle(limit: int) -> TokenBucket:
     return TokenBucket(1, max(limit - 1, 1) / UPLOAD_WINDOW_S, name="llamaparse-uploads")
 
 
+class UploadThrottle(Protocol):
+    """What an upload waits on: a local `TokenBucket`, or the limit shared through Redis
+    (`providers.llamaparse.uploads.SharedUploads`)."""
+
+    async def acquire(self) -> None: ...
+
+
 class LlamaParse:
     """The real LlamaParse provider. See the module docstring for the flow.
 
@@ -320,14 +327,14 @@ class LlamaParse:
         *,
         inbox: WebhookInbox | None = None,
         cache: ParseCache | None = None,
-        upload_bucket: TokenBucket | None = None,
+        upload_bucket: UploadThrottle | None = None,
         clock: Callable[[], float] = wall_time,
     ) -> None:
         self.config = config
         self._transport = transport
         self._inbox = inbox
         self._cache: ParseCache = cache if cache is not None else MemoryParseCache()
-        self._uploads = (
+        self._uploads: UploadThrottle = (
             upload_bucket if upload_bucket is not None else upload_throttle(config.upload_limit)
         )
         self._clock = clock
