@@ -246,3 +246,19 @@ def test_v2_webhook_configuration_asks_for_the_parse_events_signed() -> None:
         "webhook_output_format": "json",
         "webhook_signing_secret": "v2-hook-secret",
     }
+
+
+def test_a_file_type_the_service_cannot_parse_is_refused_at_upload_as_on_v1() -> None:
+    async def main() -> tuple[ProviderError, Emulator]:
+        emulator = Emulator(seed=7, faults=fast())
+        async with serving(emulator) as running, transport() as sender:
+            with pytest.raises(ProviderError) as raised:
+                await client(running, sender).submit(
+                    Document("tool.exe", b"MZ\x90\x00", "application/octet-stream")
+                )
+        return raised.value, emulator
+
+    error, emulator = asyncio.run(main())
+    assert (error.status, classify(error)) == (400, ErrorClass.CALLER)
+    assert "Unsupported file type: exe" in error.message
+    assert emulator.stats().jobs_created == 0
