@@ -299,7 +299,8 @@ def upload_throttle(limit: int) -> TokenBucket:
 
     Capacity 1, refilled at (limit - 1) per window: a bucket of capacity c
     and rate r grants at most c + 10 r in any 10 s, where a bucket holding
-    the whole allowance could grant nearly twice it after a quiet spell.
+    the whole allowance could grant nearly twice it after a quiet spell. A
+    limit of 1 gets one upload every 10 s (a bucket must refill).
     """
     return TokenBucket(1, max(limit - 1, 1) / UPLOAD_WINDOW_S, name="llamaparse-uploads")
 
