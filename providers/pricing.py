@@ -42,7 +42,8 @@ USD_PER_CREDIT: Final = 1.25 / 1000
 CREDITS_PER_PAGE: Final[Mapping[str, int]] = MappingProxyType(
     {"fast": 1, "cost_effective": 3, "agentic": 10, "agentic_plus": 45}
 )
-"""LlamaParse credits per page by parse tier."""
+"""LlamaParse credits per page by parse tier (third-party figures: the official table
+was not found; LLAMA_CLOUD_CREDITS_PER_PAGE overrides them)."""
 
 DEFAULT_PARSE_TIER: Final = "cost_effective"
 """The tier estimates assume unless told otherwise; a parse on another tier passes its own."""
@@ -81,9 +82,17 @@ def embedding_cost_usd(model: str, tokens: int) -> float:
 
 
 def parse_cost_usd(
-    pages: int, credits_per_page: float | None = None, tier: str = DEFAULT_PARSE_TIER
+    pages: int,
+    credits_per_page: float | None = None,
+    tier: str = DEFAULT_PARSE_TIER,
+    *,
+    usd_per_credit: float = USD_PER_CREDIT,
 ) -> float:
-    """What parsing `pages` pages costs: at `credits_per_page` if given, else at `tier`'s rate."""
+    """What parsing `pages` pages costs: at `credits_per_page` if given, else at `tier`'s rate.
+
+    `usd_per_credit` is the plan's price (LLAMA_CLOUD_USD_PER_CREDIT); the
+    default is pay-as-you-go.
+    """
     if pages < 0:
         raise ValueError(f"pages must be at least 0, got {pages}")
     if credits_per_page is None:
@@ -92,4 +101,4 @@ def parse_cost_usd(
         except KeyError:
             known = ", ".join(CREDITS_PER_PAGE)
             raise ValueError(f"unknown LlamaParse tier {tier!r} (known: {known})") from None
-    return pages * credits_per_page * USD_PER_CREDIT
+    return pages * credits_per_page * usd_per_credit

@@ -43,6 +43,7 @@ def environment(running: RunningEmulator) -> dict[str, str]:
         "OPENAI_BASE_URL": running.openai_base_url,
         "LLAMA_CLOUD_API_KEY": "llx-loopback",
         "LLAMA_CLOUD_BASE_URL": running.llamaparse_base_url,
+        "LLAMA_CLOUD_API_VERSION": "v1",  # the routes asserted below are v1's
         # Two tries, then the breaker opens: a retry and a trip, both logged.
         "BREAKWATER_OPENAI_MAX_ATTEMPTS": "2",
         "BREAKWATER_OPENAI_FAILURE_THRESHOLD": "2",

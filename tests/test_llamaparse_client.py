@@ -124,7 +124,8 @@ def _kind(request: HttpRequest) -> str:
 
 
 def config(**overrides: Any) -> LlamaParseConfig:
-    return LlamaParseConfig(api_key=KEY, base_url=BASE, **overrides)
+    """Pinned to API v1: this file plays v1's wire (v2 is in test_llamaparse_v2)."""
+    return LlamaParseConfig(api_key=KEY, base_url=BASE, **{"api_version": "v1", **overrides})
 
 
 def text_doc(text: str = "hello world", name: str = "a.txt") -> Document:
@@ -214,7 +215,7 @@ def test_a_missing_key_fails_the_real_call_as_a_configuration_error() -> None:
     server = ScriptedLlamaCloud()
 
     async def main() -> MissingApiKey:
-        client = LlamaParse(LlamaParseConfig(base_url=BASE), server)
+        client = LlamaParse(LlamaParseConfig(base_url=BASE, api_version="v1"), server)
         with pytest.raises(MissingApiKey) as raised:
             await client.parse(text_doc())
         return raised.value
@@ -565,7 +566,7 @@ def test_behind_a_hybrid_router_a_missing_key_is_raised_not_hidden_by_the_mock()
     async def main() -> Routed[Any]:
         router = Router(ServiceMode.HYBRID)
         mock = MockParser()
-        unkeyed = LlamaParse(LlamaParseConfig(base_url=BASE), server)
+        unkeyed = LlamaParse(LlamaParseConfig(base_url=BASE, api_version="v1"), server)
         router.register("parse", real=unkeyed.parse, mock=mock.parse, guard=Guard("llamaparse"))
         keyed = LlamaParse(config(), server)
         router.register("keyed", real=keyed.parse, mock=mock.parse, guard=Guard("keyed"))

@@ -63,6 +63,7 @@ def config(running: RunningEmulator, **overrides: Any) -> LlamaParseConfig:
         poll_initial_s=0.05,
         poll_step_s=0.05,
         poll_max_s=0.1,
+        api_version="v1",  # this file counts v1's routes; v2 is in test_loopback_llamaparse_v2
     )
     return dataclasses.replace(base, **overrides)
 

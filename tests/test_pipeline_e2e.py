@@ -33,6 +33,7 @@ def environment(running: RunningEmulator, mode: str, **extra: str) -> dict[str, 
         "OPENAI_BASE_URL": running.openai_base_url,
         "LLAMA_CLOUD_API_KEY": "llx-loopback",
         "LLAMA_CLOUD_BASE_URL": running.llamaparse_base_url,
+        "LLAMA_CLOUD_API_VERSION": "v1",  # the upload route counted below is v1's
         # One try per call and no breaker trips, so an outage costs no real-time sleeps.
         "BREAKWATER_OPENAI_MAX_ATTEMPTS": "1",
         "BREAKWATER_OPENAI_FAILURE_THRESHOLD": "1000",

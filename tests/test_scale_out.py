@@ -187,7 +187,8 @@ def test_webhooks_reach_workers_in_other_processes(postgres_database: str, redis
     """
     total, secret = 24, DEFAULT_WEBHOOK_SECRET  # what the emulator signs with
     faults = {"llamaparse": {"parse_time_s": 0.5, "upload_limit": 100_000}}
-    env = {"BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD": "10"}
+    # v1: its polls are the `/job/{job_id}` routes counted below.
+    env = {"BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD": "10", "LLAMA_CLOUD_API_VERSION": "v1"}
     with Cluster(postgres_database, redis_url, faults=faults, env=env) as cluster:
         server = cluster.start_server(secret)
         cluster.env = {**env, "LLAMA_CLOUD_WEBHOOK_URL": f"{server}/webhooks/llamaparse"}

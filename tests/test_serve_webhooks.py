@@ -8,6 +8,8 @@ way a deployment is (LLAMA_CLOUD_WEBHOOK_URL points at the server's
 uploaded with `POST /documents` completes with its parse woken by the
 webhook (the emulator sees no status poll), the worker's provider calls show
 in `/metrics`, and the endpoint still refuses forged and unknown deliveries.
+Both API versions: v1's webhook carries the result, so nothing is fetched;
+v2's carries only the job, so the result is fetched once, with no poll before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
 from providers.llamaparse.webhooks import LC_SIGNATURE_HEADER, WebhookInbox, sign_lc
@@ -35,10 +38,12 @@ from tests.loopback import serving, transport
 SECRET = "serve-webhook-signing-secret"
 STATUS = "GET /api/v1/parsing/job/{job_id}"
 RESULT = "GET /api/v1/parsing/job/{job_id}/result/markdown"
+V2_JOB = "GET /api/v2/parse/{job_id}"
+UPLOAD = {"v1": "POST /api/v1/parsing/upload", "v2": "POST /api/v2/parse/upload"}
 CONTENT = b"# Minutes\n\nThe webhook woke the parse.\n"
 
 
-def environment(running: RunningEmulator, hook: str) -> dict[str, str]:
+def environment(running: RunningEmulator, hook: str, api_version: str) -> dict[str, str]:
     return {
         "SERVICE_MODE": "real",
         "OPENAI_API_KEY": "sk-loopback",
@@ -47,6 +52,7 @@ def environment(running: RunningEmulator, hook: str) -> dict[str, str]:
         "LLAMA_CLOUD_BASE_URL": running.llamaparse_base_url,
         "LLAMA_CLOUD_WEBHOOK_URL": hook,
         "LLAMA_CLOUD_WEBHOOK_SECRET": SECRET,
+        "LLAMA_CLOUD_API_VERSION": api_version,
     }
 
 
@@ -77,7 +83,10 @@ async def until_terminal(session: aiohttp.ClientSession, url: str) -> dict[str, 
             await asyncio.sleep(0.05)
 
 
-def test_serve_completes_an_upload_by_webhook_and_counts_its_calls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api_version", ["v1", "v2"])
+def test_serve_completes_an_upload_by_webhook_and_counts_its_calls(
+    tmp_path: Path, api_version: str
+) -> None:
     async def main() -> None:
         emulator = Emulator(
             seed=3,
@@ -94,7 +103,7 @@ def test_serve_completes_an_upload_by_webhook_and_counts_its_calls(tmp_path: Pat
             transport() as sender,
             await SqliteJobStore.open(tmp_path / "serve.sqlite3") as store,
         ):
-            env = environment(running, f"{base}/webhooks/llamaparse")
+            env = environment(running, f"{base}/webhooks/llamaparse", api_version)
             pipeline = Pipeline.from_env(
                 env, transport=sender, ledger=store.ledger(), inbox=WebhookInbox()
             )
@@ -153,6 +162,9 @@ def test_serve_completes_an_upload_by_webhook_and_counts_its_calls(tmp_path: Pat
         stats = emulator.stats()
         assert stats.webhooks["delivered"] == 1
         assert (stats.count(STATUS), stats.count(RESULT)) == (0, 0)  # woken, never polled
+        # v2: the one GET after the webhook fetches the result; v1's webhook carried it.
+        assert stats.count(V2_JOB) == (1 if api_version == "v2" else 0)
+        assert stats.count(UPLOAD[api_version], 200) == 1
         assert 'breakwater_calls_total{provider="llamaparse",outcome="ok",path="real"} 1' in text
         assert 'breakwater_calls_total{provider="openai",outcome="ok",path="real"} 1' in text
 

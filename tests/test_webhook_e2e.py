@@ -72,6 +72,7 @@ def client(
             "LLAMA_CLOUD_BASE_URL": running.llamaparse_base_url,
             "LLAMA_CLOUD_WEBHOOK_URL": hook,
             "LLAMA_CLOUD_WEBHOOK_SECRET": SECRET,
+            "LLAMA_CLOUD_API_VERSION": "v1",  # v1's wire and routes; v2's in test_serve_webhooks
         }
     )
     settings = dataclasses.replace(settings, read_timeout_s=2.0, job_timeout_s=5.0, **timing)

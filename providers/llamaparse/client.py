@@ -1,19 +1,32 @@
-"""The LlamaParse client (LlamaCloud v1): upload, wait for the job, fetch markdown.
+"""The LlamaParse client (LlamaCloud API v2 by default, v1 behind a setting).
 
-`LlamaParse.parse` is one unit of work for a `Router`/`Guard`: it returns a
-`ParsedDocument` whose `cost_usd` settles the budget, or raises
-`ProviderError` for the guard to classify. How a parse goes:
+Three primitives, each one HTTP request and so one guarded call, for a
+caller that records a remote job and comes back to it later:
+
+* `submit(document, name=...)`: one upload; returns a `RemoteParse` handle
+  (remote job id, API version, options sent, estimated pages and cost);
+* `status(handle)`: one GET; the remote state, and on v2 the finished
+  result too (the same GET carries it, `expand=markdown`);
+* `result(handle)`: fetch a finished job's result.
+
+`parse(document)` composes them for a caller that waits, and is one unit
+of work for a `Router`/`Guard`: it returns a `ParsedDocument` whose
+`cost_usd` settles the budget, or raises `ProviderError` for the guard to
+classify. How a parse goes:
 
 1. Dedup: a result cached for the same content (sha256) is returned at no
    cost, and concurrent parses of the same content share one job.
-2. Upload: a multipart POST, throttled on our side (the service allows 15
-   uploads per 10 s per organization).
+2. Upload (`submit`), throttled on our side to the service's upload limit
+   (`LlamaParseConfig.upload_limit` per 10 s).
 3. Completion: the job's webhook, if one is configured and an inbox
-   receives it in time; otherwise polling, sleeping before the first poll
-   and backing off linearly, as the LlamaCloud SDKs do. Polling rides out
-   429s, 5xx and network errors until the job's overall deadline.
-4. Result: the markdown, the pages that failed (PARTIAL_SUCCESS), and the
-   cost from the job's metadata.
+   receives it in time; otherwise polling (`status`), sleeping before the
+   first poll and backing off linearly, as the LlamaCloud SDKs do. Polling
+   rides out 429s, 5xx and network errors until the job's overall deadline.
+   A job still running is an answer, not an error: it never counts against
+   the breaker.
+4. Result: the markdown, the pages that failed (v1's PARTIAL_SUCCESS, v2's
+   COMPLETED with `success: false` pages), and the cost: the credits the
+   service reports, else pages times the tier's credits times the price.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from io import BytesIO
 from typing import Any, Final, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
@@ -35,16 +48,40 @@ from pypdf import PdfReader
 
 from providers import LLAMAPARSE
 from providers.http import correlated, error_from_response, reported
+from providers.llamaparse.settings import (
+    DEFAULT_BASE_URL,
+    UPLOAD_WINDOW_S,
+    ApiVersion,
+    LlamaParseConfig,
+)
 from providers.llamaparse.webhooks import WebhookInbox
-from providers.pricing import USD_PER_CREDIT, parse_cost_usd
+from providers.pricing import parse_cost_usd
 from providers.transport import HttpRequest, HttpResponse, Transport
 from resilience import ConfigError, ErrorClass, ProviderError, TokenBucket, classify, correlation
 from resilience.clock import wall_time
 
-DEFAULT_BASE_URL: Final = "https://api.cloud.llamaindex.ai"
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Document",
+    "LlamaParse",
+    "LlamaParseConfig",
+    "MissingApiKey",
+    "ParsedDocument",
+    "RemoteParse",
+    "RemoteStatus",
+    "estimate_cost_usd",
+    "estimate_pages",
+    "upload_name",
+]
+
 UPLOAD_PATH: Final = "/api/v1/parsing/upload"
 JOB_PATH: Final = "/api/v1/parsing/job/{job_id}"
 RESULT_PATH: Final = JOB_PATH + "/result/markdown"
+V2_UPLOAD_PATH: Final = "/api/v2/parse/upload"
+V2_JOB_PATH: Final = "/api/v2/parse/{job_id}"
+
+PAGE_SEPARATOR: Final = "\n---\n"
+"""Joins v2's markdown pages, as v1's result joins them by default."""
 
 CHARS_PER_PAGE: Final = 3000
 """Pages estimated for a non-PDF document: one per 3,000 bytes, rounded up."""
@@ -53,8 +90,13 @@ WEBHOOK_EVENTS: Final = ("parse.success", "parse.partial_success", "parse.error"
 """The only events the client waits for; earlier ones would be noise."""
 
 _KEEP_POLLING: Final = (ErrorClass.FAILURE, ErrorClass.RATE_LIMITED)
-_STATUS_ALIASES: Final = {"CANCELED": "CANCELLED", "COMPLETED": "SUCCESS", "FAILED": "ERROR"}
-"""LCS spells it CANCELED; v2 says COMPLETED and FAILED. One vocabulary inside."""
+_STATUS_ALIASES: Final = {
+    "CANCELED": "CANCELLED",
+    "SUCCESS": "COMPLETED",
+    "PARTIAL_SUCCESS": "COMPLETED",
+    "ERROR": "FAILED",
+}
+"""v1 and LCS spellings in v2's vocabulary: one set of states inside."""
 
 
 class MissingApiKey(ConfigError, ProviderError):
@@ -72,49 +114,6 @@ class MissingApiKey(ConfigError, ProviderError):
             "llamaparse: LLAMA_CLOUD_API_KEY is not set",
             status=401,
             code="missing_api_key",
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class LlamaParseConfig:
-    """Where and how to call LlamaParse. The key and webhook secret never show in a repr.
-
-    `webhook_deadline_s` is how long to wait for the webhook before polling;
-    `job_timeout_s` is the overall deadline from upload (the service itself
-    stops jobs at 30 minutes). Polls sleep `poll_initial_s`, then `poll_step_s`
-    more after each poll, up to `poll_max_s`.
-    """
-
-    api_key: str = field(default="", repr=False)
-    base_url: str = DEFAULT_BASE_URL
-    webhook_url: str | None = None
-    webhook_secret: str | None = field(default=None, repr=False)
-    read_timeout_s: float = 60.0
-    webhook_deadline_s: float = 60.0
-    job_timeout_s: float = 1800.0
-    poll_initial_s: float = 1.0
-    poll_step_s: float = 1.0
-    poll_max_s: float = 5.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> LlamaParseConfig:
-        """Read the LLAMA_CLOUD_* variables; empty values count as unset.
-
-        A missing key is not an error here: mock mode needs none. It is
-        raised (`MissingApiKey`) when a real call is made.
-        """
-
-        def get(name: str) -> str | None:
-            return environ.get(name, "").strip() or None
-
-        base_url = get("LLAMA_CLOUD_BASE_URL") or DEFAULT_BASE_URL
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLAMA_CLOUD_BASE_URL must be an http(s) URL, got {base_url!r}")
-        return cls(
-            api_key=get("LLAMA_CLOUD_API_KEY") or "",
-            base_url=base_url.rstrip("/"),
-            webhook_url=get("LLAMA_CLOUD_WEBHOOK_URL"),
-            webhook_secret=get("LLAMA_CLOUD_WEBHOOK_SECRET"),
         )
 
 
@@ -142,7 +141,8 @@ class ParsedDocument:
 
     `cost_usd` is what this call cost: 0 for a result served from a cache or
     shared with a concurrent parse of the same content, so a budget is
-    charged once per job.
+    charged once per job. `extras` holds the v2 results asked for beside
+    the markdown (`LLAMA_CLOUD_EXPAND`: `text`, `items`) as the service sent them.
     """
 
     markdown: str = field(repr=False)
@@ -152,6 +152,55 @@ class ParsedDocument:
     cost_usd: float = 0.0
     failed_pages: list[int] = field(default_factory=list)
     tokens: int = 0
+    extras: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteParse:
+    """A submitted LlamaParse job: what a caller records to find, finish and settle it later.
+
+    `name` is the file name the job was uploaded under (v2 lists jobs by
+    name and creation time, so a caller that put its own id in it can find
+    the job again after a crash); `options` is what the upload asked for
+    (webhook settings left out: they carry a secret).
+    """
+
+    job_id: str
+    api_version: ApiVersion
+    name: str
+    sha256: str
+    options: Mapping[str, Any]
+    estimated_pages: int
+    estimated_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStatus:
+    """One look at a remote job: its state in v2's words, and its result once cheap to have.
+
+    `state` is PENDING, RUNNING or COMPLETED (v1's SUCCESS and
+    PARTIAL_SUCCESS are COMPLETED; a status the client does not know is
+    kept as sent and means "not finished"). FAILED and CANCELLED jobs are
+    raised by `LlamaParse.status` instead. `result` is set when the job is
+    COMPLETED and the answer carried it (v2); otherwise `LlamaParse.result`
+    fetches it.
+    """
+
+    state: str
+    result: ParsedDocument | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.state == "COMPLETED"
+
+
+def upload_name(document: Document, name: str | None) -> str:
+    """The file name to upload under: `<name>--<document name>`, or the document's own.
+
+    The document's name stays at the end, so its extension still tells the
+    service the file type.
+    """
+    return document.name if not name else f"{name}--{document.name}"
 
 
 class ParseCache(Protocol):
@@ -200,26 +249,13 @@ def estimate_pages(document: Document) -> int:
 
 
 def estimate_cost_usd(document: Document) -> float:
-    """The dollars to reserve for parsing `document` (the router's `cost=`).
+    """The dollars to reserve for parsing `document` at the default tier and price.
 
-    Priced at the default tier: v1 uploads send no parse mode, so the service
-    parses in its default mode, billed at the cost-effective rate [inferred].
+    The default tier is cost_effective, v2's default here and the rate v1's
+    default mode bills at [inferred]. A client configured for another tier
+    or price estimates with `LlamaParse.estimate_cost_usd`.
     """
     return parse_cost_usd(estimate_pages(document))
-
-
-def _settled_cost_usd(pages: int, metadata: Mapping[str, Any]) -> float:
-    """Credits the service reports, else nothing for a cache hit, else the page rate.
-
-    Failed pages of a PARTIAL_SUCCESS are charged too: the service does not
-    say it refunds them, and over-charging a budget is the safe error.
-    """
-    credits = metadata.get("credits_used", metadata.get("job_credits_usage"))
-    if isinstance(credits, int | float) and not isinstance(credits, bool) and credits >= 0:
-        return float(credits) * USD_PER_CREDIT
-    if metadata.get("job_is_cache_hit") is True:
-        return 0.0
-    return parse_cost_usd(pages)
 
 
 def _page_number(value: Any) -> int | None:
@@ -247,25 +283,33 @@ def _failed_pages(metadata: Mapping[str, Any], page_list: list[Any]) -> list[int
     return sorted(failed)
 
 
-@dataclass(frozen=True, slots=True)
-class _Finished:
-    """A successful job's output, from the result endpoint or a webhook."""
-
-    job_id: str
-    markdown: str
-    metadata: Mapping[str, Any]
-    page_list: list[Any] = field(default_factory=list)
-
-
 @dataclass(slots=True)
 class _InFlight:
     task: asyncio.Task[ParsedDocument]
     billed: bool = False
 
 
-def _status(value: Any) -> str:
+def _state(value: Any) -> str:
     status = str(value or "").upper()
     return _STATUS_ALIASES.get(status, status)
+
+
+def upload_throttle(limit: int) -> TokenBucket:
+    """A bucket that grants at most `limit` uploads in any `UPLOAD_WINDOW_S`.
+
+    Capacity 1, refilled at (limit - 1) per window: a bucket of capacity c
+    and rate r grants at most c + 10 r in any 10 s, where a bucket holding
+    the whole allowance could grant nearly twice it after a quiet spell. A
+    limit of 1 gets one upload every 10 s (a bucket must refill).
+    """
+    return TokenBucket(1, max(limit - 1, 1) / UPLOAD_WINDOW_S, name="llamaparse-uploads")
+
+
+class UploadThrottle(Protocol):
+    """What an upload waits on: a local `TokenBucket`, or the limit shared through Redis
+    (`providers.llamaparse.uploads.SharedUploads`)."""
+
+    async def acquire(self) -> None: ...
 
 
 class LlamaParse:
@@ -273,11 +317,8 @@ class LlamaParse:
 
     `inbox` receives the webhooks the API server verified; without it (or
     without `config.webhook_url`) jobs are polled. `upload_bucket` defaults
-    to 1 upload at once refilled at 1.4 per second: a bucket of capacity c
-    and rate r grants at most c + 10 r in any 10 s, so this never exceeds the
-    service's 15 per 10 s, where a bucket of 15 at 1.5/s could send 29 in
-    the first 10 s after a quiet spell. `clock` is wall time, used only to
-    read HTTP-date Retry-After headers.
+    to `upload_throttle(config.upload_limit)`. `clock` is wall time, used only
+    to read HTTP-date Retry-After headers.
     """
 
     def __init__(
@@ -287,17 +328,15 @@ class LlamaParse:
         *,
         inbox: WebhookInbox | None = None,
         cache: ParseCache | None = None,
-        upload_bucket: TokenBucket | None = None,
+        upload_bucket: UploadThrottle | None = None,
         clock: Callable[[], float] = wall_time,
     ) -> None:
         self.config = config
         self._transport = transport
         self._inbox = inbox
         self._cache: ParseCache = cache if cache is not None else MemoryParseCache()
-        self._uploads = (
-            upload_bucket
-            if upload_bucket is not None
-            else TokenBucket(1, 1.4, name="llamaparse-uploads")
+        self._uploads: UploadThrottle = (
+            upload_bucket if upload_bucket is not None else upload_throttle(config.upload_limit)
         )
         self._clock = clock
         self._inflight: dict[str, _InFlight] = {}
@@ -318,21 +357,66 @@ class LlamaParse:
         return self._inbox
 
     def __repr__(self) -> str:
-        return f"LlamaParse({self.config.base_url!r})"
+        return f"LlamaParse({self.config.base_url!r}, api={self.config.api_version})"
 
     def estimate_cost_usd(self, document: Document) -> float:
-        return estimate_cost_usd(document)
+        """The dollars to reserve for `document` at this client's tier and price."""
+        return self._cost_usd(estimate_pages(document))
+
+    def _cost_usd(self, pages: int) -> float:
+        config = self.config
+        return parse_cost_usd(pages, config.page_credits, usd_per_credit=config.usd_per_credit)
+
+    # -- the three primitives -------------------------------------------------
+
+    async def submit(self, document: Document, *, name: str | None = None) -> RemoteParse:
+        """Upload `document` once, waiting for the upload throttle; the job's handle.
+
+        `name` goes into the uploaded file's name (`upload_name`). Raises
+        `ProviderError` for a refused upload (the service's status, with its
+        Retry-After on a 429, which the guard acts on).
+        """
+        return await self._submit(document, name, correlation.current())
+
+    async def status(self, handle: RemoteParse) -> RemoteStatus:
+        """One look at the job. Raises a 422 `ProviderError` when it FAILED or was CANCELLED.
+
+        A job still PENDING or RUNNING is an answer like any other: it never
+        counts as a failure.
+        """
+        return await self._status(handle, self._key(), correlation.current())
+
+    async def result(self, handle: RemoteParse) -> ParsedDocument:
+        """The finished job's result, with its settled cost.
+
+        Raises `ProviderError` with code "not_finished" (no status: try again
+        later) when the job has not finished or its result is not stored yet.
+        """
+        cid = correlation.current()
+        parsed = await self._fetch(handle, self._key(), cid)
+        if parsed is None:
+            raise reported(
+                LLAMAPARSE,
+                ProviderError(
+                    f"llamaparse: job {handle.job_id} has no result yet", code="not_finished"
+                ),
+                cid,
+            )
+        return parsed
+
+    # -- parse: the primitives composed for a caller that waits ----------------
 
     async def parse(self, document: Document) -> ParsedDocument:
         """Parse `document` to markdown, once per distinct content.
 
         Raises `ProviderError`: 422 when the service could not parse the
-        document (status ERROR, code from the job) or the job was cancelled
-        (code "cancelled"); status None with code "job_timeout" when the job
-        outlives `job_timeout_s`; the service's own status for a refused
-        upload. A cancelled job is a 422, not a 409: 409 counts as a provider
-        failure that is retried and trips the breaker, while a cancellation
-        is somebody's decision about this document that retrying would undo.
+        document (status FAILED/ERROR, code from the job) or the job was
+        cancelled (code "cancelled"); status None with code "job_timeout"
+        when the job outlives `job_timeout_s`; the service's own status for
+        a refused upload. A cancelled job is a 422, not a 409: 409 counts as
+        a provider failure that is retried and trips the breaker, while a
+        cancellation is somebody's decision about this document that
+        retrying would undo.
         """
         sha256 = document.sha256
         flight = self._inflight.get(sha256)
@@ -364,46 +448,65 @@ class LlamaParse:
     async def _parse_and_cache(
         self, document: Document, sha256: str, cid: str | None
     ) -> ParsedDocument:
+        handle = await self._submit(document, None, cid)
         key = self.config.api_key
-        if not key:
-            raise MissingApiKey()
-        await self._uploads.acquire()
-        job_id = await self._upload(document, key, cid)
         timeout_s = self.config.job_timeout_s
-        self._awaiting.add(job_id)
+        self._awaiting.add(handle.job_id)
         try:
             async with asyncio.timeout(timeout_s) as scope:
-                finished = await self._complete(job_id, key, cid)
+                parsed = await self._complete(handle, key, cid)
         except TimeoutError:
             if not scope.expired():
                 raise
             raise reported(
                 LLAMAPARSE,
                 ProviderError(
-                    f"llamaparse: job {job_id} did not finish within {timeout_s:g}s",
+                    f"llamaparse: job {handle.job_id} did not finish within {timeout_s:g}s",
                     code="job_timeout",
                 ),
                 cid,
             ) from None
         finally:
-            self._awaiting.discard(job_id)
-        metadata = finished.metadata
-        pages = _page_number(metadata.get("job_pages")) or len(finished.page_list)
-        pages = pages or estimate_pages(document)
-        parsed = ParsedDocument(
-            markdown=finished.markdown,
-            pages=pages,
-            job_id=job_id,
-            sha256=sha256,
-            cost_usd=_settled_cost_usd(pages, metadata),
-            failed_pages=_failed_pages(metadata, finished.page_list),
-        )
+            self._awaiting.discard(handle.job_id)
         await self._cache.put(sha256, parsed)
         return parsed
 
     # -- upload ----------------------------------------------------------------
 
-    def _form(self, document: Document) -> aiohttp.MultipartWriter:
+    def _key(self) -> str:
+        key = self.config.api_key
+        if not key:
+            raise MissingApiKey()
+        return key
+
+    def _options(self) -> dict[str, Any]:
+        """What the upload asks for, webhooks aside: v2's configuration, v1's form fields."""
+        config = self.config
+        if config.api_version == "v1":
+            return {"language": "en"}
+        options: dict[str, Any] = {"tier": config.tier, "version": config.version}
+        pages = {"max_pages": config.max_pages, "target_pages": config.target_pages}
+        if any(value is not None for value in pages.values()):
+            options["page_ranges"] = {k: v for k, v in pages.items() if v is not None}
+        return options
+
+    def _webhook_configuration(self) -> dict[str, Any] | None:
+        """The webhook configuration to send, when LLAMA_CLOUD_WEBHOOK_URL is set."""
+        config = self.config
+        if not config.webhook_url:
+            return None
+        hook: dict[str, Any] = {
+            "webhook_url": config.webhook_url,
+            "webhook_events": list(WEBHOOK_EVENTS),
+            "webhook_output_format": "json",
+        }
+        if config.webhook_secret:
+            hook["webhook_signing_secret"] = config.webhook_secret
+        return hook
+
+    def _form(
+        self, document: Document, filename: str, options: Mapping[str, Any]
+    ) -> aiohttp.MultipartWriter:
         """The upload body.
 
         The boundary is 128 bits of the content's hash: deterministic, never
@@ -411,32 +514,36 @@ class LlamaParse:
         """
         form = aiohttp.MultipartWriter("form-data", boundary=f"breakwater-{document.sha256[:32]}")
         part = form.append(document.content, {"Content-Type": document.mime_type})
-        part.set_content_disposition("form-data", name="file", filename=document.name)
-        fields = {"language": "en"}
-        config = self.config
-        if config.webhook_url:
-            fields["webhook_url"] = config.webhook_url
-            if config.webhook_secret:
-                # Only a webhook configuration makes LlamaCloud sign deliveries
-                # (LC-Signature); the bare v1 webhook_url is unsigned.
-                fields["webhook_configurations"] = orjson.dumps(
-                    [
-                        {
-                            "webhook_url": config.webhook_url,
-                            "webhook_events": list(WEBHOOK_EVENTS),
-                            "webhook_output_format": "json",
-                            "webhook_signing_secret": config.webhook_secret,
-                        }
-                    ]
-                ).decode()
-        for name, value in fields.items():
-            form.append(value).set_content_disposition("form-data", name=name)
+        part.set_content_disposition("form-data", name="file", filename=filename)
+        hook = self._webhook_configuration()
+        fields: dict[str, str]
+        if self.config.api_version == "v2":
+            configuration = dict(options)
+            if hook is not None:
+                configuration["webhook_configurations"] = [hook]
+            fields = {"configuration": orjson.dumps(configuration).decode()}
+        else:
+            fields = dict(options)
+            if hook is not None:
+                fields["webhook_url"] = hook["webhook_url"]
+                if "webhook_signing_secret" in hook:
+                    # Only a webhook configuration makes LlamaCloud sign deliveries
+                    # (LC-Signature); the bare v1 webhook_url is unsigned.
+                    fields["webhook_configurations"] = orjson.dumps([hook]).decode()
+        for field_name, value in fields.items():
+            form.append(value).set_content_disposition("form-data", name=field_name)
         return form
 
-    async def _upload(self, document: Document, key: str, cid: str | None) -> str:
-        form = self._form(document)
+    async def _submit(self, document: Document, name: str | None, cid: str | None) -> RemoteParse:
+        key = self._key()
+        await self._uploads.acquire()
+        config = self.config
+        filename = upload_name(document, name)
+        options = self._options()
+        form = self._form(document, filename, options)
         headers = {**self._headers(key), "Content-Type": form.content_type}
-        request = HttpRequest("POST", self._url(UPLOAD_PATH), headers, await form.as_bytes())
+        path = V2_UPLOAD_PATH if config.api_version == "v2" else UPLOAD_PATH
+        request = HttpRequest("POST", self._url(path), headers, await form.as_bytes())
         response = await self._send(request, cid)
         if not 200 <= response.status < 300:
             raise reported(LLAMAPARSE, self._error(response), cid)
@@ -447,78 +554,122 @@ class LlamaParse:
                 ProviderError("llamaparse: upload reply has no job id", code="bad_response"),
                 cid,
             )
-        return job_id
+        pages = estimate_pages(document)
+        return RemoteParse(
+            job_id=job_id,
+            api_version=config.api_version,
+            name=filename,
+            sha256=document.sha256,
+            options=options,
+            estimated_pages=pages,
+            estimated_cost_usd=self._cost_usd(pages),
+        )
 
     # -- completion --------------------------------------------------------------
 
-    async def _complete(self, job_id: str, key: str, cid: str | None) -> _Finished:
+    async def _complete(self, handle: RemoteParse, key: str, cid: str | None) -> ParsedDocument:
         inbox = self._inbox
+        at_once = False
         if inbox is not None and self.config.webhook_url:
-            event = await inbox.wait(job_id, self.config.webhook_deadline_s)
+            event = await inbox.wait(handle.job_id, self.config.webhook_deadline_s)
             if event is not None:
-                finished = self._from_event(job_id, event.status, event.data, cid)
-                if finished is not None:
-                    return finished
-        return await self._poll(job_id, key, cid)
+                parsed = self._from_event(handle, event.status, event.data, cid)
+                if parsed is not None:
+                    return parsed
+                if handle.api_version == "v2":
+                    # v2 serves the result in the GET that reports COMPLETED;
+                    # v1's result store lags SUCCESS, so v1 waits a poll interval.
+                    at_once = True
+        return await self._poll(handle, key, cid, at_once=at_once)
 
     def _from_event(
-        self, job_id: str, status: str, data: Mapping[str, Any], cid: str | None
-    ) -> _Finished | None:
-        """A webhook's outcome; None when it lacks the markdown and polling must fetch it.
+        self, handle: RemoteParse, status: str, data: Mapping[str, Any], cid: str | None
+    ) -> ParsedDocument | None:
+        """A webhook's outcome; None when it lacks the markdown and a GET must fetch it.
 
-        Our event `data` carries `md`, `job_metadata`, optionally the page list
+        v1 event `data` carries `md`, `job_metadata`, optionally the page list
         (`json`, or `jsonOutput` in older LlamaCloud docs), and for errors
-        `error_code` and `error_message`.
+        `error_code` and `error_message`; a v2 event carries the job object
+        (`data.job`, with `error_message` when it failed) and no result.
         """
-        status = _status(status)
-        self._raise_if_failed(job_id, status, data, cid)
+        state = _state(status)
+        job = data.get("job")
+        self._raise_if_failed(handle.job_id, state, job if isinstance(job, dict) else data, cid)
         markdown = data.get("md")
-        if status not in ("SUCCESS", "PARTIAL_SUCCESS") or not isinstance(markdown, str):
+        if state != "COMPLETED" or not isinstance(markdown, str):
             return None
         metadata = data.get("job_metadata")
         pages = data.get("json", data.get("jsonOutput"))
-        return _Finished(
-            job_id,
+        return self._v1_parsed(
+            handle,
             markdown,
             metadata if isinstance(metadata, dict) else {},
             pages if isinstance(pages, list) else [],
         )
 
-    async def _poll(self, job_id: str, key: str, cid: str | None) -> _Finished:
+    async def _poll(
+        self, handle: RemoteParse, key: str, cid: str | None, *, at_once: bool = False
+    ) -> ParsedDocument:
         """Poll until the job ends; the caller's deadline bounds the loop.
 
         Errors that say the provider is busy or unwell (429, 5xx, timeouts,
         lost connections, garbled replies) only mean "ask again later".
-        Anything else (401, 403, 402, an unknown job) is raised.
+        Anything else (401, 403, 402, an unknown job) is raised. `at_once`
+        makes the first look without sleeping (a webhook said the job is done).
         """
         config = self.config
         interval = min(config.poll_initial_s, config.poll_max_s)
         while True:
-            await asyncio.sleep(interval)
-            interval = min(interval + config.poll_step_s, config.poll_max_s)
+            if not at_once:
+                await asyncio.sleep(interval)
+                interval = min(interval + config.poll_step_s, config.poll_max_s)
+            at_once = False
             try:
-                finished = await self._check(job_id, key, cid)
+                checked = await self._status(handle, key, cid)
+                parsed = checked.result
+                if parsed is None and checked.completed:
+                    parsed = await self._fetch(handle, key, cid)
             except ProviderError as exc:
                 if classify(exc) not in _KEEP_POLLING:
                     raise
                 continue
-            if finished is not None:
-                return finished
+            if parsed is not None:
+                return parsed
 
-    async def _check(self, job_id: str, key: str, cid: str | None) -> _Finished | None:
-        url = self._url(JOB_PATH.format(job_id=quote(job_id, safe="")))
+    async def _status(self, handle: RemoteParse, key: str, cid: str | None) -> RemoteStatus:
+        answer = await self._get_job(handle, key, cid)
+        if handle.api_version == "v1":
+            state = _state(answer.get("status"))
+            self._raise_if_failed(handle.job_id, state, answer, cid)
+            return RemoteStatus(state)
+        job = answer.get("job")
+        if not isinstance(job, dict):
+            raise self._bad_response("a v2 job answer has no job object", cid)
+        state = _state(job.get("status"))
+        self._raise_if_failed(handle.job_id, state, job, cid)
+        if state != "COMPLETED":
+            return RemoteStatus(state)
+        return RemoteStatus(state, self._v2_parsed(handle, answer, cid))
+
+    async def _get_job(self, handle: RemoteParse, key: str, cid: str | None) -> dict[str, Any]:
+        """GET the job: v1's status, or v2's job with its result expanded."""
+        job_id = quote(handle.job_id, safe="")
+        if handle.api_version == "v1":
+            url = self._url(JOB_PATH.format(job_id=job_id))
+        else:
+            expand = ["markdown", "usage", *self.config.expand]
+            query = urlencode([("expand", name) for name in expand])
+            url = self._url(V2_JOB_PATH.format(job_id=job_id)) + "?" + query
         response = await self._send(HttpRequest("GET", url, self._headers(key)), cid)
         if not 200 <= response.status < 300:
             raise reported(LLAMAPARSE, self._error(response), cid)
-        job = self._json_object(response, cid)
-        status = _status(job.get("status"))
-        self._raise_if_failed(job_id, status, job, cid)
-        if status not in ("SUCCESS", "PARTIAL_SUCCESS"):
-            return None  # PENDING, RUNNING, or a status we do not know yet
-        return await self._result(job_id, key, cid)
+        return self._json_object(response, cid)
 
-    async def _result(self, job_id: str, key: str, cid: str | None) -> _Finished | None:
-        url = self._url(RESULT_PATH.format(job_id=quote(job_id, safe="")))
+    async def _fetch(self, handle: RemoteParse, key: str, cid: str | None) -> ParsedDocument | None:
+        """The finished result; None when there is none yet (not finished, or v1's store lags)."""
+        if handle.api_version == "v2":
+            return (await self._status(handle, key, cid)).result
+        url = self._url(RESULT_PATH.format(job_id=quote(handle.job_id, safe="")))
         response = await self._send(HttpRequest("GET", url, self._headers(key)), cid)
         if response.status == 404:
             return None  # the result is not stored yet: normal just after SUCCESS
@@ -527,17 +678,78 @@ class LlamaParse:
         result = self._json_object(response, cid)
         markdown, metadata = result.get("markdown"), result.get("job_metadata")
         if not isinstance(markdown, str):
-            raise reported(
-                LLAMAPARSE,
-                ProviderError("llamaparse: result has no markdown", code="bad_response"),
-                cid,
-            )
-        return _Finished(job_id, markdown, metadata if isinstance(metadata, dict) else {})
+            raise self._bad_response("result has no markdown", cid)
+        return self._v1_parsed(handle, markdown, metadata if isinstance(metadata, dict) else {})
+
+    def _v1_parsed(
+        self,
+        handle: RemoteParse,
+        markdown: str,
+        metadata: Mapping[str, Any],
+        page_list: list[Any] | None = None,
+    ) -> ParsedDocument:
+        """A v1 result. Cost: the credits reported, else nothing for a cache hit, else the rate.
+
+        Failed pages of a PARTIAL_SUCCESS are charged too: the service does
+        not say it refunds them, and over-charging a budget is the safe error.
+        """
+        page_list = page_list or []
+        pages = _page_number(metadata.get("job_pages")) or len(page_list)
+        pages = pages or handle.estimated_pages
+        credits = _credits(metadata.get("credits_used", metadata.get("job_credits_usage")))
+        if credits is not None:
+            cost = credits * self.config.usd_per_credit
+        elif metadata.get("job_is_cache_hit") is True:
+            cost = 0.0
+        else:
+            cost = self._cost_usd(pages)
+        return ParsedDocument(
+            markdown=markdown,
+            pages=pages,
+            job_id=handle.job_id,
+            sha256=handle.sha256,
+            cost_usd=cost,
+            failed_pages=_failed_pages(metadata, page_list),
+        )
+
+    def _v2_parsed(
+        self, handle: RemoteParse, answer: Mapping[str, Any], cid: str | None
+    ) -> ParsedDocument:
+        """A COMPLETED v2 job: its markdown pages joined, failed ones left out.
+
+        Cost: `job.usage.credits` (0 for a cache hit), else pages at the
+        tier's rate. Failed pages are charged, as on v1.
+        """
+        markdown = answer.get("markdown")
+        page_list = markdown.get("pages") if isinstance(markdown, dict) else None
+        if not isinstance(page_list, list):
+            raise self._bad_response("a COMPLETED v2 job came without its markdown pages", cid)
+        texts = [
+            page["markdown"]
+            for page in page_list
+            if isinstance(page, dict)
+            and page.get("success") is not False
+            and isinstance(page.get("markdown"), str)
+        ]
+        pages = len(page_list) or handle.estimated_pages
+        job = answer.get("job")
+        usage = job.get("usage") if isinstance(job, dict) else None
+        credits = _credits(usage.get("credits") if isinstance(usage, dict) else None)
+        cost = self._cost_usd(pages) if credits is None else credits * self.config.usd_per_credit
+        return ParsedDocument(
+            markdown=PAGE_SEPARATOR.join(texts),
+            pages=pages,
+            job_id=handle.job_id,
+            sha256=handle.sha256,
+            cost_usd=cost,
+            failed_pages=_failed_pages({}, page_list),
+            extras={name: answer[name] for name in self.config.expand if name in answer},
+        )
 
     def _raise_if_failed(
-        self, job_id: str, status: str, fields: Mapping[str, Any], cid: str | None
+        self, job_id: str, state: str, fields: Mapping[str, Any], cid: str | None
     ) -> None:
-        if status == "ERROR":
+        if state == "FAILED":
             code = fields.get("error_code")
             detail = fields.get("error_message") or "the service could not parse the document"
             raise reported(
@@ -549,7 +761,7 @@ class LlamaParse:
                 ),
                 cid,
             )
-        if status == "CANCELLED":
+        if state == "CANCELLED":
             raise reported(
                 LLAMAPARSE,
                 ProviderError(f"llamaparse: job {job_id} was cancelled", 422, code="cancelled"),
@@ -590,6 +802,10 @@ class LlamaParse:
             )
         raise reported(LLAMAPARSE, error, cid)
 
+    def _bad_response(self, what: str, cid: str | None) -> ProviderError:
+        """A 2xx answer we cannot use: status None, the outcome is unknown."""
+        return reported(LLAMAPARSE, ProviderError(f"llamaparse: {what}", code="bad_response"), cid)
+
     def _json_object(self, response: HttpResponse, cid: str | None) -> dict[str, Any]:
         """A 2xx body as a JSON object. Garbage has status None: the outcome is unknown."""
         try:
@@ -597,14 +813,7 @@ class LlamaParse:
         except orjson.JSONDecodeError:
             document = None
         if not isinstance(document, dict):
-            raise reported(
-                LLAMAPARSE,
-                ProviderError(
-                    f"llamaparse: HTTP {response.status} reply is not a JSON object",
-                    code="bad_response",
-                ),
-                cid,
-            )
+            raise self._bad_response(f"HTTP {response.status} reply is not a JSON object", cid)
         return document
 
     def _error(self, response: HttpResponse) -> ProviderError:
@@ -618,3 +827,10 @@ class LlamaParse:
             error.code,
             request_id=error.request_id,
         )
+
+
+def _credits(value: Any) -> float | None:
+    """Credits the service reported, when it reported a usable number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None

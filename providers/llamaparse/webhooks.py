@@ -38,8 +38,10 @@ LC_SIGNATURE_HEADER = "LC-Signature"
 STANDARD_TOLERANCE_S = 300.0
 """Five minutes either way, as openai-python and the Standard Webhooks spec use."""
 
-TERMINAL_STATUSES = frozenset({"SUCCESS", "PARTIAL_SUCCESS", "ERROR", "CANCELLED", "CANCELED"})
-"""Job statuses after which nothing more will happen to a job."""
+TERMINAL_STATUSES = frozenset(
+    {"SUCCESS", "PARTIAL_SUCCESS", "ERROR", "CANCELLED", "CANCELED", "COMPLETED", "FAILED"}
+)
+"""Job statuses after which nothing more will happen to a job (v1's and v2's)."""
 
 
 # -- signatures --------------------------------------------------------------
@@ -145,7 +147,9 @@ class WebhookEvent:
          "data": {"md": "...", "job_metadata": {...}}}
 
     `status` may be omitted: it is then the event name's suffix in upper
-    case (`parse.partial_success` -> `PARTIAL_SUCCESS`).
+    case (`parse.partial_success` -> `PARTIAL_SUCCESS`). A v2 event says
+    `COMPLETED` or `FAILED` and carries the job object, not the result:
+    `{"data": {"job": {...}}}`.
     """
 
     job_id: str

@@ -56,6 +56,7 @@ from simulations.emulators.llamaparse_shared import (
     authenticate,
     draw_failed_pages,
     read_form,
+    refuse_unparseable,
 )
 from simulations.emulators.llamaparse_v2 import ParseV2
 from simulations.emulators.multipart import Form
@@ -80,11 +81,6 @@ _EVENTS: Final = {
     "PARTIAL_SUCCESS": "parse.partial_success",
     "ERROR": "parse.error",
 }
-
-
-UNPARSEABLE_SUFFIXES: Final = (".exe", ".dll", ".so")
-"""Uploads the emulator refuses with 400, as LlamaParse refuses file types it cannot
-parse. Only executables are modeled; the real list of accepted types is long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +261,7 @@ class LlamaParseApi:
             raise Rejected(
                 400, "A file is required (the emulator does not fetch input_url or input_s3_path)"
             )
-        if upload.filename.lower().endswith(UNPARSEABLE_SUFFIXES):
-            raise Rejected(400, f"Unsupported file type: {upload.filename.rsplit('.', 1)[-1]}")
+        refuse_unparseable(upload)
         max_pages = _max_pages(form)
         webhook_url = _webhook_url(form)
         document = render_document(upload, max_pages)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from simulations.emulators.multipart import Form, MultipartError, parse_form
+from simulations.emulators.multipart import Form, MultipartError, UploadedFile, parse_form
 from simulations.emulators.ratelimit import SlidingWindow
 from simulations.emulators.routing import Incoming, json_response
 
@@ -57,6 +57,17 @@ def read_form(incoming: Incoming) -> Form:
 def project_of(incoming: Incoming) -> str:
     """The `project_id` query parameter every LlamaCloud route takes, or the default."""
     return incoming.query.get("project_id") or DEFAULT_PROJECT
+
+
+UNPARSEABLE_SUFFIXES: Final = (".exe", ".dll", ".so")
+"""Uploads the emulator refuses with 400, on v1 and v2 alike, as LlamaParse refuses file
+types it cannot parse. Only executables are modeled; the real list of accepted types is long."""
+
+
+def refuse_unparseable(upload: UploadedFile) -> None:
+    """400 for a file type LlamaParse cannot parse."""
+    if upload.filename.lower().endswith(UNPARSEABLE_SUFFIXES):
+        raise Rejected(400, f"Unsupported file type: {upload.filename.rsplit('.', 1)[-1]}")
 
 
 def admit_upload(window: SlidingWindow, now: float, retry_after: bool) -> None:

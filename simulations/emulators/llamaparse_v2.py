@@ -73,6 +73,7 @@ from simulations.emulators.llamaparse_shared import (
     invalid,
     project_of,
     read_form,
+    refuse_unparseable,
 )
 from simulations.emulators.multipart import UploadedFile
 from simulations.emulators.ratelimit import SlidingWindow
@@ -391,6 +392,7 @@ class ParseV2:
         if ratio is not None and (not isinstance(ratio, int | float) or not 0 <= ratio <= 1):
             raise invalid("allowed_page_failure_ratio", "Input should be a number from 0 to 1")
         webhooks = _webhooks(config.get("webhook_configurations"))
+        refuse_unparseable(upload)
         now = incoming.received_at
         admit_upload(self._uploads, now, retry_after=True)
         document = render_document(upload, max_pages, targets)

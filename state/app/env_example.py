@@ -40,7 +40,22 @@ LLAMA_CLOUD_API_KEY=
 # A public HTTPS URL that reaches `breakwater serve`'s /webhooks/llamaparse;
 # without it the client polls.
 # LLAMA_CLOUD_WEBHOOK_URL=
-# LLAMA_CLOUD_WEBHOOK_SECRET=""",
+# LLAMA_CLOUD_WEBHOOK_SECRET=
+# v2 (default) or v1, for an account still on the old API.
+# LLAMA_CLOUD_API_VERSION=v2
+# fast, cost_effective, agentic or agentic_plus; latest or a date (YYYY-MM-DD).
+# LLAMA_CLOUD_PARSE_TIER=cost_effective
+# LLAMA_CLOUD_PARSE_VERSION=latest
+# 1-based pages such as 1,3,5-8, and a page cap; unset: every page.
+# LLAMA_CLOUD_TARGET_PAGES=
+# LLAMA_CLOUD_MAX_PAGES=
+# Results fetched beside the markdown: text, items or both.
+# LLAMA_CLOUD_EXPAND=
+# Pricing for estimates: the tier's credits per page unless set, and the price.
+# LLAMA_CLOUD_CREDITS_PER_PAGE=
+# LLAMA_CLOUD_USD_PER_CREDIT=0.00125
+# Uploads in any 10 s: 50 on v2 (documented), 15 on v1.
+# LLAMA_CLOUD_UPLOADS_PER_10S=""",
 }
 """What each provider's client reads (see the README's Providers table)."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from providers import LLAMAPARSE, OPENAI
-from providers.llamaparse.client import LlamaParse, LlamaParseConfig
+from providers.llamaparse.client import LlamaParse, LlamaParseConfig, UploadThrottle
 from providers.llamaparse.mock import MockParser
 from providers.llamaparse.webhooks import WebhookInbox
 from providers.openai.client import DEFAULT_BASE_URL as OPENAI_DEFAULT_URL
@@ -222,10 +222,12 @@ def _parser(
     inbox: WebhookInbox | None,
 ) -> LlamaParse:
     config = LlamaParseConfig.from_env(environ)
-    if shared is not None and (inbox is not None or config.webhook_url):
+    if shared is None:
+        return LlamaParse(config, transport, inbox=inbox)
+    if inbox is not None or config.webhook_url:
         # Webhooks reach one server; with Redis, the parse may wait in any process.
         inbox = _shared_inbox(shared)
-    return LlamaParse(config, transport, inbox=inbox)
+    return LlamaParse(config, transport, inbox=inbox, upload_bucket=_shared_uploads(shared, config))
 
 
 def _warn_keyless(mode: ServiceMode, keyed: Mapping[str, bool]) -> None:
@@ -250,6 +252,18 @@ def _shared_inbox(shared: RedisShared) -> WebhookInbox:
     inbox = SharedInbox(shared.client)
     inbox.start()
     return inbox
+
+
+def _shared_uploads(shared: RedisShared, config: LlamaParseConfig) -> UploadThrottle:
+    """The upload limit kept in Redis: it is the organization's, whatever the worker count."""
+    from providers.llamaparse.uploads import SharedUploads
+
+    return SharedUploads(
+        shared.client,
+        config.upload_limit,
+        policy=shared.settings.policy(),
+        worker_id=shared.worker_id,
+    )
 
 
 def _open_shared(settings: SharedSettings, rng: random.Random | None) -> RedisShared | None:
