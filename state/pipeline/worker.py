@@ -20,6 +20,14 @@ job that keeps killing workers in a step (its lease picked up more than
 its input missing from the store (`MissingInput`): the store lost what it
 had written, and no retry brings it back.
 
+Embedding is shared across documents: besides its `concurrency` slots, the
+worker holds up to `embed_jobs` jobs whose next provider step is the
+embedding, leased together (`JobStore.lease(to_embed=True)`), and every embed
+step sends its chunks through one `EmbedCoalescer`, which packs the chunks of
+jobs leased together into full requests (`state.pipeline.coalescer` says how,
+and what each job gets back). `concurrency` thus bounds the jobs parsing at
+once; a job that has only its embedding left costs a lease and a heartbeat.
+
 Time: sleeps use the loop clock; every `now` given to the store is
 `resilience.clock.wall_time()` (`clock`), so both follow virtual time in tests.
 """
@@ -37,12 +45,19 @@ from resilience import ErrorClass, Rejected, classify, correlation
 from resilience.clock import wall_time
 from resilience.events import emit
 from state.machine import Job, JobState, Trigger, WaitReason
+from state.pipeline.coalescer import EmbedCoalescer
 from state.pipeline.steps import Done, MissingInput, Steps
 from state.pipeline.wiring import Pipeline
 from state.store.protocol import JobChanges, JobStore, StaleJob
 
 IDLE_SLEEP_S: Final = 1.0
 """How long `run` sleeps when no job was ready."""
+
+EMBED_JOBS: Final = 256
+"""How many jobs ready to embed a worker holds at once, beside its `concurrency`."""
+
+_TO_EMBED: Final = frozenset({JobState.PARSED, JobState.CHUNKED, JobState.EMBEDDING})
+"""The steps from which a job's next provider call is the embedding."""
 
 RETRY_BASE_S: Final = 30.0
 """A failed step waits this long, doubled per attempt, before it is tried again."""
@@ -68,8 +83,10 @@ class WorkerStats:
 class Worker:
     """Leases up to `concurrency` jobs at a time and runs them through `pipeline`'s steps.
 
-    Provider calls are counted by whoever subscribes to the pipeline's
-    routers (`Metrics.count_calls`), not here.
+    Up to `embed_jobs` more jobs whose next provider step is the embedding are
+    held besides, so their chunks share requests (0: none besides). Provider
+    calls are counted by whoever subscribes to the pipeline's routers
+    (`Metrics.count_calls`), not here.
     """
 
     def __init__(
@@ -81,15 +98,20 @@ class Worker:
         concurrency: int = 4,
         lease_s: float = 60.0,
         max_attempts: int = 3,
+        embed_jobs: int = EMBED_JOBS,
         clock: Callable[[], float] = wall_time,
     ) -> None:
-        if concurrency < 1 or max_attempts < 1 or not lease_s > 0:
-            raise ValueError("concurrency and max_attempts must be >= 1 and lease_s > 0")
+        if concurrency < 1 or max_attempts < 1 or not lease_s > 0 or embed_jobs < 0:
+            raise ValueError(
+                "concurrency and max_attempts must be >= 1, embed_jobs >= 0 and lease_s > 0"
+            )
         self.store = store
         self.pipeline = pipeline
-        self.steps = Steps(store, pipeline)
+        self.coalescer = EmbedCoalescer(pipeline)
+        self.steps = Steps(store, pipeline, self.coalescer)
         self.owner = owner
         self.concurrency = concurrency
+        self.embed_jobs = embed_jobs
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.clock = clock
@@ -97,21 +119,26 @@ class Worker:
         self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"Worker(owner={self.owner!r}, concurrency={self.concurrency})"
+        return (
+            f"Worker(owner={self.owner!r}, concurrency={self.concurrency}, "
+            f"embed_jobs={self.embed_jobs})"
+        )
 
     # -- the loop ------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Lease up to `concurrency` ready jobs and walk each as far as it goes; how many."""
-        jobs = await self.store.lease(
-            self.owner, now=self.clock(), lease_s=self.lease_s, limit=self.concurrency
-        )
-        if jobs:
-            await asyncio.gather(*(self._hold(job) for job in jobs))
-        return len(jobs)
+        """Lease up to `concurrency` ready jobs, and up to `embed_jobs` more ready to embed,
+        and walk each as far as it goes; how many."""
+        active: dict[str, asyncio.Task[None]] = {}
+        await self._lease(active, self.concurrency, to_embed=False)
+        await self._lease(active, self.embed_jobs, to_embed=True)
+        if active:
+            await asyncio.gather(*active.values())
+        return len(active)
 
     async def run(self, stop: asyncio.Event, *, idle_sleep_s: float = IDLE_SLEEP_S) -> None:
-        """Work until `stop` is set, holding at most `concurrency` jobs at once.
+        """Work until `stop` is set, holding at most `concurrency` jobs at once
+        (and up to `embed_jobs` more that only wait to embed).
 
         A slot freed by one job is refilled at once (a long parse does not
         hold up the others). Once `stop` is set no job is leased; each held
@@ -122,30 +149,51 @@ class Worker:
         # By job id: a lease that lapsed under a running step (a stalled process, a
         # wall-clock jump) can come back to this same worker, and the job must then
         # stay with the task already walking it, not get a second one.
-        active: dict[str, asyncio.Task[None]] = {}
+        slots: dict[str, asyncio.Task[None]] = {}
+        embedding: dict[str, asyncio.Task[None]] = {}
         stopped = loop.create_task(stop.wait())
         try:
             while not stop.is_set():
-                free = self.concurrency - len(active)
-                if free > 0:
-                    jobs = await self.store.lease(
-                        self.owner, now=self.clock(), lease_s=self.lease_s, limit=free
-                    )
-                    for job in jobs:
-                        if job.id in active:
-                            continue
-                        task = loop.create_task(self._hold(job))
-                        active[job.id] = task
-                        task.add_done_callback(partial(_drop, active, job.id))
+                await self._lease(
+                    slots, self.concurrency - len(slots), to_embed=False, held=embedding
+                )
+                await self._lease(
+                    embedding, self.embed_jobs - len(embedding), to_embed=True, held=slots
+                )
                 await asyncio.wait(
-                    {stopped, *active.values()},
+                    {stopped, *slots.values(), *embedding.values()},
                     timeout=idle_sleep_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
             stopped.cancel()
-            if active:
-                await asyncio.gather(*active.values(), return_exceptions=True)
+            if slots or embedding:
+                await asyncio.gather(*slots.values(), *embedding.values(), return_exceptions=True)
+
+    async def _lease(
+        self,
+        tasks: dict[str, asyncio.Task[None]],
+        limit: int,
+        *,
+        to_embed: bool,
+        held: dict[str, asyncio.Task[None]] | None = None,
+    ) -> None:
+        """Lease up to `limit` jobs and start walking each not `held` already into `tasks`."""
+        if limit < 1:
+            return
+        jobs = await self.store.lease(
+            self.owner, now=self.clock(), lease_s=self.lease_s, limit=limit, to_embed=to_embed
+        )
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            if job.id in tasks or (held is not None and job.id in held):
+                continue
+            step = job.resume_to if job.state is JobState.WAITING else job.state
+            if step in _TO_EMBED:
+                self.coalescer.expect(job.id)
+            task = loop.create_task(self._hold(job))
+            tasks[job.id] = task
+            task.add_done_callback(partial(_drop, tasks, job.id))
 
     # -- one job -------------------------------------------------------------
 
@@ -179,6 +227,7 @@ class Worker:
                 )
             finally:
                 heartbeat.cancel()
+                self.coalescer.forget(job.id)
                 if await self.store.release_lease(job.id, self.owner):
                     self.stats.released += 1
 
