@@ -192,6 +192,7 @@ def test_200_small_documents_ready_at_once_share_full_requests(
         staged = await stage(store, documents)
         worker = Worker(store, pipeline, owner="w1")
         await work(worker, [doc.job_id for doc in staged])
+        assert worker.coalescer.rounds == 1, "the 200 jobs leased together went out together"
         stats = emulator.stats()
         assert stats.count(EMBEDDINGS) == stats.count(EMBEDDINGS, 200)
         assert stats.count(EMBEDDINGS) <= 1.05 * minimum

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, Unpack
@@ -129,9 +130,10 @@ class Worker:
     async def run_once(self) -> int:
         """Lease up to `concurrency` ready jobs, and up to `embed_jobs` more ready to embed,
         and walk each as far as it goes; how many."""
+        jobs = await self._lease(self.concurrency, to_embed=False)
+        jobs += await self._lease(self.embed_jobs, to_embed=True)
         active: dict[str, asyncio.Task[None]] = {}
-        await self._lease(active, self.concurrency, to_embed=False)
-        await self._lease(active, self.embed_jobs, to_embed=True)
+        self._start(jobs, active, held=set())
         if active:
             await asyncio.gather(*active.values())
         return len(active)
@@ -145,21 +147,21 @@ class Worker:
         job finishes the step it is in and its lease is released.
         """
         self._stopping = stop
-        loop = asyncio.get_running_loop()
         # By job id: a lease that lapsed under a running step (a stalled process, a
         # wall-clock jump) can come back to this same worker, and the job must then
         # stay with the task already walking it, not get a second one.
         slots: dict[str, asyncio.Task[None]] = {}
         embedding: dict[str, asyncio.Task[None]] = {}
-        stopped = loop.create_task(stop.wait())
+        stopped = asyncio.get_running_loop().create_task(stop.wait())
         try:
             while not stop.is_set():
-                await self._lease(
-                    slots, self.concurrency - len(slots), to_embed=False, held=embedding
-                )
-                await self._lease(
-                    embedding, self.embed_jobs - len(embedding), to_embed=True, held=slots
-                )
+                fresh = await self._lease(self.concurrency - len(slots), to_embed=False)
+                ready = await self._lease(self.embed_jobs - len(embedding), to_embed=True)
+                # Started only once both leases are in, so that a round of embedding
+                # waits for every job ready to embed, not only the first lease's.
+                held = slots.keys() | embedding.keys()
+                self._start(fresh, slots, held=held)
+                self._start(ready, embedding, held=held)
                 await asyncio.wait(
                     {stopped, *slots.values(), *embedding.values()},
                     timeout=idle_sleep_s,
@@ -170,23 +172,20 @@ class Worker:
             if slots or embedding:
                 await asyncio.gather(*slots.values(), *embedding.values(), return_exceptions=True)
 
-    async def _lease(
-        self,
-        tasks: dict[str, asyncio.Task[None]],
-        limit: int,
-        *,
-        to_embed: bool,
-        held: dict[str, asyncio.Task[None]] | None = None,
-    ) -> None:
-        """Lease up to `limit` jobs and start walking each not `held` already into `tasks`."""
+    async def _lease(self, limit: int, *, to_embed: bool) -> list[Job]:
         if limit < 1:
-            return
-        jobs = await self.store.lease(
+            return []
+        return await self.store.lease(
             self.owner, now=self.clock(), lease_s=self.lease_s, limit=limit, to_embed=to_embed
         )
+
+    def _start(
+        self, jobs: list[Job], tasks: dict[str, asyncio.Task[None]], *, held: AbstractSet[str]
+    ) -> None:
+        """Walk each of `jobs` not `held` already in a task of its own, kept in `tasks`."""
         loop = asyncio.get_running_loop()
         for job in jobs:
-            if job.id in tasks or (held is not None and job.id in held):
+            if job.id in held:
                 continue
             step = job.resume_to if job.state is JobState.WAITING else job.state
             if step in _TO_EMBED:
