@@ -21,7 +21,8 @@ How it fits the worker (`state.pipeline.worker`):
   stale, stopping, nothing left to embed) is `forget`-ed, as the worker does
   whenever it lets go of a job, so a round never waits for it.
 * A job that was not expected (it reached the embedding in the same walk as
-  its parse) is sent at once on its own, as before: waiting could only hold it.
+  its parse) is sent at once on its own, in its own task, as before: waiting
+  could only hold it.
 * A round is one `OpenAIEmbeddings.embed_groups`: every job's texts planned as
   one list into full requests, each routed, reserved, retried and settled as
   one call, as before. A request carries the correlation id of the job its
@@ -33,8 +34,9 @@ How it fits the worker (`state.pipeline.worker`):
   HYBRID's fallback, apply per job. Vectors are stored under the job's own
   document and upserted, so each lands on its own job, once, whoever retries.
 
-A round runs in its own task; if that task is cancelled its jobs' waits are
-cancelled too, rather than left hanging.
+A round runs in a task of its own, so one job cancelled does not cancel the
+others' requests; if that task is cancelled, its jobs' waits are cancelled
+too rather than left hanging.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class EmbedCoalescer:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.rounds = 0
+        """Rounds of expected jobs sent (a job sent alone is not one)."""
         self._expected: set[str] = set()
         self._pending: list[_Entry] = []
         self._sending: set[asyncio.Task[None]] = set()
@@ -87,39 +90,38 @@ class EmbedCoalescer:
         if not texts:
             self._send_round()
             return Embeddings([], [], [])
-        entry = _Entry(Group(job.correlation_id, texts), asyncio.get_running_loop().create_future())
-        if expected:
-            self._pending.append(entry)
-            self._send_round()
+        group = Group(job.correlation_id, texts)
+        if not expected:  # nobody to wait for: alone and in its own task, as before
+            [answer] = await self._embed_groups([group])
         else:
-            self._send([entry])
-        try:
-            answer = await entry.answer
-        except asyncio.CancelledError:
-            if entry in self._pending:  # not sent yet: nobody pays for it
-                self._pending.remove(entry)
-            raise
+            answer = await self._in_round(group)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
+    async def _in_round(self, group: Group) -> Embeddings | Exception:
+        entry = _Entry(group, asyncio.get_running_loop().create_future())
+        self._pending.append(entry)
+        self._send_round()
+        try:
+            return await entry.answer
+        except asyncio.CancelledError:
+            if entry in self._pending:  # not sent yet: nobody pays for it
+                self._pending.remove(entry)
+            raise
+
     def _send_round(self) -> None:
         if self._pending and not self._expected:
             entries, self._pending = self._pending, []
-            self._send(entries)
+            self.rounds += 1
+            task = asyncio.get_running_loop().create_task(self._send(entries))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
-    def _send(self, entries: list[_Entry]) -> None:
-        self.rounds += 1
-        task = asyncio.get_running_loop().create_task(self._flush(entries))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _flush(self, entries: list[_Entry]) -> None:
+    async def _send(self, entries: list[_Entry]) -> None:
         answers: Sequence[Embeddings | Exception]
         try:
-            answers = await self.pipeline.embedder.embed_groups(
-                [entry.group for entry in entries], self.pipeline.router(EMBED)
-            )
+            answers = await self._embed_groups([entry.group for entry in entries])
         except asyncio.CancelledError:
             for entry in entries:
                 entry.answer.cancel()
@@ -129,6 +131,9 @@ class EmbedCoalescer:
         for entry, answer in zip(entries, answers, strict=True):
             if not entry.answer.done():  # its job was cancelled meanwhile
                 entry.answer.set_result(answer)
+
+    async def _embed_groups(self, groups: list[Group]) -> list[Embeddings | Exception]:
+        return await self.pipeline.embedder.embed_groups(groups, self.pipeline.router(EMBED))
 
 
 __all__ = ["EmbedCoalescer"]
