@@ -131,7 +131,8 @@ class Worker:
         """Lease up to `concurrency` ready jobs, and up to `embed_jobs` more ready to embed,
         and walk each as far as it goes; how many."""
         jobs = await self._lease(self.concurrency, to_embed=False)
-        jobs += await self._lease(self.embed_jobs, to_embed=True)
+        if len(jobs) == self.concurrency:  # else no other job was ready
+            jobs += await self._lease(self.embed_jobs, to_embed=True)
         active: dict[str, asyncio.Task[None]] = {}
         self._start(jobs, active, held=set())
         if active:
@@ -152,11 +153,19 @@ class Worker:
         # stay with the task already walking it, not get a second one.
         slots: dict[str, asyncio.Task[None]] = {}
         embedding: dict[str, asyncio.Task[None]] = {}
-        stopped = asyncio.get_running_loop().create_task(stop.wait())
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_task(stop.wait())
+        next_poll = loop.time()
         try:
             while not stop.is_set():
-                fresh = await self._lease(self.concurrency - len(slots), to_embed=False)
-                ready = await self._lease(self.embed_jobs - len(embedding), to_embed=True)
+                asked = self.concurrency - len(slots)
+                fresh = await self._lease(asked, to_embed=False)
+                ready: list[Job] = []
+                # Only while more jobs may be ready: the lease above came back full, or,
+                # with every slot busy, once per IDLE_SLEEP_S rather than on every wake.
+                if len(fresh) == asked and (asked > 0 or loop.time() >= next_poll):
+                    next_poll = loop.time() + IDLE_SLEEP_S
+                    ready = await self._lease(self.embed_jobs - len(embedding), to_embed=True)
                 # Started only once both leases are in, so that a round of embedding
                 # waits for every job ready to embed, not only the first lease's.
                 held = slots.keys() | embedding.keys()
