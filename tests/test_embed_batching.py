@@ -21,9 +21,19 @@ from pathlib import Path
 import pytest
 
 from providers.llamaparse.client import ParsedDocument
-from providers.openai.client import MAX_REQUEST_INPUTS, MAX_REQUEST_TOKENS
+from providers.openai.client import (
+    DEFAULT_MODEL,
+    MAX_REQUEST_INPUTS,
+    MAX_REQUEST_TOKENS,
+    Embeddings,
+    Group,
+    OpenAIConfig,
+    OpenAIEmbeddings,
+)
 from providers.openai.mock import MockEmbedder
+from providers.pricing import embedding_cost_usd
 from providers.tokens import count_tokens
+from resilience import Budget, BudgetExceeded, Guard, RetryPolicy, Router, ServiceMode
 from resilience.clock import wall_time
 from resilience.testing import run_virtual
 from simulations.emulators import Emulator, FaultPlan, InProcessTransport, OpenAIPlan
@@ -32,6 +42,7 @@ from state import JobState, SqliteJobStore, StoredChunk, Trigger
 from state.machine import Job
 from state.pipeline.wiring import Pipeline
 from state.pipeline.worker import Worker
+from tests.events import Events
 from tests.test_worker import EMBEDDINGS, environment
 
 SETUP = "stager"
@@ -239,3 +250,63 @@ def test_hybrid_serves_each_job_the_mock_for_its_own_chunks_in_an_outage(
         assert emulator.stats().count(EMBEDDINGS, 200) == 0
 
     scenario(tmp_path, "hybrid", body, faults=faults)
+
+
+# -- the client's part: several callers' inputs in shared requests -----------------
+
+
+def group_client(
+    emulator: Emulator, budget_usd: float | None = None
+) -> tuple[OpenAIEmbeddings, Router]:
+    budget = None if budget_usd is None else Budget(daily_usd=budget_usd, scope="openai")
+    guard = Guard("openai", retry=RetryPolicy(max_attempts=1), budget=budget)
+    config = OpenAIConfig(api_key="sk-test", base_url="http://emulator.local/v1")
+    client = OpenAIEmbeddings(config, InProcessTransport(emulator))
+    router = Router(ServiceMode.REAL)
+    router.register("embed", real=client.embed_batch, mock=MockEmbedder().embed_batch, guard=guard)
+    return client, router
+
+
+def test_groups_share_a_request_each_getting_its_own_vectors(events: Events) -> None:
+    groups = [Group(f"cid-{n}", texts) for n, texts in enumerate(corpus(3, 5, 4, seed=8))]
+
+    async def main() -> None:
+        emulator = Emulator(seed=1)
+        client, router = group_client(emulator)
+        results = await client.embed_groups(groups, router)
+        for group, result in zip(groups, results, strict=True):
+            assert isinstance(result, Embeddings)
+            assert result.paths == ["real"] * len(group.texts)
+            want = [embedding(DEFAULT_MODEL, text, 1536, 1536) for text in group.texts]
+            assert result.vectors == want
+        stats = emulator.stats()
+        assert stats.count(EMBEDDINGS) == 1
+        assert stats.correlations == {"cid-0": {EMBEDDINGS: 1}}
+        [shared] = events.of("openai.shared_request")
+        assert shared["correlation_id"] == "cid-0"
+        assert shared["correlation_ids"] == ["cid-0", "cid-1", "cid-2"]
+        await emulator.close()
+
+    run_virtual(main())
+
+
+def test_a_pack_the_budget_refuses_is_sent_again_one_group_at_a_time() -> None:
+    first, second = corpus(2, 5, 4, seed=9)
+    tokens = sum(count_tokens(text) for text in first)
+    alone = embedding_cost_usd(DEFAULT_MODEL, tokens)
+    both = embedding_cost_usd(DEFAULT_MODEL, tokens + sum(count_tokens(t) for t in second))
+    assert both > 1.5 * alone, "the pack does not fit the budget; the first group alone does"
+
+    async def main() -> None:
+        emulator = Emulator(seed=1)
+        client, router = group_client(emulator, budget_usd=1.5 * alone)
+        done, refused = await client.embed_groups(
+            [Group("cid-a", first), Group("cid-b", second)], router
+        )
+        assert isinstance(done, Embeddings)
+        assert done.vectors == [embedding(DEFAULT_MODEL, t, 1536, 1536) for t in first]
+        assert isinstance(refused, BudgetExceeded)
+        assert emulator.stats().correlations == {"cid-a": {EMBEDDINGS: 1}}
+        await emulator.close()
+
+    run_virtual(main())
