@@ -22,11 +22,12 @@ had written, and no retry brings it back.
 
 Embedding is shared across documents: besides its `concurrency` slots, the
 worker holds up to `embed_jobs` jobs whose next provider step is the
-embedding, leased together (`JobStore.lease(to_embed=True)`), and every embed
-step sends its chunks through one `EmbedCoalescer`, which packs the chunks of
-jobs leased together into full requests (`state.pipeline.coalescer` says how,
-and what each job gets back). `concurrency` thus bounds the jobs parsing at
-once; a job that has only its embedding left costs a lease and a heartbeat.
+embedding, leased together (`JobStore.lease(to_embed=True)`) whenever more
+jobs may be ready than its slots took, and every embed step sends its chunks
+through one `EmbedCoalescer`, which packs the chunks of jobs leased together
+into full requests (`state.pipeline.coalescer` says how, and what each job
+gets back). `concurrency` thus bounds the jobs parsing at once; a job that
+has only its embedding left costs a lease and a heartbeat.
 
 Time: sleeps use the loop clock; every `now` given to the store is
 `resilience.clock.wall_time()` (`clock`), so both follow virtual time in tests.
