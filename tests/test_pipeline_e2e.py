@@ -258,4 +258,7 @@ def test_real_mode_over_loopback_waits_for_the_budget_reset_and_never_overspends
     assert skips >= 1
     assert len(hourly_costs) >= 2, "the jobs were spread over several hours"
     assert all(0 < cost <= limit for cost in hourly_costs)
-    assert answered == 3  # a refused batch never left the process
+    # A refused batch never left the process: one answered request per document (3), or 2
+    # when the two jobs the budget sent to the next hour were leased together and shared
+    # one request (state.pipeline.coalescer); which, real time over loopback decides.
+    assert answered in (2, 3)

@@ -426,6 +426,43 @@ def test_lease_takes_the_earliest_ready_jobs_up_to_the_limit(db: str) -> None:
     run(db, body)
 
 
+def test_a_lease_to_embed_takes_only_jobs_whose_next_provider_step_is_the_embedding(
+    db: str,
+) -> None:
+    async def body(store: Store) -> None:
+        now = wall_time()
+        jobs = {}
+        for name in ("uploaded", "parsed", "chunked", "embedding", "waits_to_embed", "waits_parse"):
+            await store.create_job(name.encode(), filename=name, mime_type="text/plain", now=now)
+            (job,) = await store.lease("setup", now=now, lease_s=60)
+            jobs[name] = job
+        parsing = await move(store, jobs["parsed"], T.START_PARSE, owner="setup")
+        await move(store, parsing, T.FINISH_PARSE, owner="setup")
+        for name in ("chunked", "embedding", "waits_to_embed"):
+            job = await move(store, jobs[name], T.START_PARSE, owner="setup")
+            job = await move(store, job, T.FINISH_PARSE, owner="setup")
+            job = await move(store, job, T.CHUNK, owner="setup")
+            if name != "chunked":
+                job = await move(store, job, T.START_EMBED, owner="setup")
+            if name == "waits_to_embed":
+                await move(
+                    store, job, T.WAIT, owner="setup", not_before=now, wait_reason=WaitReason.RETRY
+                )
+        parsing = await move(store, jobs["waits_parse"], T.START_PARSE, owner="setup")
+        await move(
+            store, parsing, T.WAIT, owner="setup", not_before=now, wait_reason=WaitReason.RETRY
+        )
+        for job in jobs.values():
+            await store.release_lease(job.id, "setup")
+        taken = await store.lease("w1", now=now + 1, lease_s=60, limit=10, to_embed=True)
+        expected = {"parsed", "chunked", "embedding", "waits_to_embed"}
+        assert {job.id for job in taken} == {jobs[name].id for name in expected}
+        rest = await store.lease("w2", now=now + 1, lease_s=60, limit=10)
+        assert {job.id for job in rest} == {jobs["uploaded"].id, jobs["waits_parse"].id}
+
+    run(db, body)
+
+
 async def cancel_each_statement(
     store: Store, victim: list[asyncio.Task[Job]], plan: dict[str, int], *, statements: int
 ) -> list[tuple[int, int, bool]]:

@@ -24,6 +24,7 @@ import base64
 import binascii
 import math
 import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, TypeGuard
@@ -35,7 +36,7 @@ from providers.http import correlated, error_from_response, rate_limits, reporte
 from providers.pricing import embedding_cost_usd, output_dimensions
 from providers.tokens import count_tokens, split, truncate
 from providers.transport import HttpRequest, HttpResponse, Transport
-from resilience import ConfigError, ProviderError, Router, correlation
+from resilience import BudgetExceeded, ConfigError, ProviderError, Router, correlation
 from resilience.bucket import Throttle
 from resilience.clock import wall_time
 from resilience.events import emit
@@ -144,6 +145,13 @@ class Embeddings:
 
     def __repr__(self) -> str:
         return f"Embeddings({len(self.vectors)} vectors, degraded={self.degraded})"
+
+
+class Group(NamedTuple):
+    """One caller's inputs for `OpenAIEmbeddings.embed_groups`, and the id its requests carry."""
+
+    correlation_id: str
+    texts: Sequence[str]
 
 
 @dataclass(slots=True)
@@ -430,23 +438,104 @@ class OpenAIEmbeddings:
         mean of its pieces' vectors, scaled back to unit length as OpenAI's
         vectors are (the method of OpenAI's cookbook for long inputs).
         """
-        batches = self.plan(texts)
         cid = (
             correlation_id or correlation.current() or router.guard(capability).new_correlation_id()
         )
+        [result] = await self.embed_groups([Group(cid, texts)], router, capability=capability)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def embed_groups(
+        self, groups: Sequence[Group], router: Router, *, capability: str = "embed"
+    ) -> list[Embeddings | Exception]:
+        """Embed several callers' inputs in shared requests: per group, its vectors or an error.
+
+        All groups' inputs are planned as one list, so small groups fill
+        requests together instead of each costing one. A request is routed
+        under the correlation id of the group its first input belongs to, and
+        one that carries several groups logs every group's id
+        (`openai.shared_request`). A request that fails fails every group with
+        an input in it, with its error; such groups' inputs are left out of
+        the requests after it, and the other groups carry on; but a request the
+        budget refused is sent again one group at a time, as the groups would
+        have been alone. Budget and cost stay per request, as the guard
+        reserves and settles each call.
+        """
+        owners: list[int] = []
+        flat: list[str] = []
+        for number, group in enumerate(groups):
+            if isinstance(group.texts, str):
+                raise TypeError("texts must be a sequence of strings, not one string")
+            owners.extend([number] * len(group.texts))
+            flat.extend(group.texts)
+        starts = [0]
+        for group in groups:
+            starts.append(starts[-1] + len(group.texts))
         parts: dict[int, list[tuple[list[float], int]]] = {}
-        paths: list[Path] = ["real"] * len(texts)
-        reasons: list[str | None] = [None] * len(texts)
-        for number, batch in enumerate(batches):
-            served = await self._complete(batch, router, capability, cid, number)
+        paths: list[Path] = ["real"] * len(flat)
+        reasons: list[str | None] = [None] * len(flat)
+        errors: dict[int, Exception] = {}
+        queue = deque(self.plan(flat))
+        number = 0
+        while queue:
+            planned = queue.popleft()
+            batch = self._without(planned, [owners[index] in errors for index in planned.indices])
+            if not batch.texts:
+                continue
+            members = sorted({owners[index] for index in batch.indices})
+            cid = groups[owners[batch.indices[0]]].correlation_id
+            if len(members) > 1:
+                emit(
+                    "openai.shared_request",
+                    provider=OPENAI,
+                    batch=number,
+                    inputs=len(batch),
+                    correlation_id=cid,
+                    correlation_ids=[groups[member].correlation_id for member in members],
+                )
+            try:
+                served = await self._complete(batch, router, capability, cid, number)
+            except Exception as exc:  # each group's caller decides what it means
+                if isinstance(exc, BudgetExceeded) and len(members) > 1:
+                    # Refused as a pack, each group may still fit on its own: without
+                    # this, groups that fit a small budget one by one never would.
+                    queue.extendleft(
+                        self._without(batch, [owners[index] != member for index in batch.indices])
+                        for member in reversed(members)
+                    )
+                else:
+                    errors.update((member, exc) for member in members)
+                continue
+            finally:
+                number += 1
             for position, (vector, path, reason) in served.items():
                 index = batch.indices[position]
                 parts.setdefault(index, []).append((vector, batch.token_counts[position]))
                 if path == "mock":
                     paths[index] = "mock"
                     reasons[index] = reasons[index] or reason
-        vectors = [_mean(parts[index]) for index in range(len(texts))]
-        return Embeddings(vectors, paths, reasons)
+        results: list[Embeddings | Exception] = []
+        for number in range(len(groups)):
+            span = range(starts[number], starts[number + 1])
+            if number in errors:
+                results.append(errors[number])
+            else:
+                results.append(
+                    Embeddings(
+                        [_mean(parts[index]) for index in span],
+                        [paths[index] for index in span],
+                        [reasons[index] for index in span],
+                    )
+                )
+        return results
+
+    def _without(self, batch: Batch, dropped: Sequence[bool]) -> Batch:
+        """`batch` less the positions `dropped` marks; `batch` itself if it marks none."""
+        if not any(dropped):
+            return batch
+        kept = zip(batch.indices, batch.texts, batch.token_counts, dropped, strict=True)
+        return self._batch([_Piece(i, text, tokens) for i, text, tokens, drop in kept if not drop])
 
     async def _complete(
         self, batch: Batch, router: Router, capability: str, cid: str, number: int

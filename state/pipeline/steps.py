@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from providers.llamaparse.client import Document, ParsedDocument, estimate_cost_usd
-from providers.openai.client import OpenAIEmbeddings
+from providers.openai.client import Embeddings, OpenAIEmbeddings
 from resilience import Routed, Router
 from state.machine import Job, Trigger
 from state.pipeline.chunking import chunk
-from state.pipeline.wiring import EMBED, PARSE, Pipeline
+from state.pipeline.coalescer import EmbedCoalescer
+from state.pipeline.wiring import PARSE, Pipeline
 from state.store.protocol import ChunkText, EmbeddingRow, JobStore
 
 
@@ -67,6 +68,11 @@ async def embed_rows(
     result = await embedder.embed(
         [c.text for c in chunks], router, correlation_id=job.correlation_id
     )
+    return rows_of(chunks, result)
+
+
+def rows_of(chunks: Sequence[ChunkText], result: Embeddings) -> list[EmbeddingRow]:
+    """The rows to store for `chunks`, given their vectors in order."""
     return [
         EmbeddingRow(c.index, vector, path)
         for c, vector, path in zip(chunks, result.vectors, result.paths, strict=True)
@@ -78,11 +84,15 @@ def any_mock(rows: Sequence[EmbeddingRow]) -> bool:
 
 
 class Steps:
-    """The three steps over one store, routed by `pipeline` in its configured mode."""
+    """The three steps over one store, routed by `pipeline` in its configured mode.
 
-    def __init__(self, store: JobStore, pipeline: Pipeline) -> None:
+    Embeddings go through `coalescer`, which shares requests with other jobs'.
+    """
+
+    def __init__(self, store: JobStore, pipeline: Pipeline, coalescer: EmbedCoalescer) -> None:
         self.store = store
         self.pipeline = pipeline
+        self.coalescer = coalescer
 
     async def parse(self, job: Job) -> Done | MissingInput:
         """Parse the document, unless a parse of the same bytes is stored already."""
@@ -112,9 +122,9 @@ class Steps:
         chunks = await self.store.chunks(job.sha256)
         done = {e.chunk_index for e in await self.store.embeddings(job.sha256, model, dims)}
         todo = [c for c in chunks if c.index not in done]
+        result = await self.coalescer.embed(job, [c.text for c in todo])
         if todo:
-            rows = await embed_rows(embedder, self.pipeline.router(EMBED), todo, job)
-            await self.store.put_embeddings(job.sha256, model, dims, rows)
+            await self.store.put_embeddings(job.sha256, model, dims, rows_of(todo, result))
         stored = await self.store.embeddings(job.sha256, model, dims)
         mock = sum(1 for e in stored if e.path == "mock")
         return Done(

@@ -20,6 +20,15 @@ job that keeps killing workers in a step (its lease picked up more than
 its input missing from the store (`MissingInput`): the store lost what it
 had written, and no retry brings it back.
 
+Embedding is shared across documents: besides its `concurrency` slots, the
+worker holds up to `embed_jobs` jobs whose next provider step is the
+embedding, leased together (`JobStore.lease(to_embed=True)`) whenever more
+jobs may be ready than its slots took, and every embed step sends its chunks
+through one `EmbedCoalescer`, which packs the chunks of jobs leased together
+into full requests (`state.pipeline.coalescer` says how, and what each job
+gets back). `concurrency` thus bounds the jobs parsing at once; a job that
+has only its embedding left costs a lease and a heartbeat.
+
 Time: sleeps use the loop clock; every `now` given to the store is
 `resilience.clock.wall_time()` (`clock`), so both follow virtual time in tests.
 """
@@ -29,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, Unpack
@@ -37,12 +47,19 @@ from resilience import ErrorClass, Rejected, classify, correlation
 from resilience.clock import wall_time
 from resilience.events import emit
 from state.machine import Job, JobState, Trigger, WaitReason
+from state.pipeline.coalescer import EmbedCoalescer
 from state.pipeline.steps import Done, MissingInput, Steps
 from state.pipeline.wiring import Pipeline
 from state.store.protocol import JobChanges, JobStore, StaleJob
 
 IDLE_SLEEP_S: Final = 1.0
 """How long `run` sleeps when no job was ready."""
+
+EMBED_JOBS: Final = 256
+"""How many jobs ready to embed a worker holds at once, beside its `concurrency`."""
+
+_TO_EMBED: Final = frozenset({JobState.PARSED, JobState.CHUNKED, JobState.EMBEDDING})
+"""The steps from which a job's next provider call is the embedding."""
 
 RETRY_BASE_S: Final = 30.0
 """A failed step waits this long, doubled per attempt, before it is tried again."""
@@ -68,8 +85,10 @@ class WorkerStats:
 class Worker:
     """Leases up to `concurrency` jobs at a time and runs them through `pipeline`'s steps.
 
-    Provider calls are counted by whoever subscribes to the pipeline's
-    routers (`Metrics.count_calls`), not here.
+    Up to `embed_jobs` more jobs whose next provider step is the embedding are
+    held besides, so their chunks share requests (0: none besides). Provider
+    calls are counted by whoever subscribes to the pipeline's routers
+    (`Metrics.count_calls`), not here.
     """
 
     def __init__(
@@ -81,15 +100,20 @@ class Worker:
         concurrency: int = 4,
         lease_s: float = 60.0,
         max_attempts: int = 3,
+        embed_jobs: int = EMBED_JOBS,
         clock: Callable[[], float] = wall_time,
     ) -> None:
-        if concurrency < 1 or max_attempts < 1 or not lease_s > 0:
-            raise ValueError("concurrency and max_attempts must be >= 1 and lease_s > 0")
+        if concurrency < 1 or max_attempts < 1 or not lease_s > 0 or embed_jobs < 0:
+            raise ValueError(
+                "concurrency and max_attempts must be >= 1, embed_jobs >= 0 and lease_s > 0"
+            )
         self.store = store
         self.pipeline = pipeline
-        self.steps = Steps(store, pipeline)
+        self.coalescer = EmbedCoalescer(pipeline)
+        self.steps = Steps(store, pipeline, self.coalescer)
         self.owner = owner
         self.concurrency = concurrency
+        self.embed_jobs = embed_jobs
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.clock = clock
@@ -97,55 +121,88 @@ class Worker:
         self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"Worker(owner={self.owner!r}, concurrency={self.concurrency})"
+        return (
+            f"Worker(owner={self.owner!r}, concurrency={self.concurrency}, "
+            f"embed_jobs={self.embed_jobs})"
+        )
 
     # -- the loop ------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Lease up to `concurrency` ready jobs and walk each as far as it goes; how many."""
-        jobs = await self.store.lease(
-            self.owner, now=self.clock(), lease_s=self.lease_s, limit=self.concurrency
-        )
-        if jobs:
-            await asyncio.gather(*(self._hold(job) for job in jobs))
-        return len(jobs)
+        """Lease up to `concurrency` ready jobs, and up to `embed_jobs` more ready to embed,
+        and walk each as far as it goes; how many."""
+        jobs = await self._lease(self.concurrency, to_embed=False)
+        if len(jobs) == self.concurrency:  # else no other job was ready
+            jobs += await self._lease(self.embed_jobs, to_embed=True)
+        active: dict[str, asyncio.Task[None]] = {}
+        self._start(jobs, active, held=set())
+        if active:
+            await asyncio.gather(*active.values())
+        return len(active)
 
     async def run(self, stop: asyncio.Event, *, idle_sleep_s: float = IDLE_SLEEP_S) -> None:
-        """Work until `stop` is set, holding at most `concurrency` jobs at once.
+        """Work until `stop` is set, holding at most `concurrency` jobs at once
+        (and up to `embed_jobs` more that only wait to embed).
 
         A slot freed by one job is refilled at once (a long parse does not
         hold up the others). Once `stop` is set no job is leased; each held
         job finishes the step it is in and its lease is released.
         """
         self._stopping = stop
-        loop = asyncio.get_running_loop()
         # By job id: a lease that lapsed under a running step (a stalled process, a
         # wall-clock jump) can come back to this same worker, and the job must then
         # stay with the task already walking it, not get a second one.
-        active: dict[str, asyncio.Task[None]] = {}
+        slots: dict[str, asyncio.Task[None]] = {}
+        embedding: dict[str, asyncio.Task[None]] = {}
+        loop = asyncio.get_running_loop()
         stopped = loop.create_task(stop.wait())
+        next_poll = loop.time()
         try:
             while not stop.is_set():
-                free = self.concurrency - len(active)
-                if free > 0:
-                    jobs = await self.store.lease(
-                        self.owner, now=self.clock(), lease_s=self.lease_s, limit=free
-                    )
-                    for job in jobs:
-                        if job.id in active:
-                            continue
-                        task = loop.create_task(self._hold(job))
-                        active[job.id] = task
-                        task.add_done_callback(partial(_drop, active, job.id))
+                asked = self.concurrency - len(slots)
+                fresh = await self._lease(asked, to_embed=False)
+                ready: list[Job] = []
+                # Only while more jobs may be ready: the lease above came back full, or,
+                # with every slot busy, once per IDLE_SLEEP_S rather than on every wake.
+                if len(fresh) == asked and (asked > 0 or loop.time() >= next_poll):
+                    next_poll = loop.time() + IDLE_SLEEP_S
+                    ready = await self._lease(self.embed_jobs - len(embedding), to_embed=True)
+                # Started only once both leases are in, so that a round of embedding
+                # waits for every job ready to embed, not only the first lease's.
+                held = slots.keys() | embedding.keys()
+                self._start(fresh, slots, held=held)
+                self._start(ready, embedding, held=held)
                 await asyncio.wait(
-                    {stopped, *active.values()},
+                    {stopped, *slots.values(), *embedding.values()},
                     timeout=idle_sleep_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
             stopped.cancel()
-            if active:
-                await asyncio.gather(*active.values(), return_exceptions=True)
+            if slots or embedding:
+                await asyncio.gather(*slots.values(), *embedding.values(), return_exceptions=True)
+
+    async def _lease(self, limit: int, *, to_embed: bool) -> list[Job]:
+        if limit < 1:
+            return []
+        return await self.store.lease(
+            self.owner, now=self.clock(), lease_s=self.lease_s, limit=limit, to_embed=to_embed
+        )
+
+    def _start(
+        self, jobs: list[Job], tasks: dict[str, asyncio.Task[None]], *, held: AbstractSet[str]
+    ) -> None:
+        """Walk each of `jobs` not `held` already in a task of its own, kept in `tasks`."""
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            if job.id in held:
+                continue
+            step = job.resume_to if job.state is JobState.WAITING else job.state
+            if step in _TO_EMBED:
+                self.coalescer.expect(job.id)
+            task = loop.create_task(self._hold(job))
+            tasks[job.id] = task
+            task.add_done_callback(partial(_drop, tasks, job.id))
 
     # -- one job -------------------------------------------------------------
 
@@ -179,6 +236,7 @@ class Worker:
                 )
             finally:
                 heartbeat.cancel()
+                self.coalescer.forget(job.id)
                 if await self.store.release_lease(job.id, self.owner):
                     self.stats.released += 1
 

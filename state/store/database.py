@@ -63,8 +63,8 @@ class Dialect(ABC, Generic[S]):
     spelling: ClassVar[Spelling]
     """How the schema's migrations are spelled here."""
     lease: ClassVar[str]
-    """`JobStore.lease` as one statement, on (owner, lease expiry, now, limit): it stamps
-    the lease on the earliest ready jobs and returns their rows."""
+    """`JobStore.lease` as one statement, on (owner, lease expiry, now, limit, to_embed): it
+    stamps the lease on the earliest ready jobs and returns their rows."""
     row_lock: ClassVar[str]
     """What follows a compare-and-set's SELECT of the job to hold its row until commit."""
     missing_parent: ClassVar[type[Exception]]

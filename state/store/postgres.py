@@ -73,6 +73,7 @@ WITH ready AS (
     SELECT id FROM jobs
     WHERE state NOT IN ('complete', 'failed') AND not_before <= $3
         AND (lease_owner IS NULL OR lease_expires_at <= $3)
+        AND (NOT $5::boolean OR COALESCE(resume_to, state) IN ('parsed', 'chunked', 'embedding'))
     ORDER BY not_before, created_at, id
     LIMIT $4
     FOR UPDATE SKIP LOCKED

@@ -193,8 +193,16 @@ class JobStore(Protocol):
         """The job's audit rows, oldest first."""
         ...
 
-    async def lease(self, owner: str, *, now: float, lease_s: float, limit: int = 1) -> list[Job]:
-        """Take up to `limit` ready jobs for `owner` until `now + lease_s`, earliest first."""
+    async def lease(
+        self, owner: str, *, now: float, lease_s: float, limit: int = 1, to_embed: bool = False
+    ) -> list[Job]:
+        """Take up to `limit` ready jobs for `owner` until `now + lease_s`, earliest first.
+
+        `to_embed` takes only jobs whose next provider step is the embedding
+        (`parsed`, `chunked`, `embedding`, or `waiting` to return to one of
+        them), so a worker can gather many documents' chunks into shared
+        requests (`state.pipeline.coalescer`).
+        """
         ...
 
     async def renew_lease(self, job_id: str, owner: str, *, now: float, lease_s: float) -> Job:

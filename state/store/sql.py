@@ -182,14 +182,17 @@ class SqlJobStore(Generic[S]):
             )
         return [event_from_row(row) for row in rows]
 
-    async def lease(self, owner: str, *, now: float, lease_s: float, limit: int = 1) -> list[Job]:
+    async def lease(
+        self, owner: str, *, now: float, lease_s: float, limit: int = 1, to_embed: bool = False
+    ) -> list[Job]:
         if not owner:
             raise ValueError("a lease needs an owner")
         if not lease_s > 0 or limit < 1:
             raise ValueError(f"lease_s must be > 0 and limit >= 1, got {lease_s!r}, {limit!r}")
         async with self._db.session() as session:
             rows = await session.fetch(
-                self._db.dialect.lease, (owner, float(now + lease_s), float(now), limit)
+                self._db.dialect.lease,
+                (owner, float(now + lease_s), float(now), limit, to_embed),
             )
         return sorted(
             map(job_from_row, rows), key=lambda job: (job.not_before, job.created_at, job.id)

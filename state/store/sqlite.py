@@ -64,6 +64,7 @@ WHERE id IN (
     SELECT id FROM jobs
     WHERE state NOT IN ('complete', 'failed') AND not_before <= ?3
         AND (lease_owner IS NULL OR lease_expires_at <= ?3)
+        AND (?5 = 0 OR COALESCE(resume_to, state) IN ('parsed', 'chunked', 'embedding'))
     ORDER BY not_before, created_at, id
     LIMIT ?4
 )
