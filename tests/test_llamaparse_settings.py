@@ -11,12 +11,13 @@ import asyncio
 import orjson
 import pytest
 
-from providers.llamaparse.client import Document, LlamaParse
+from providers.llamaparse.client import Document, LlamaParse, estimate_cost_usd
 from providers.llamaparse.settings import LlamaParseConfig
 from providers.pricing import USD_PER_CREDIT
 from providers.transport import HttpRequest, HttpResponse
 from resilience import ConfigError
 from resilience.testing import run_virtual
+from state.pipeline.wiring import Pipeline
 
 
 def test_unset_means_v2_at_the_cost_effective_tier_latest_version_and_50_uploads() -> None:
@@ -119,3 +120,18 @@ def test_uploads_keep_to_the_limit_in_any_10_seconds(setting: str | None, limit:
     assert busiest <= limit
     # ...while keeping up nearly the full allowance: one at once, then limit - 1 per 10 s.
     assert times[-1] == pytest.approx(119 / ((limit - 1) / 10))
+
+
+def test_the_worker_reserves_a_parse_at_the_configured_tier() -> None:
+    environ = {"LLAMA_CLOUD_API_KEY": "llx-test", "LLAMA_CLOUD_PARSE_TIER": "agentic"}
+    document = Document("notes.txt", b"word " * 2000, "text/plain")
+
+    async def estimates() -> tuple[float, float]:
+        pipeline = Pipeline.from_env(environ)
+        try:
+            return pipeline.parse_estimate_usd(document), estimate_cost_usd(document)
+        finally:
+            await pipeline.close()
+
+    configured, default = asyncio.run(estimates())
+    assert configured == pytest.approx(default * 10 / 3)  # agentic: 10 credits a page, not 3

@@ -86,7 +86,7 @@ async def _backfill_parse(
         return None
     if not pipeline.can_spend(PARSE):
         return "parse was mock-served and the parse provider has no key"
-    routed = await route_parse(store, routers[PARSE], job)
+    routed = await route_parse(store, pipeline, routers[PARSE], job)
     if isinstance(routed, MissingInput):
         return str(routed)
     if routed.path != "real":

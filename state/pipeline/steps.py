@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from providers.llamaparse.client import Document, ParsedDocument, estimate_cost_usd
+from providers.llamaparse.client import Document, ParsedDocument
 from providers.openai.client import Embeddings, OpenAIEmbeddings
 from resilience import Routed, Router
 from state.machine import Job, Trigger
@@ -49,15 +49,19 @@ class MissingInput:
 
 
 async def route_parse(
-    store: JobStore, router: Router, job: Job
+    store: JobStore, pipeline: Pipeline, router: Router, job: Job
 ) -> Routed[ParsedDocument] | MissingInput:
-    """Parse `job`'s stored document through `router`, under the job's correlation id."""
+    """Parse `job`'s stored document through `router`, under the job's correlation id,
+    reserving what the pipeline's parser would charge for it."""
     content = await store.document(job.sha256)
     if content is None:
         return MissingInput("document", job.sha256)
     document = Document(job.filename, content, job.mime_type)
     return await router.call(
-        PARSE, document, cost=estimate_cost_usd(document), correlation_id=job.correlation_id
+        PARSE,
+        document,
+        cost=pipeline.parse_estimate_usd(document),
+        correlation_id=job.correlation_id,
     )
 
 
@@ -98,7 +102,7 @@ class Steps:
         """Parse the document, unless a parse of the same bytes is stored already."""
         stored = await self.store.get_parse(job.sha256)
         if stored is None:
-            routed = await route_parse(self.store, self.pipeline.router(PARSE), job)
+            routed = await route_parse(self.store, self.pipeline, self.pipeline.router(PARSE), job)
             if isinstance(routed, MissingInput):
                 return routed
             await self.store.put_parse(routed.value, routed.path)

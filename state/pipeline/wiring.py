@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from providers import LLAMAPARSE, OPENAI
-from providers.llamaparse.client import LlamaParse, LlamaParseConfig, UploadThrottle
+from providers.llamaparse.client import (
+    Document,
+    LlamaParse,
+    LlamaParseConfig,
+    UploadThrottle,
+    estimate_cost_usd,
+)
 from providers.llamaparse.mock import MockParser
 from providers.llamaparse.webhooks import WebhookInbox
 from providers.openai.client import DEFAULT_BASE_URL as OPENAI_DEFAULT_URL
@@ -86,6 +92,12 @@ class Pipeline:
         self.shared = shared
         """The limits shared through Redis, when BREAKWATER_REDIS_URL is set; closed by `close`."""
         self._routers = self.routers_for(self.mode)
+
+    def parse_estimate_usd(self, document: Document) -> float:
+        """What to reserve for parsing `document`: at the client's tier and price when known."""
+        if self.parser is None:
+            return estimate_cost_usd(document)
+        return self.parser.estimate_cost_usd(document)
 
     def __repr__(self) -> str:
         keyed = sorted(name for name, cap in self.capabilities.items() if cap.keyed)
