@@ -392,9 +392,10 @@ def test_a_step_that_keeps_failing_fails_after_max_attempts(tmp_path: Path) -> N
             assert job.last_error is not None
             assert "503" in job.last_error
             assert len(await waits(rig.store, job.id)) == 1
-        # Each first try went alone, straight from its parse; two of the three retries fell
-        # due together and shared a request (state.pipeline.coalescer): 3 + 2, not 3 + 3.
-        assert rig.emulator.stats().count(EMBEDDINGS, 503) == 5
+        # Each first try went alone, straight from its parse; the retries that fall due
+        # together share a request (state.pipeline.coalescer), so 3 + 1 to 3 + 3 of them,
+        # as the parses' timing groups them.
+        assert 4 <= rig.emulator.stats().count(EMBEDDINGS, 503) <= 6
 
     scenario(tmp_path, environ, body, faults=faults)
 
