@@ -181,17 +181,14 @@ class Budget:
         crossed; its `retry_after_s` runs to the end of the latest period
         whose limit is reached.
         """
-        if not cost >= 0 or requests < 0:
-            raise ValueError(f"cost and requests must be >= 0, got {cost!r} and {requests!r}")
+        at_once = self._reserve_at_once(provider, cost, requests, correlation_id)
+        if at_once is not None:
+            return at_once
         now = self._clock()
         hour = self._hour
         if hour is None or not hour.start <= now < hour.end:  # inline: once per call
             hour = self._current(now)
-        sync = self._sync_ledger
-        if sync is not None:
-            totals = sync.try_add_now(hour.limits, cost, requests)
-        else:
-            totals = await self._ledger.try_add(hour.limits, cost, requests)
+        totals = await self._ledger.try_add(hour.limits, cost, requests)
         if totals is None:
             used = [await self._ledger.totals(period.key) for period in hour.periods]
             raise self._refusal(provider, cost, requests, hour.periods, used, now, correlation_id)
@@ -201,19 +198,60 @@ class Budget:
         self, reservation: Reservation, actual_cost: float | None = None, *, tokens: int = 0
     ) -> None:
         """The call succeeded: charge `actual_cost` instead of the estimate, if given."""
-        if actual_cost is not None and not actual_cost >= 0:
-            raise ValueError(f"actual_cost must be >= 0, got {actual_cost!r}")
+        if self._settle_at_once(reservation, actual_cost, tokens):
+            return
         self._close(reservation)
         cost = reservation.cost if actual_cost is None else actual_cost
-        if cost != reservation.cost:
-            keys, delta, sync = reservation.keys, cost - reservation.cost, self._sync_ledger
-            if sync is not None:
-                totals = sync.add_now(keys, delta, 0)
-            else:
-                totals = await self._ledger.add(keys, delta, 0)
+        totals = await self._ledger.add(reservation.keys, cost - reservation.cost, 0)
+        self._check_alerts(
+            reservation.provider, reservation.periods, totals, reservation.correlation_id
+        )
+        self._record_settled(reservation, cost, tokens)
+
+    # -- the guard's fast path: an in-memory ledger answers without a coroutine ----------
+    # `nox -s bench` (overhead): the guard's success path at 0.93-0.96x the aiobreaker +
+    # aiolimiter + backoff composition with these, 0.98-1.06x (over its target of 1.0)
+    # with every reservation and settlement a coroutine.
+
+    def _reserve_at_once(
+        self, provider: str, cost: float, requests: int, correlation_id: str | None
+    ) -> Reservation | None:
+        """`reserve` when the ledger answers at once and has room; None means "await
+        `reserve`" (a ledger that needs I/O, or a refusal, which `reserve` raises)."""
+        if not cost >= 0 or requests < 0:
+            raise ValueError(f"cost and requests must be >= 0, got {cost!r} and {requests!r}")
+        sync = self._sync_ledger
+        if sync is None:
+            return None
+        now = self._clock()
+        hour = self._hour
+        if hour is None or not hour.start <= now < hour.end:  # inline: once per call
+            hour = self._current(now)
+        totals = sync.try_add_now(hour.limits, cost, requests)
+        if totals is None:
+            return None
+        return self._admit(provider, cost, requests, hour, totals, correlation_id)
+
+    def _settle_at_once(
+        self, reservation: Reservation, actual_cost: float | None, tokens: int
+    ) -> bool:
+        """`settle`, done, unless the ledger must be awaited: False, and nothing done."""
+        if actual_cost is not None and not actual_cost >= 0:
+            raise ValueError(f"actual_cost must be >= 0, got {actual_cost!r}")
+        cost = reservation.cost if actual_cost is None else actual_cost
+        sync = self._sync_ledger
+        if cost != reservation.cost and sync is None:
+            return False
+        self._close(reservation)
+        if cost != reservation.cost and sync is not None:
+            totals = sync.add_now(reservation.keys, cost - reservation.cost, 0)
             self._check_alerts(
                 reservation.provider, reservation.periods, totals, reservation.correlation_id
             )
+        self._record_settled(reservation, cost, tokens)
+        return True
+
+    def _record_settled(self, reservation: Reservation, cost: float, tokens: int) -> None:
         self.usage.record(
             reservation.provider,
             requests=reservation.requests,

@@ -128,8 +128,11 @@ class Guard:
         refuses, or the provider's last error when retries end. (A plain method
         returning `_attempt`'s coroutine, so the call costs one coroutine, not two.)
         """
-        cid = correlation_id or correlation.current() or self.new_correlation_id()
-        return self._attempt(Call(fn, args, kwargs, units, cost, cid))
+        bound = correlation.current()
+        if correlation_id is None or correlation_id == bound:
+            cid = bound or self.new_correlation_id()
+            return self._attempt(Call(fn, args, kwargs, units, cost, cid))
+        return self._attempt_bound(Call(fn, args, kwargs, units, cost, correlation_id))
 
     def protect(
         self, *, units: Amount = 1, cost: Amount = 0.0
@@ -169,8 +172,13 @@ class Guard:
         loop = asyncio.get_running_loop()
         now = loop.time()
         try:
-            reservation = await limits.admit(
+            admitted = limits.admit(
                 call.units, call.cost, call.correlation_id, self.max_wait_s, now
+            )
+            reservation = (
+                admitted
+                if admitted is None or isinstance(admitted, Reservation)
+                else await admitted
             )
             ticket = breaker.acquire()
             if ticket is None:  # it opened, or its probes went out, while this call waited
@@ -180,13 +188,10 @@ class Guard:
             # Only slow-call detection reads `started`: without it the clock is not read again.
             started = loop.time() if breaker.policy.slow_call_s is not None else now
             # Awaited here rather than in `breaker.execute`: one coroutine fewer per call.
-            # The provider reads the call's correlation id from the context (its requests carry it).
-            bound = correlation.bind(call.correlation_id)
             try:
                 pending = call.fn(*call.args, **call.kwargs)
                 result = await (breaker.bounded(pending) if ticket.probe else pending)
             except BaseException as exc:
-                correlation.unbind(bound)
                 breaker.finish(ticket, exc, started, loop.time(), call.correlation_id)
                 pause_s = _rate_limit_pause_s(exc)
                 if pause_s is not None:
@@ -194,12 +199,13 @@ class Guard:
                 if reservation is not None:
                     await _settle_failure(reservation, exc)
                 raise
-            correlation.unbind(bound)
             breaker.finish(ticket, None, started, loop.time(), call.correlation_id)
             if reservation is not None:
                 actual: float | None = getattr(result, "cost_usd", None)
                 used: int = getattr(result, "tokens", 0)
-                await reservation.budget.settle(reservation, actual, tokens=used)
+                budget = reservation.budget
+                if not budget._settle_at_once(reservation, actual, used):
+                    await budget.settle(reservation, actual, tokens=used)
             return result
         except Exception as exc:
             if not first or self.retry.max_attempts == 1 or not is_retryable(exc):
@@ -207,6 +213,16 @@ class Guard:
             failed = exc
         retried: T = await self._retrying(call, failed)
         return retried
+
+    async def _attempt_bound(self, call: Call[T]) -> T:
+        """`_attempt` with the call's own correlation id bound, for the provider to read.
+
+        Only a caller's explicit id needs it: one taken from the context is
+        bound already, and a fresh one names the guard's events alone (its
+        provider requests carry no id), so the common paths pay nothing.
+        """
+        with correlation.bound(call.correlation_id):
+            return await self._attempt(call)
 
     def _again(self, call: Call[T]) -> Coroutine[Any, Any, T]:
         """A retry: the same attempt, which leaves further retries to `backoff`."""

@@ -61,8 +61,11 @@ class Limits(Protocol):
 
     def admit(
         self, units: float, cost: float, correlation_id: str, max_wait_s: float | None, now: float
-    ) -> Awaitable[Reservation | None]:
+    ) -> Reservation | Awaitable[Reservation | None] | None:
         """Wait for the buckets, then reserve `cost`; None when there is no budget.
+
+        What needs no waiting may come back as it is, not as an awaitable: the
+        guard awaits only an awaitable.
 
         Raises `RateLimited` when the wait would pass `max_wait_s`, and
         `BudgetExceeded` when the budget refuses. `now` is the loop's time as
@@ -103,9 +106,9 @@ class LocalLimits:
 
     def admit(
         self, units: float, cost: float, correlation_id: str, max_wait_s: float | None, now: float
-    ) -> Awaitable[Reservation | None]:
-        # A plain method returning the budget's coroutine: a call that finds its
-        # tokens (most do) costs no coroutine of its own here.
+    ) -> Reservation | Awaitable[Reservation | None] | None:
+        # A plain method: a call that finds its tokens (most do) and an in-memory
+        # ledger costs no coroutine at all (see Budget._reserve_at_once).
         requests, tokens = self.requests, self.tokens
         if requests is not None and not requests.try_acquire(1, now):
             return self._admit_waiting(requests, units, cost, correlation_id, max_wait_s)
@@ -113,7 +116,10 @@ class LocalLimits:
             return self._admit_waiting(None, units, cost, correlation_id, max_wait_s)
         budget = self.budget
         if budget is None:
-            return _no_reservation()
+            return None
+        reservation = budget._reserve_at_once(self.name, cost, 1, correlation_id)
+        if reservation is not None:
+            return reservation
         return budget.reserve(self.name, cost, correlation_id=correlation_id)
 
     async def pause(self, retry_after_s: float) -> None:
@@ -139,7 +145,3 @@ class LocalLimits:
         if budget is None:
             return None
         return await budget.reserve(self.name, cost, correlation_id=correlation_id)
-
-
-async def _no_reservation() -> None:
-    return None

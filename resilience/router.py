@@ -180,12 +180,16 @@ class Router:
                 self._publish(capability, route, "mode", "mock")
             return Routed(value, "mock", "mode")
         guard = route.guard
-        cid = correlation_id or correlation.current() or guard.new_correlation_id()
+        bound = correlation.current()
+        cid = correlation_id or bound or guard.new_correlation_id()
         if mode is _HYBRID and guard.breaker.state == OPEN:
             return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
         try:
             # The guard's own entry, given a `Call`: re-packing for `guard.call` costs 10 %.
-            value = await guard._attempt(Call(route.real, args, kwargs, units, cost, cid))
+            call = Call(route.real, args, kwargs, units, cost, cid)
+            # A caller's own id, unless already bound, must be bound for the provider to read.
+            explicit = correlation_id is not None and correlation_id != bound
+            value = await (guard._attempt_bound(call) if explicit else guard._attempt(call))
         except Exception as exc:
             reason = fallback_reason(exc) if mode is _HYBRID else None
             if reason is None:
