@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypeVar, get_args
 
 from providers.pricing import CREDITS_PER_PAGE, DEFAULT_PARSE_TIER, USD_PER_CREDIT
 from resilience import ConfigError
 
 DEFAULT_BASE_URL: Final = "https://api.cloud.llamaindex.ai"
+
+N = TypeVar("N", int, float)
 
 ApiVersion = Literal["v2", "v1"]
 API_VERSIONS: Final[tuple[ApiVersion, ...]] = get_args(ApiVersion)
@@ -130,18 +132,17 @@ class LlamaParseConfig:
         expand = tuple(name for name in expand if name)
         if any(name not in EXPANDABLE for name in expand):
             bad("EXPAND", f"a comma-separated list of {', '.join(EXPANDABLE)}")
-        max_pages = _positive_int(get("MAX_PAGES"))
-        if get("MAX_PAGES") is not None and max_pages is None:
-            bad("MAX_PAGES", "a positive integer")
-        uploads = _positive_int(get("UPLOADS_PER_10S"))
-        if get("UPLOADS_PER_10S") is not None and uploads is None:
-            bad("UPLOADS_PER_10S", "a positive integer")
-        credits = _positive_number(get("CREDITS_PER_PAGE"))
-        if get("CREDITS_PER_PAGE") is not None and credits is None:
-            bad("CREDITS_PER_PAGE", "a positive number")
-        usd = _positive_number(get("USD_PER_CREDIT"))
-        if get("USD_PER_CREDIT") is not None and usd is None:
-            bad("USD_PER_CREDIT", "a positive number")
+
+        def positive(name: str, parse: Callable[[str | None], N | None], expected: str) -> N | None:
+            value = parse(get(name))
+            if get(name) is not None and value is None:
+                bad(name, expected)
+            return value
+
+        max_pages = positive("MAX_PAGES", _positive_int, "a positive integer")
+        uploads = positive("UPLOADS_PER_10S", _positive_int, "a positive integer")
+        credits = positive("CREDITS_PER_PAGE", _positive_number, "a positive number")
+        usd = positive("USD_PER_CREDIT", _positive_number, "a positive number")
         if problems:
             raise ConfigError("\n".join(problems))
         return cls(
