@@ -18,10 +18,10 @@ ask it without awaiting, which saves the guard's hot path a coroutine each.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from resilience.clock import Clock, wall_time
 from resilience.errors import BudgetExceeded, ConfigError
@@ -94,6 +94,17 @@ class Reservation:
     def keys(self) -> tuple[str, ...]:
         """The ledger keys this reservation was charged to."""
         return tuple(period.key for period in self.periods)
+
+    def record(self) -> dict[str, Any]:
+        """What `Budget.reopen` needs to settle or release this reservation in another
+        process, as plain JSON values: keep it beside the work it pays for."""
+        return {
+            "provider": self.provider,
+            "cost": self.cost,
+            "requests": self.requests,
+            "periods": [[p.kind, p.key, p.start, p.end] for p in self.periods],
+            "correlation_id": self.correlation_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +297,28 @@ class Budget:
         """The (usd, requests) charged so far in the current hour or day."""
         periods = self._current(self._clock()).periods
         return await self._ledger.totals(periods[0 if period == "hour" else 1].key)
+
+    def reopen(self, record: Mapping[str, Any]) -> Reservation:
+        """The open reservation `Reservation.record()` described, in this budget.
+
+        For work that outlives the process that reserved for it (a remote
+        parse): the ledger still holds the charge, and whoever finishes the
+        work settles or releases it here, exactly once. Raises `ValueError`
+        for a record that is not one.
+        """
+        try:
+            periods = tuple(
+                Period(kind, str(key), float(start), float(end))
+                for kind, key, start, end in record["periods"]
+            )
+            provider, cost = str(record["provider"]), float(record["cost"])
+            requests = int(record["requests"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a reservation record: {exc}") from None
+        if not periods or any(period.kind not in _PERIOD_S for period in periods):
+            raise ValueError("a reservation record names its hour and day")
+        cid = record.get("correlation_id")
+        return Reservation(self, provider, cost, requests, periods, cid if cid else None)
 
     def plan(self) -> HourPlan:
         """The periods and limits a reservation made now is charged against."""

@@ -202,6 +202,25 @@ class Router:
         # namedtuple's `_make` builds it in half the time the class call takes.
         return Routed._make((value, "real", None))
 
+    async def serve_mock(
+        self,
+        capability: str,
+        reason: str,
+        error: BaseException | None,
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Routed[Any]:
+        """Serve `capability`'s mock for `reason`, as HYBRID does when the guard refuses.
+
+        For a caller that met the refusal itself before calling (a budget it
+        reserves on its own for work that outlives one call); logged and
+        published as every fallback is.
+        """
+        route = self._route(capability)
+        cid = correlation.current() or route.guard.new_correlation_id()
+        return await self._fallback(route, capability, reason, cid, args, kwargs, error)
+
     async def _fallback(
         self,
         route: _Route,

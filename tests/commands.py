@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+import orjson
 import pytest
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -55,6 +58,28 @@ def emulator_urls(emulator: subprocess.Popen[str]) -> dict[str, str]:
         if len(urls) == 3:
             return urls
     raise AssertionError(f"the emulator exited early with {emulator.wait()}")
+
+
+def emulator_stats(base_url: str) -> dict[str, Any]:
+    """What `breakwater emulate` at `base_url` says it answered (`GET /_control/stats`)."""
+    with urllib.request.urlopen(f"{base_url}/_control/stats", timeout=5) as answer:
+        stats: dict[str, Any] = orjson.loads(answer.read())
+    return stats
+
+
+def emulator_root() -> str:
+    """The root of the emulator `keyed_emulator` pointed LLAMA_CLOUD_BASE_URL at."""
+    url = urllib.parse.urlsplit(os.environ["LLAMA_CLOUD_BASE_URL"])
+    return f"{url.scheme}://{url.netloc}"
+
+
+def llamaparse_requests(stats: dict[str, Any]) -> int:
+    """Requests LlamaParse's routes answered, whatever the status: what a ledger counts."""
+    return sum(
+        sum(by_status.values())
+        for label, by_status in stats["requests"].items()
+        if "/api/v" in label
+    )
 
 
 @contextmanager

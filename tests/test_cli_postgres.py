@@ -21,7 +21,15 @@ from simulations.cli import main
 from simulations.samples import FOLDER
 from simulations.servers import free_port
 from state.store.open import open_store
-from tests.commands import breakwater, keyed_emulator, keyless_environment, serve_banner
+from tests.commands import (
+    breakwater,
+    emulator_root,
+    emulator_stats,
+    keyed_emulator,
+    keyless_environment,
+    llamaparse_requests,
+    serve_banner,
+)
 from tests.jobs import job_states
 from tests.postgres import fetch
 
@@ -194,6 +202,8 @@ def test_spend_is_kept_in_the_postgres_ledger(
         assert main(["ingest", *own_files, *db]) == 0
         out = capsys.readouterr().out
         assert "Parses: real 2, mock 0" in out
+        # Uploads, status polls and result fetches each count, as the emulator saw them.
+        requests = llamaparse_requests(emulator_stats(emulator_root()))
         assert "Degraded jobs: 0" in out
 
     ledger = asyncio.run(fetch(postgres_database, "SELECT key, usd, requests FROM budget_ledger"))
@@ -206,7 +216,7 @@ def test_spend_is_kept_in_the_postgres_ledger(
         for row in orjson.loads(capsys.readouterr().out)
         if row["period"] == "day"
     }
-    assert day["llamaparse"]["requests"] == 2
+    assert day["llamaparse"]["requests"] == requests >= 2
     assert day["llamaparse"]["cost_usd"] > 0
     assert day["openai"]["requests"] >= 1
     assert day["openai"]["limit_usd"] == 1.0

@@ -1,12 +1,16 @@
 """The LlamaParse client (LlamaCloud API v2 by default, v1 behind a setting).
 
-Three primitives, each one HTTP request and so one guarded call, for a
-caller that records a remote job and comes back to it later:
+Primitives, each one HTTP request (or one per page) and so one guarded
+call, for a caller that records a remote job and comes back to it later:
 
 * `submit(document, name=...)`: one upload; returns a `RemoteParse` handle
   (remote job id, API version, options sent, estimated pages and cost);
 * `status(handle)`: one GET; the remote state, and on v2 the finished
   result too (the same GET carries it, `expand=markdown`);
+* `statuses(handles)`: many jobs' states at once, without their results
+  (v2's job list filtered by id: one request per hundred jobs);
+* `find(name, since=...)`: the job uploaded under `name`, from v2's job
+  list, for a caller that crashed before it could record the upload's id;
 * `result(handle)`: fetch a finished job's result.
 
 `parse(document)` composes them for a caller that waits, and is one unit
@@ -35,8 +39,9 @@ import asyncio
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from io import BytesIO
 from typing import Any, Final, Protocol
@@ -54,7 +59,7 @@ from providers.llamaparse.settings import (
     ApiVersion,
     LlamaParseConfig,
 )
-from providers.llamaparse.webhooks import WebhookInbox
+from providers.llamaparse.webhooks import WebhookEvent, WebhookInbox
 from providers.pricing import parse_cost_usd
 from providers.transport import HttpRequest, HttpResponse, Transport
 from resilience import ConfigError, ErrorClass, ProviderError, TokenBucket, classify, correlation
@@ -79,6 +84,11 @@ JOB_PATH: Final = "/api/v1/parsing/job/{job_id}"
 RESULT_PATH: Final = JOB_PATH + "/result/markdown"
 V2_UPLOAD_PATH: Final = "/api/v2/parse/upload"
 V2_JOB_PATH: Final = "/api/v2/parse/{job_id}"
+V2_LIST_PATH: Final = "/api/v2/parse"
+LIST_PAGE_SIZE: Final = 100
+"""Jobs asked for per page of v2's job list (`statuses`, `find`)."""
+FIND_SLACK_S: Final = 300.0
+"""`find` lists jobs created from this long before the caller's `since`: clocks differ."""
 
 PAGE_SEPARATOR: Final = "\n---\n"
 """Joins v2's markdown pages, as v1's result joins them by default."""
@@ -188,6 +198,8 @@ class RemoteStatus:
 
     state: str
     result: ParsedDocument | None = None
+    error: ProviderError | None = None
+    """Set by `statuses` for a FAILED or CANCELLED job: what `status` would have raised."""
 
     @property
     def completed(self) -> bool:
@@ -341,6 +353,8 @@ class LlamaParse:
         self._clock = clock
         self._inflight: dict[str, _InFlight] = {}
         self._awaiting: set[str] = set()
+        # Upload file name -> when an upload under it got no answer (`submit`).
+        self._unanswered: dict[str, float] = {}
 
     def awaiting(self, job_id: str) -> bool:
         """Is `job_id` a LlamaParse job this client uploaded and is still waiting on?
@@ -375,8 +389,29 @@ class LlamaParse:
         `name` goes into the uploaded file's name (`upload_name`). Raises
         `ProviderError` for a refused upload (the service's status, with its
         Retry-After on a 429, which the guard acts on).
+
+        A named upload is never sent twice by this client for lack of an
+        answer: once one got none (a timeout, a lost connection: it may have
+        been accepted), the next submit under that name first looks for the
+        job in the job list (`find`) and returns it if it is there.
         """
-        return await self._submit(document, name, correlation.current())
+        cid = correlation.current()
+        filename = upload_name(document, name)
+        sent_at = self._unanswered.get(filename) if name else None
+        if sent_at is not None:
+            found = await self.find(filename, since=sent_at)
+            if found is not None:
+                del self._unanswered[filename]
+                return self._handle(document, found, filename, self.upload_options())
+        started = self._clock()
+        try:
+            handle = await self._submit(document, name, cid)
+        except ProviderError as exc:
+            if name and exc.status is None:
+                self._unanswered.setdefault(filename, started)
+            raise
+        self._unanswered.pop(filename, None)
+        return handle
 
     async def status(self, handle: RemoteParse) -> RemoteStatus:
         """One look at the job. Raises a 422 `ProviderError` when it FAILED or was CANCELLED.
@@ -403,6 +438,80 @@ class LlamaParse:
                 cid,
             )
         return parsed
+
+    async def statuses(self, handles: Sequence[RemoteParse]) -> dict[str, RemoteStatus]:
+        """Each job's state by remote id, without results; FAILED ones carry their `error`.
+
+        v2 asks its job list for up to `LIST_PAGE_SIZE` ids per request, so
+        a poller checking many jobs costs one request per hundred; v1 has no
+        such list and asks job by job. A job the answer leaves out is left
+        out here too (the caller asks again later).
+        """
+        key, cid = self._key(), correlation.current()
+        found: dict[str, RemoteStatus] = {}
+        for handle in handles:
+            if handle.api_version == "v1":
+                try:
+                    found[handle.job_id] = await self._status(handle, key, cid)
+                except ProviderError as exc:
+                    if exc.status != 422:
+                        raise
+                    found[handle.job_id] = RemoteStatus("FAILED", error=exc)
+        wanted = [handle.job_id for handle in handles if handle.api_version == "v2"]
+        for start in range(0, len(wanted), LIST_PAGE_SIZE):
+            ids = wanted[start : start + LIST_PAGE_SIZE]
+            query = [("page_size", str(len(ids))), *(("job_ids", job_id) for job_id in ids)]
+            for job in _items(await self._list_answer(query, key, cid)):
+                job_id, state = job.get("id"), _state(job.get("status"))
+                if not isinstance(job_id, str) or job_id not in ids:
+                    continue
+                try:
+                    self._raise_if_failed(job_id, state, job, cid)
+                except ProviderError as exc:
+                    found[job_id] = RemoteStatus(state, error=exc)
+                else:
+                    found[job_id] = RemoteStatus(state)
+        return found
+
+    async def find(self, name: str, *, since: float) -> str | None:
+        """The id of the newest job uploaded under file name `name` since `since`, if any.
+
+        `since` is epoch seconds (`FIND_SLACK_S` earlier is asked, for clock
+        skew). Pages through v2's job list, newest first; v1 cannot list
+        jobs, so there it is always None.
+        """
+        if self.config.api_version != "v2":
+            return None
+        key, cid = self._key(), correlation.current()
+        after = datetime.fromtimestamp(since - FIND_SLACK_S, UTC).isoformat()
+        token: str | None = None
+        while True:
+            query = [("page_size", str(LIST_PAGE_SIZE)), ("created_at_on_or_after", after)]
+            if token is not None:
+                query.append(("page_token", token))
+            answer = await self._list_answer(query, key, cid)
+            for job in _items(answer):
+                if job.get("name") == name and isinstance(job.get("id"), str):
+                    return str(job["id"])
+            following = answer.get("next_page_token")
+            if not isinstance(following, str) or not following:
+                return None
+            token = following
+
+    def outcome(self, handle: RemoteParse, event: WebhookEvent) -> ParsedDocument | None:
+        """What a terminal webhook says of the job: its result when the event carries it
+        (v1's do), None when a GET must fetch it (v2's never do). Raises a 422
+        `ProviderError` for a FAILED or CANCELLED job, as `status` does."""
+        return self._from_event(handle, event.status, event.data, correlation.current())
+
+    async def _list_answer(
+        self, query: list[tuple[str, str]], key: str, cid: str | None
+    ) -> dict[str, Any]:
+        url = self._url(V2_LIST_PATH) + "?" + urlencode(query)
+        response = await self._send(HttpRequest("GET", url, self._headers(key)), cid)
+        if not 200 <= response.status < 300:
+            raise reported(LLAMAPARSE, self._error(response), cid)
+        return self._json_object(response, cid)
 
     # -- parse: the primitives composed for a caller that waits ----------------
 
@@ -479,8 +588,8 @@ class LlamaParse:
             raise MissingApiKey()
         return key
 
-    def _options(self) -> dict[str, Any]:
-        """What the upload asks for, webhooks aside: v2's configuration, v1's form fields."""
+    def upload_options(self) -> dict[str, Any]:
+        """What an upload asks for, webhooks aside: v2's configuration, v1's form fields."""
         config = self.config
         if config.api_version == "v1":
             return {"language": "en"}
@@ -539,7 +648,7 @@ class LlamaParse:
         await self._uploads.acquire()
         config = self.config
         filename = upload_name(document, name)
-        options = self._options()
+        options = self.upload_options()
         form = self._form(document, filename, options)
         headers = {**self._headers(key), "Content-Type": form.content_type}
         path = V2_UPLOAD_PATH if config.api_version == "v2" else UPLOAD_PATH
@@ -554,10 +663,15 @@ class LlamaParse:
                 ProviderError("llamaparse: upload reply has no job id", code="bad_response"),
                 cid,
             )
+        return self._handle(document, job_id, filename, options)
+
+    def _handle(
+        self, document: Document, job_id: str, filename: str, options: Mapping[str, Any]
+    ) -> RemoteParse:
         pages = estimate_pages(document)
         return RemoteParse(
             job_id=job_id,
-            api_version=config.api_version,
+            api_version=self.config.api_version,
             name=filename,
             sha256=document.sha256,
             options=options,
@@ -827,6 +941,12 @@ class LlamaParse:
             error.code,
             request_id=error.request_id,
         )
+
+
+def _items(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A v2 job list's items that are objects."""
+    items = answer.get("items")
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _credits(value: Any) -> float | None:

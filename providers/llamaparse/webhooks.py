@@ -25,7 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -221,6 +221,9 @@ class WebhookInbox:
         self.max_jobs = max_jobs
         self._jobs: OrderedDict[str, _JobRecord] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[WebhookEvent]]] = {}
+        # Every terminal event, numbered from 1, the newest `max_jobs` kept (`finished`).
+        self._finished: deque[tuple[int, WebhookEvent]] = deque(maxlen=max_jobs)
+        self._count = 0
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -244,10 +247,25 @@ class WebhookInbox:
         record.events.add(event.event)
         if event.terminal and record.terminal is None:
             record.terminal = event
+            self._count += 1
+            self._finished.append((self._count, event))
             for waiter in self._waiters.get(event.job_id, ()):
                 if not waiter.done():
                     waiter.set_result(event)
         return True
+
+    def finished(self, after: int) -> tuple[int, list[WebhookEvent]]:
+        """The terminal events accepted since mark `after` (0: all kept), and the new mark.
+
+        For a reader that polls rather than waits (the durable parses'
+        poller): it keeps the mark and asks again on its next round.
+        """
+        return self._count, [event for number, event in self._finished if number > after]
+
+    def terminal(self, job_id: str) -> WebhookEvent | None:
+        """The job's first terminal event, if one was accepted (and not forgotten)."""
+        record = self._jobs.get(job_id)
+        return None if record is None else record.terminal
 
     async def close(self) -> None:
         """Nothing to release here; a shared inbox stops listening."""

@@ -329,7 +329,7 @@ class World:
             guards={PROVIDER_OF[n]: c.guard for n, c in capabilities.items()},
             metrics=Metrics(),
             webhook_secret=DEFAULT_WEBHOOK_SECRET,
-            known_job=known_job_of(pipeline),
+            known_job=known_job_of(pipeline, store),
             inbox=inbox,
         )
         app_transport = AppTransport(app)

@@ -49,13 +49,21 @@ DEFAULT_WORKERS: Final = 2
 """`breakwater serve --workers`: jobs the in-process worker holds at once."""
 
 
-def known_job_of(pipeline: Pipeline) -> KnownJob:
-    """The server's `known_job`: does a parse here, or in a process sharing Redis, wait on it?"""
+def known_job_of(pipeline: Pipeline, store: JobStore) -> KnownJob:
+    """The server's `known_job`: is a remote parse recorded live in `store`, or does a parse
+    here, or in a process sharing Redis, wait on it?
+
+    An accepted event reaches the pollers through the inbox (shared through
+    Redis when configured): each marks the row due when it hears it, so the
+    row is claimed only where the event is already known.
+    """
     parser = pipeline.parser
 
     async def known_job(llamaparse_job_id: str) -> bool:
         if parser is None:
             return False
+        if await store.remote_parse_live(llamaparse_job_id):
+            return True
         if parser.awaiting(llamaparse_job_id):
             return True
         # A worker in another process may wait for it (a shared inbox asks Redis).
@@ -85,7 +93,7 @@ def serve_app(
         guards={OPENAI: pipeline.guard(EMBED), LLAMAPARSE: pipeline.guard(PARSE)},
         metrics=metrics,
         webhook_secret=webhook_secret,
-        known_job=known_job_of(pipeline),
+        known_job=known_job_of(pipeline, store),
         inbox=None if parser is None else parser.inbox,
     )
 

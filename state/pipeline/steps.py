@@ -20,6 +20,7 @@ from resilience import Routed, Router
 from state.machine import Job, Trigger
 from state.pipeline.chunking import chunk
 from state.pipeline.coalescer import EmbedCoalescer
+from state.pipeline.remote import Parked, RemoteParses
 from state.pipeline.wiring import PARSE, Pipeline
 from state.store.protocol import ChunkText, EmbeddingRow, JobStore
 
@@ -48,15 +49,24 @@ class MissingInput:
         return f"no stored {self.what} for {self.sha256}"
 
 
+async def job_document(store: JobStore, job: Job) -> Document | None:
+    """`job`'s stored document, if the store still has it."""
+    content = await store.document(job.sha256)
+    return None if content is None else Document(job.filename, content, job.mime_type)
+
+
+def _parsed(path: str, reason: str | None) -> Done:
+    return Done(Trigger.FINISH_PARSE, f"parsed ({path}, {reason})", degraded=path == "mock")
+
+
 async def route_parse(
     store: JobStore, pipeline: Pipeline, router: Router, job: Job
 ) -> Routed[ParsedDocument] | MissingInput:
     """Parse `job`'s stored document through `router`, under the job's correlation id,
     reserving what the pipeline's parser would charge for it."""
-    content = await store.document(job.sha256)
-    if content is None:
+    document = await job_document(store, job)
+    if document is None:
         return MissingInput("document", job.sha256)
-    document = Document(job.filename, content, job.mime_type)
     return await router.call(
         PARSE,
         document,
@@ -91,25 +101,46 @@ class Steps:
     """The three steps over one store, routed by `pipeline` in its configured mode.
 
     Embeddings go through `coalescer`, which shares requests with other jobs'.
+    Parses are remote jobs through `remote` when given (see `parse`).
     """
 
-    def __init__(self, store: JobStore, pipeline: Pipeline, coalescer: EmbedCoalescer) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        pipeline: Pipeline,
+        coalescer: EmbedCoalescer,
+        remote: RemoteParses | None = None,
+    ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.coalescer = coalescer
+        self.remote = remote
 
-    async def parse(self, job: Job) -> Done | MissingInput:
-        """Parse the document, unless a parse of the same bytes is stored already."""
+    async def parse(self, job: Job) -> Done | MissingInput | Parked:
+        """Parse the document, unless a parse of the same bytes is stored already.
+
+        With a LlamaParse client (`remote`) the parse is a remote job: the
+        step submits it and returns `Parked`, and a poller stores the result
+        (`state.pipeline.remote`); the job comes back here to find it stored.
+        Without one, the step waits for the whole parse.
+        """
         stored = await self.store.get_parse(job.sha256)
-        if stored is None:
+        if stored is not None:
+            return _parsed(stored.path, "stored")
+        if self.remote is None:
             routed = await route_parse(self.store, self.pipeline, self.pipeline.router(PARSE), job)
             if isinstance(routed, MissingInput):
                 return routed
             await self.store.put_parse(routed.value, routed.path)
-            path, reason = routed.path, routed.reason
-        else:
-            path, reason = stored.path, "stored"
-        return Done(Trigger.FINISH_PARSE, f"parsed ({path}, {reason})", degraded=path == "mock")
+            return _parsed(routed.path, routed.reason)
+        document = await job_document(self.store, job)
+        if document is None:
+            return MissingInput("document", job.sha256)
+        outcome = await self.remote.step(job, document)
+        if isinstance(outcome, Parked):
+            return outcome
+        await self.store.put_parse(outcome.parsed, "mock")
+        return _parsed("mock", outcome.reason)
 
     async def chunk(self, job: Job) -> Done | MissingInput:
         stored = await self.store.get_parse(job.sha256)

@@ -24,6 +24,7 @@ from providers.llamaparse.client import (
     Document,
     LlamaParse,
     LlamaParseConfig,
+    ParsedDocument,
     UploadThrottle,
     estimate_cost_usd,
 )
@@ -43,8 +44,11 @@ if TYPE_CHECKING:
     from resilience.shared.link import RedisShared
 
 PARSE: Final = "parse"
+SUBMIT: Final = "parse_submit"
+"""A parse's upload alone: the worker's parse step, which records the remote job and lets
+go (`state.pipeline.remote`). `PARSE` waits for the whole parse (the backfill's way)."""
 EMBED: Final = "embed"
-PROVIDER_OF: Final = {PARSE: LLAMAPARSE, EMBED: OPENAI}
+PROVIDER_OF: Final = {PARSE: LLAMAPARSE, SUBMIT: LLAMAPARSE, EMBED: OPENAI}
 """Which provider serves each capability."""
 
 
@@ -168,6 +172,9 @@ class Pipeline:
             PARSE: Capability(
                 parser.parse, mock_parse.parse, guards[LLAMAPARSE], keyed[LLAMAPARSE]
             ),
+            SUBMIT: Capability(
+                parser.submit, _named(mock_parse), guards[LLAMAPARSE], keyed[LLAMAPARSE]
+            ),
             EMBED: Capability(
                 embedder.embed_batch, mock_embed.embed_batch, guards[OPENAI], keyed[OPENAI]
             ),
@@ -190,6 +197,16 @@ class Pipeline:
             await self.parser.inbox.close()
         if self.shared is not None:
             await self.shared.close()
+
+
+def _named(mock: MockParser) -> Callable[..., Awaitable[ParsedDocument]]:
+    """The mock in `SUBMIT`'s place: it takes the upload's name and parses at once."""
+
+    async def parse(document: Document, *, name: str | None = None) -> ParsedDocument:
+        del name  # a mock uploads nothing
+        return await mock.parse(document)
+
+    return parse
 
 
 def _guards(

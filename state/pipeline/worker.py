@@ -48,6 +48,7 @@ from resilience.clock import wall_time
 from resilience.events import emit
 from state.machine import Job, JobState, Trigger, WaitReason
 from state.pipeline.coalescer import EmbedCoalescer
+from state.pipeline.remote import Parked, RemoteParses
 from state.pipeline.steps import Done, MissingInput, Steps
 from state.pipeline.wiring import Pipeline
 from state.store.protocol import JobChanges, JobStore, StaleJob
@@ -76,6 +77,8 @@ class WorkerStats:
     waited: int = 0
     failed: int = 0
     stale: int = 0
+    parked: int = 0
+    """Parse steps that submitted (or found) a remote parse and let the job go."""
     errors: int = 0
     """Unexpected errors outside a provider call; the job is released and retried."""
     released: int = 0
@@ -110,7 +113,14 @@ class Worker:
         self.store = store
         self.pipeline = pipeline
         self.coalescer = EmbedCoalescer(pipeline)
-        self.steps = Steps(store, pipeline, self.coalescer)
+        parser = pipeline.parser
+        self.remote = (
+            None
+            if parser is None
+            else RemoteParses(store, pipeline, parser, owner=owner, clock=clock)
+        )
+        """The durable parse step and this worker's poller; None without a LlamaParse client."""
+        self.steps = Steps(store, pipeline, self.coalescer, self.remote)
         self.owner = owner
         self.concurrency = concurrency
         self.embed_jobs = embed_jobs
@@ -130,7 +140,8 @@ class Worker:
 
     async def run_once(self) -> int:
         """Lease up to `concurrency` ready jobs, and up to `embed_jobs` more ready to embed,
-        and walk each as far as it goes; how many."""
+        and walk each as far as it goes; then poll the remote parses that are due once.
+        How many jobs were walked plus how many remote parses ended."""
         jobs = await self._lease(self.concurrency, to_embed=False)
         if len(jobs) == self.concurrency:  # else no other job was ready
             jobs += await self._lease(self.embed_jobs, to_embed=True)
@@ -138,7 +149,8 @@ class Worker:
         self._start(jobs, active, held=set())
         if active:
             await asyncio.gather(*active.values())
-        return len(active)
+        finished = 0 if self.remote is None else await self.remote.poll()
+        return len(active) + finished
 
     async def run(self, stop: asyncio.Event, *, idle_sleep_s: float = IDLE_SLEEP_S) -> None:
         """Work until `stop` is set, holding at most `concurrency` jobs at once
@@ -156,6 +168,7 @@ class Worker:
         embedding: dict[str, asyncio.Task[None]] = {}
         loop = asyncio.get_running_loop()
         stopped = loop.create_task(stop.wait())
+        polling = None if self.remote is None else loop.create_task(self.remote.run(stop))
         next_poll = loop.time()
         try:
             while not stop.is_set():
@@ -179,6 +192,8 @@ class Worker:
                 )
         finally:
             stopped.cancel()
+            if polling is not None:
+                polling.cancel()
             if slots or embedding:
                 await asyncio.gather(*slots.values(), *embedding.values(), return_exceptions=True)
 
@@ -282,8 +297,15 @@ class Worker:
                 return await self._provider_step(job, self.steps.embed)
         raise RuntimeError(f"job {job.id} cannot be worked in {job.state}")
 
-    async def _record(self, job: Job, outcome: Done | MissingInput) -> Job | None:
-        """Move `job` through the trigger of the step it finished, or fail it for a lost input."""
+    async def _record(self, job: Job, outcome: Done | MissingInput | Parked) -> Job | None:
+        """Move `job` through the trigger of the step it finished, or fail it for a lost input.
+
+        None once the job left this worker's hands: failed, or parked on its
+        remote parse (the store released the lease when it recorded it).
+        """
+        if isinstance(outcome, Parked):
+            self.stats.parked += 1
+            return None
         if isinstance(outcome, MissingInput):
             error = f"{type(outcome).__name__}: {outcome}"
             await self._fail(job, f"{job.state}: no stored {outcome.what}", last_error=error)
@@ -293,7 +315,7 @@ class Worker:
     # -- errors --------------------------------------------------------------
 
     async def _provider_step(
-        self, job: Job, step: Callable[[Job], Awaitable[Done | MissingInput]]
+        self, job: Job, step: Callable[[Job], Awaitable[Done | MissingInput | Parked]]
     ) -> Job | None:
         """Run a provider step and record it; what it raised becomes a wait or a failure."""
         try:

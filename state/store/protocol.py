@@ -56,6 +56,7 @@ from typing import NamedTuple, Protocol, TypedDict, Unpack
 from providers.llamaparse.client import ParsedDocument
 from resilience.router import Path as ServedBy
 from state.machine import Job, JobState, Trigger, WaitReason
+from state.store.remote import RemoteParseStore
 
 
 class StaleJob(Exception):
@@ -165,7 +166,7 @@ class StoredParse(NamedTuple):
     path: ServedBy
 
 
-class JobStore(Protocol):
+class JobStore(RemoteParseStore, Protocol):
     """Durable job state for the pipeline. Every method is atomic."""
 
     async def create_job(

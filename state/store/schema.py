@@ -173,6 +173,41 @@ MIGRATIONS: Final = (
                 id)""",
         ),
     ),
+    Migration(
+        5,
+        "remote parse jobs, recorded before their upload",
+        (
+            """CREATE TABLE remote_parses (
+                name TEXT PRIMARY KEY,
+                sha256 TEXT NOT NULL REFERENCES documents (sha256),
+                job_id TEXT NOT NULL REFERENCES jobs (id),
+                correlation_id TEXT NOT NULL,
+                status TEXT NOT NULL,
+                remote_id TEXT,
+                api_version TEXT NOT NULL,
+                options TEXT NOT NULL,
+                estimated_pages INTEGER NOT NULL,
+                estimated_usd {real} NOT NULL,
+                reservation TEXT,
+                due_at {real} NOT NULL,
+                deadline {real} NOT NULL,
+                polls INTEGER NOT NULL,
+                claimed_by TEXT,
+                error TEXT,
+                created_at {real} NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            # At most one upload per document while one is recorded or remote:
+            # whichever process comes second finds the first and waits on it.
+            """CREATE UNIQUE INDEX remote_parses_live ON remote_parses (sha256)
+                WHERE status IN ('intent', 'live')""",
+            # What the poller scans.
+            """CREATE INDEX remote_parses_due ON remote_parses (due_at)
+                WHERE status = 'live'""",
+            # What a webhook names.
+            "CREATE INDEX remote_parses_remote_id ON remote_parses (remote_id)",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

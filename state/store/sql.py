@@ -35,7 +35,7 @@ from providers.llamaparse.client import ParsedDocument
 from resilience.clock import Clock, iso_utc, wall_time
 from resilience.router import Path as ServedBy
 from state.machine import Job, JobState, Trigger
-from state.store.database import Database, Params, S, Session, Vector, schema_version
+from state.store.database import Database, Params, S, Vector, schema_version
 from state.store.ledger import SqlLedger
 from state.store.protocol import (
     ChunkText,
@@ -51,7 +51,15 @@ from state.store.protocol import (
     Upload,
     served_by,
 )
-from state.store.rows import Row, event_from_row, job_from_row
+from state.store.remote_sql import RemoteParseRows
+from state.store.rows import (
+    PUT_PARSE,
+    event_from_row,
+    job_from_row,
+    parse_params,
+    present,
+    write_audit,
+)
 from state.store.rules import apply, check_changes, job_id_for, lease_problem
 from state.store.vectors import pack_f32, unpack_f32
 
@@ -70,29 +78,10 @@ SET state = ?, version = ?, step_attempts = ?, not_before = ?, wait_reason = ?, 
 WHERE id = ? AND version = ?
 RETURNING *"""
 
-_AUDIT: Final = """
-INSERT INTO job_events (job_id, version, source, dest, trigger, reason, correlation_id, at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-
-# A mock result never replaces a real one. Once the document is chunked, its text is
-# frozen: the chunks were cut from it, so a different text (a late real parse from a
-# step whose lease lapsed, say) would leave them describing something else. Changing
-# the text of a chunked document is `replace_outputs`' job.
-_PUT_PARSE: Final = """
-INSERT INTO parses (sha256, markdown, pages, failed_pages, parser_job_id, path)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (sha256) DO UPDATE SET
-    markdown = excluded.markdown, pages = excluded.pages, failed_pages = excluded.failed_pages,
-    parser_job_id = excluded.parser_job_id, path = excluded.path
-WHERE NOT (parses.path = 'real' AND excluded.path = 'mock')
-    AND (parses.markdown = excluded.markdown
-         OR NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.sha256 = parses.sha256))
-RETURNING sha256"""
-
 _TABLES: Final = ("documents", "jobs", "job_events", "parses", "chunks", "embeddings")
 
 
-class SqlJobStore(Generic[S]):
+class SqlJobStore(RemoteParseRows[S], Generic[S]):
     """The `JobStore` protocol on a SQL `Database`; see the module for how it stays atomic."""
 
     def __init__(self, database: Database[S]) -> None:
@@ -160,7 +149,7 @@ class SqlJobStore(Generic[S]):
             if row is None:  # an upload of the same bytes committed while we waited
                 return Upload(await self._load(tx, job_id), created=False)
             job = job_from_row(row)
-            await _audit(tx, job, None, "create", f"uploaded {filename}", job.correlation_id)
+            await write_audit(tx, job, None, "create", f"uploaded {filename}", job.correlation_id)
         return Upload(job, created=True)
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -210,7 +199,7 @@ class SqlJobStore(Generic[S]):
                 "UPDATE jobs SET lease_expires_at = ? WHERE id = ? RETURNING *",
                 (float(now + lease_s), job_id),
             )
-        return job_from_row(_present(row))
+        return job_from_row(present(row))
 
     async def release_lease(self, job_id: str, owner: str) -> bool:
         async with self._db.session() as session:
@@ -249,8 +238,8 @@ class SqlJobStore(Generic[S]):
                 raise StaleJob(job_id, problem)
             new = apply(job, trigger, changes, now)
             row = await tx.fetch_one(_WRITE_JOB, (*_job_params(new), job_id, job.version))
-            await _audit(tx, new, job.state, trigger.value, reason, correlation_id)
-        return job_from_row(_present(row))
+            await write_audit(tx, new, job.state, trigger.value, reason, correlation_id)
+        return job_from_row(present(row))
 
     async def jobs_by_state(self) -> dict[JobState, int]:
         async with self._db.session() as session:
@@ -284,14 +273,14 @@ class SqlJobStore(Generic[S]):
                 WHERE id = ? AND version = ? RETURNING *""",
                 (job.version + 1, stamp, job_id, job.version),
             )
-            cleared = job_from_row(_present(row))
-            await _audit(tx, cleared, job.state, "clear_degraded", reason, correlation_id)
+            cleared = job_from_row(present(row))
+            await write_audit(tx, cleared, job.state, "clear_degraded", reason, correlation_id)
         return cleared
 
     async def row_counts(self) -> dict[str, int]:
         counts = ", ".join(f"(SELECT COUNT(*) FROM {table})" for table in _TABLES)
         async with self._db.session() as session:
-            row = _present(await session.fetch_one(f"SELECT {counts}"))
+            row = present(await session.fetch_one(f"SELECT {counts}"))
         return {table: int(row[i]) for i, table in enumerate(_TABLES)}
 
     async def _load(self, tx: S, job_id: str) -> Job:
@@ -306,7 +295,7 @@ class SqlJobStore(Generic[S]):
     async def put_parse(self, parsed: ParsedDocument, path: ServedBy) -> bool:
         async with self._db.session() as session:
             try:
-                row = await session.fetch_one(_PUT_PARSE, _parse_params(parsed, path))
+                row = await session.fetch_one(PUT_PARSE, parse_params(parsed, path))
             except self._db.dialect.missing_parent as exc:
                 raise NotStored(f"no document {parsed.sha256} for this parse") from exc
         return row is not None
@@ -372,7 +361,7 @@ class SqlJobStore(Generic[S]):
                 raise NotStored(f"no document {sha256} for this parse")
             await tx.execute("DELETE FROM embeddings WHERE sha256 = ?", (sha256,))
             await tx.execute("DELETE FROM chunks WHERE sha256 = ?", (sha256,))
-            await tx.fetch_one(_PUT_PARSE, _parse_params(parsed, "real"))
+            await tx.fetch_one(PUT_PARSE, parse_params(parsed, "real"))
             await dialect.put_chunks(tx, sha256, chunks, keep_existing=False)
             try:
                 await dialect.put_vectors(tx, sha256, model, dimensions, vectors)
@@ -407,41 +396,6 @@ def _job_params(job: Job) -> Params:
     )
 
 
-async def _audit(
-    tx: Session,
-    job: Job,
-    source: JobState | None,
-    trigger: str,
-    reason: str,
-    correlation_id: str | None,
-) -> None:
-    """The audit row of the move that left `job` as it is, from `source`."""
-    await tx.execute(
-        _AUDIT,
-        (
-            job.id,
-            job.version,
-            None if source is None else source.value,
-            job.state.value,
-            trigger,
-            reason,
-            correlation_id,
-            job.updated_at,
-        ),
-    )
-
-
-def _parse_params(parsed: ParsedDocument, path: ServedBy) -> Params:
-    return (
-        parsed.sha256,
-        parsed.markdown,
-        parsed.pages,
-        json.dumps(parsed.failed_pages),
-        parsed.job_id,
-        served_by(path),
-    )
-
-
 def _vectors(dimensions: int, rows: Iterable[EmbeddingRow]) -> list[Vector]:
     """Check and pack every row before any I/O, so a bad row writes nothing."""
     vectors: list[Vector] = []
@@ -452,10 +406,3 @@ def _vectors(dimensions: int, rows: Iterable[EmbeddingRow]) -> list[Vector]:
             )
         vectors.append((chunk_index, pack_f32(vector), served_by(path)))
     return vectors
-
-
-def _present(row: Row | None) -> Row:
-    """A row the statement must have produced (an INSERT or a locked UPDATE ... RETURNING)."""
-    if row is None:
-        raise RuntimeError("a write inside a locked transaction returned no row")
-    return row
