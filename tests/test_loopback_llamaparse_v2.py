@@ -37,6 +37,7 @@ from resilience import (
     TokenBucket,
     classify,
 )
+from resilience.clock import wall_time
 from simulations.emulators import Emulator, FaultPlan, LlamaParsePlan, RunningEmulator
 from tests.loopback import Wire, serving, transport
 from tests.pdfs import make_pdf
@@ -262,3 +263,70 @@ def test_a_file_type_the_service_cannot_parse_is_refused_at_upload_as_on_v1() ->
     assert (error.status, classify(error)) == (400, ErrorClass.CALLER)
     assert "Unsupported file type: exe" in error.message
     assert emulator.stats().jobs_created == 0
+
+
+def notes(n: int) -> Document:
+    return dataclasses.replace(NOTES, content=f"# Note {n}\n\nWords {n}.\n".encode())
+
+
+def test_statuses_asks_many_jobs_in_one_request_without_their_results() -> None:
+    async def main() -> tuple[list[dict[str, RemoteStatus]], list[RemoteParse], Emulator]:
+        emulator = Emulator(seed=6, faults=fast(parse_time_s=(0.2, 0.2)))
+        async with serving(emulator) as running, transport() as sender:
+            parser = client(running, sender)
+            handles = [await parser.submit(notes(n), name=f"job-{n}") for n in range(3)]
+            early = await parser.statuses(handles)
+            await asyncio.sleep(0.3)
+            late = await parser.statuses(handles)
+        return [early, late], handles, emulator
+
+    (early, late), handles, emulator = asyncio.run(main())
+    requests = emulator.stats().requests
+    assert requests["GET /api/v2/parse"] == {200: 2}  # one list request per look, not three
+    assert JOB not in requests  # no per-job GET: a status carries no result
+    assert sorted(early) == sorted(late) == sorted(h.job_id for h in handles)
+    assert {status.state for status in early.values()} <= {"PENDING", "RUNNING"}
+    assert all(status.completed and status.result is None for status in late.values())
+    assert all(status.error is None for status in [*early.values(), *late.values()])
+
+
+def test_statuses_reports_a_failed_job_with_the_error_status_would_raise() -> None:
+    async def main() -> tuple[RemoteStatus, ProviderError]:
+        emulator = Emulator(seed=3, faults=fast(page_failure_rate=1.0))
+        async with serving(emulator) as running, transport() as sender:
+            parser = client(running, sender)
+            handle = await parser.submit(NOTES, name="job-bad")
+            await asyncio.sleep(0.2)
+            [status] = (await parser.statuses([handle])).values()
+            with pytest.raises(ProviderError) as raised:
+                await parser.status(handle)
+        return status, raised.value
+
+    status, raised = asyncio.run(main())
+    assert status.state == "FAILED"
+    assert status.error is not None
+    assert (status.error.status, status.error.code, status.error.message) == (
+        raised.status,
+        raised.code,
+        raised.message,
+    )
+
+
+def test_find_looks_a_job_up_by_its_upload_name_in_the_job_list() -> None:
+    async def main() -> tuple[list[str | None], list[RemoteParse]]:
+        emulator = Emulator(seed=7, faults=fast())
+        async with serving(emulator) as running, transport() as sender:
+            parser = client(running, sender)
+            since = wall_time()
+            handles = [await parser.submit(notes(n), name=f"job-{n}-v2") for n in range(3)]
+            found = [
+                await parser.find(handles[1].name, since=since),
+                await parser.find("job-9-v2--notes.md", since=since),
+                # Created before `since` (beyond the slack for clock skew): not looked at.
+                await parser.find(handles[1].name, since=since + 3600),
+            ]
+        return found, handles
+
+    found, handles = asyncio.run(main())
+    assert handles[1].name == "job-1-v2--notes.md"
+    assert found == [handles[1].job_id, None, None]
