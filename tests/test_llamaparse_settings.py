@@ -40,12 +40,14 @@ def test_every_setting_is_read() -> None:
             "LLAMA_CLOUD_CREDITS_PER_PAGE": "50",
             "LLAMA_CLOUD_USD_PER_CREDIT": "0.001",
             "LLAMA_CLOUD_UPLOADS_PER_10S": "20",
+            "LLAMA_CLOUD_JOB_TIMEOUT_S": "600",
         }
     )
     assert (config.tier, config.version) == ("agentic_plus", "2026-09-28")
     assert (config.target_pages, config.max_pages) == ("1,3,5-8", 40)
     assert config.expand == ("items", "text")
     assert (config.page_credits, config.usd_per_credit, config.upload_limit) == (50.0, 0.001, 20)
+    assert config.job_timeout_s == 600.0
 
 
 def test_v1_keeps_its_own_upload_limit_and_the_default_modes_rate() -> None:
@@ -68,6 +70,7 @@ def test_every_bad_value_is_reported_at_once_naming_its_variable() -> None:
                 "LLAMA_CLOUD_CREDITS_PER_PAGE": "-1",
                 "LLAMA_CLOUD_USD_PER_CREDIT": "nan",
                 "LLAMA_CLOUD_UPLOADS_PER_10S": "lots",
+                "LLAMA_CLOUD_JOB_TIMEOUT_S": "0",
             }
         )
     lines = str(raised.value).splitlines()
@@ -82,6 +85,7 @@ def test_every_bad_value_is_reported_at_once_naming_its_variable() -> None:
         "LLAMA_CLOUD_UPLOADS_PER_10S",
         "LLAMA_CLOUD_CREDITS_PER_PAGE",
         "LLAMA_CLOUD_USD_PER_CREDIT",
+        "LLAMA_CLOUD_JOB_TIMEOUT_S",
     ]
     assert "one of fast, cost_effective, agentic, agentic_plus" in lines[1]
 

@@ -194,7 +194,9 @@ async def finish_skipping_waits(worker: Worker, ids: list[str], clock: SkippingW
             if not live and all(job is not None for job in jobs):
                 return skips
             if not await worker.run_once():
-                ready_at = min(job.not_before for job in live)
+                # Only a waiting job waits for the calendar; a parked parse waits on LlamaParse.
+                waiting = [job.not_before for job in live if job.state is JobState.WAITING]
+                ready_at = min(waiting, default=wall_time())
                 if ready_at > wall_time() + 1.0:
                     clock.skip_to(ready_at)
                     skips += 1

@@ -103,6 +103,7 @@ def test_an_intent_is_kept_whole_and_one_live_row_per_document(db: str) -> None:
 def test_recording_the_upload_parks_the_job_in_one_transaction(db: str) -> None:
     async def body(store: Store) -> None:
         parked, live = await submitted(store, "lp-1")
+        # The lease that took it (1) is given back: the one that wakes it is expected.
         assert (parked.state, parked.lease_owner, parked.step_attempts) == (
             JobState.PARSING,
             None,

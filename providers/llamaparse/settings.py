@@ -32,6 +32,8 @@ UPLOAD_WINDOW_S: Final = 10.0
 UPLOADS_PER_WINDOW: Final[Mapping[ApiVersion, int]] = {"v2": 50, "v1": 15}
 """Uploads per organization per 10 s: v2's documented 50; v1's 15, what this client has
 always kept to (and what the emulator enforces on v1)."""
+JOB_TIMEOUT_S: Final = 1800.0
+"""How long after its upload a remote parse counts as expired: the service's own limit."""
 
 EXPANDABLE: Final = ("text", "items")
 """Results a v2 parse may fetch beside its markdown (`ParsedDocument.extras`)."""
@@ -58,7 +60,7 @@ class LlamaParseConfig:
     webhook_secret: str | None = field(default=None, repr=False)
     read_timeout_s: float = 60.0
     webhook_deadline_s: float = 60.0
-    job_timeout_s: float = 1800.0
+    job_timeout_s: float = JOB_TIMEOUT_S
     poll_initial_s: float = 1.0
     poll_step_s: float = 1.0
     poll_max_s: float = 5.0
@@ -143,6 +145,7 @@ class LlamaParseConfig:
         uploads = positive("UPLOADS_PER_10S", _positive_int, "a positive integer")
         credits = positive("CREDITS_PER_PAGE", _positive_number, "a positive number")
         usd = positive("USD_PER_CREDIT", _positive_number, "a positive number")
+        timeout_s = positive("JOB_TIMEOUT_S", _positive_number, "a positive number of seconds")
         if problems:
             raise ConfigError("\n".join(problems))
         return cls(
@@ -159,6 +162,7 @@ class LlamaParseConfig:
             credits_per_page=credits,
             usd_per_credit=USD_PER_CREDIT if usd is None else usd,
             uploads_per_window=uploads,
+            job_timeout_s=JOB_TIMEOUT_S if timeout_s is None else timeout_s,
         )
 
 

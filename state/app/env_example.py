@@ -55,7 +55,9 @@ LLAMA_CLOUD_API_KEY=
 # LLAMA_CLOUD_CREDITS_PER_PAGE=
 # LLAMA_CLOUD_USD_PER_CREDIT=0.00125
 # Uploads in any 10 s: 50 on v2 (documented), 15 on v1.
-# LLAMA_CLOUD_UPLOADS_PER_10S=""",
+# LLAMA_CLOUD_UPLOADS_PER_10S=
+# Seconds before a remote parse counts as expired and is retried.
+# LLAMA_CLOUD_JOB_TIMEOUT_S=1800""",
 }
 """What each provider's client reads (see the README's Providers table)."""
 

@@ -147,10 +147,11 @@ class Worker:
             jobs += await self._lease(self.embed_jobs, to_embed=True)
         active: dict[str, asyncio.Task[None]] = {}
         self._start(jobs, active, held=set())
+        walked = len(active)  # each task drops itself from `active` as it ends
         if active:
             await asyncio.gather(*active.values())
         finished = 0 if self.remote is None else await self.remote.poll()
-        return len(active) + finished
+        return walked + finished
 
     async def run(self, stop: asyncio.Event, *, idle_sleep_s: float = IDLE_SLEEP_S) -> None:
         """Work until `stop` is set, holding at most `concurrency` jobs at once

@@ -124,11 +124,20 @@ class RemoteParseRows(Generic[S]):
                 problem = f"expected parsing, found {job.state}"
             if problem is not None:
                 raise StaleJob(job.id, problem)  # rolls the row back to `intent` too
+            # The lease that wakes the job must not count as a worker dying in the step.
+            attempts = max(job.step_attempts - 1, 0)
             row = await tx.fetch_one(
                 """UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_expires_at = NULL,
-                    step_attempts = 0, version = ?, updated_at = ?
+                    step_attempts = ?, version = ?, updated_at = ?
                 WHERE id = ? AND version = ? RETURNING *""",
-                (float(marked["deadline"]), job.version + 1, iso_utc(now), job.id, job.version),
+                (
+                    float(marked["deadline"]),
+                    attempts,
+                    job.version + 1,
+                    iso_utc(now),
+                    job.id,
+                    job.version,
+                ),
             )
             parked = job_from_row(present(row))
             reason = f"submitted: remote parse {remote_id} ({name})"

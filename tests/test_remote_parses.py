@@ -1,0 +1,187 @@
+"""Durable remote parses (`state.pipeline.remote`) through the worker, on virtual time.
+
+A real SQLite file, the in-process emulator and the worker as it runs in
+production; what LlamaParse saw is read from the emulator's own stats and
+job list, what was spent from the budget's ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from providers.transport import HttpRequest
+from resilience.budget import Budget
+from simulations.emulators import FaultPlan, InProcessTransport, LlamaParsePlan
+from simulations.samples import SAMPLES
+from state import JobState
+from state.pipeline.wiring import PARSE
+from state.store.remote import RemoteState
+from tests.jobs import upload_samples
+from tests.test_worker import Rig, drain, environment, scenario
+
+UPLOAD = "POST /api/v2/parse/upload"
+FETCH = "GET /api/v2/parse/{job_id}"
+LIST = "GET /api/v2/parse"
+TOO_LITTLE = "0.000001"
+"""A daily budget below any parse's estimate."""
+
+
+def parse_time(seconds: float, **plan: float) -> FaultPlan:
+    return FaultPlan(llamaparse=LlamaParsePlan(parse_time_s=(seconds, seconds), **plan))
+
+
+def parse_budget(rig: Rig) -> Budget:
+    budget = rig.pipeline.guard(PARSE).budget
+    assert budget is not None
+    return budget
+
+
+async def listed_names(rig: Rig) -> set[str]:
+    """The upload names in the emulator's own v2 job list, read as a client would."""
+    answer = await InProcessTransport(rig.emulator).send(
+        HttpRequest(
+            "GET",
+            "http://emulator.local/api/v2/parse?page_size=100",
+            {"Authorization": "Bearer llx-test"},
+        )
+    )
+    return {str(item["name"]) for item in answer.json()["items"]}
+
+
+async def run_until_terminal(rig: Rig, ids: list[str], **worker: int) -> None:
+    """`Worker.run` (its poller beside its leases) until every job is terminal."""
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop().create_task(
+        rig.worker(**worker).run(stop, idle_sleep_s=1.0)
+    )
+    try:
+        for _ in range(24 * 3600):
+            jobs = await rig.jobs(ids)
+            if all(job.is_terminal for job in jobs):
+                return
+            await asyncio.sleep(1.0)
+        raise AssertionError(f"not terminal: {jobs}")
+    finally:
+        stop.set()
+        await running
+
+
+def test_a_parse_lets_its_slot_go_while_llamaparse_works(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        ids = await rig.upload_samples()
+        await run_until_terminal(rig, ids, concurrency=1)
+        jobs = await rig.jobs(ids)
+        assert all(job.state is JobState.COMPLETE and not job.degraded for job in jobs)
+        # One slot, yet every upload was recorded before any parse finished.
+        submits, finishes = [], []
+        for job in jobs:
+            for event in await rig.store.history(job.id):
+                if event.trigger == "submit":
+                    submits.append(event.at)
+                elif event.trigger == "finish_parse":
+                    finishes.append(event.at)
+        assert len(submits) == len(finishes) == len(ids)
+        assert max(submits) < min(finishes)
+        requests = rig.emulator.stats().requests
+        assert requests[UPLOAD] == {200: len(ids)}
+        assert requests[FETCH] == {200: len(ids)}  # each result fetched once
+        for job in jobs:
+            [row] = await rig.store.remote_parses(job.id)
+            assert row.status is RemoteState.DONE
+
+    scenario(tmp_path, environment("real"), body, faults=parse_time(60.0))
+
+
+def test_a_failed_remote_job_fails_its_job_and_refunds_its_reservation(tmp_path: Path) -> None:
+    environ = environment("real", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD="1")
+
+    async def body(rig: Rig) -> None:
+        ids = await rig.upload_samples()
+        await drain(rig.worker(), ids)
+        for job in await rig.jobs(ids):
+            assert job.state is JobState.FAILED
+            assert job.last_error is not None
+            assert "failed to parse" in job.last_error
+            [row] = await rig.store.remote_parses(job.id)
+            assert row.status is RemoteState.REPORTED
+        assert rig.emulator.stats().requests[UPLOAD] == {200: len(ids)}
+        spent_usd, _ = await parse_budget(rig).spent("day")
+        assert spent_usd == pytest.approx(0.0)
+
+    scenario(tmp_path, environ, body, faults=parse_time(5.0, page_failure_rate=1.0))
+
+
+def test_an_expired_remote_job_is_retried_under_a_new_name_and_its_charge_kept(
+    tmp_path: Path,
+) -> None:
+    environ = environment(
+        "real", LLAMA_CLOUD_JOB_TIMEOUT_S="30", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD="1"
+    )
+
+    async def body(rig: Rig) -> None:
+        [job_id] = await upload_samples(rig.store, SAMPLES[:1])
+        await drain(rig.worker(max_attempts=3), [job_id])
+        [job] = await rig.jobs([job_id])
+        assert job.state is JobState.FAILED
+        assert job.last_error is not None
+        assert "did not finish within 30s" in job.last_error
+        rows = await rig.store.remote_parses(job_id)
+        assert [row.status for row in rows] == [RemoteState.REPORTED] * 2
+        assert len({row.name for row in rows}) == 2
+        # Ground truth: LlamaParse holds two jobs, one per name, and both were charged.
+        listed = await listed_names(rig)
+        assert {f"{row.name}--{job.filename}" for row in rows} <= listed
+        spent_usd, _ = await parse_budget(rig).spent("day")
+        assert spent_usd == pytest.approx(sum(row.estimated_usd for row in rows))
+
+    scenario(tmp_path, environ, body, faults=parse_time(120.0))
+
+
+def test_hybrid_serves_the_mock_when_the_budget_refuses_and_uploads_nothing(
+    tmp_path: Path,
+) -> None:
+    environ = environment("hybrid", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD=TOO_LITTLE)
+
+    async def body(rig: Rig) -> None:
+        ids = await rig.upload_samples()
+        await drain(rig.worker(), ids)
+        for job in await rig.jobs(ids):
+            assert (job.state, job.degraded) == (JobState.COMPLETE, True)
+            assert await rig.store.remote_parses(job.id) == []
+        assert UPLOAD not in rig.emulator.stats().requests
+
+    scenario(tmp_path, environ, body)
+
+
+def test_real_mode_waits_on_a_refused_budget_without_an_intent(tmp_path: Path) -> None:
+    environ = environment("real", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD=TOO_LITTLE)
+
+    async def body(rig: Rig) -> None:
+        ids = await rig.upload_samples()
+        assert await rig.worker().run_once() == len(ids)
+        for job in await rig.jobs(ids):
+            assert (job.state, job.wait_reason, job.resume_to) == (
+                JobState.WAITING,
+                "budget",
+                JobState.PARSING,
+            )
+            assert await rig.store.remote_parses(job.id) == []
+        assert UPLOAD not in rig.emulator.stats().requests
+
+    scenario(tmp_path, environ, body)
+
+
+def test_v1_polls_each_job_and_fetches_its_result_once(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        ids = await rig.upload_samples()
+        await drain(rig.worker(), ids)
+        assert all(job.state is JobState.COMPLETE for job in await rig.jobs(ids))
+        requests = rig.emulator.stats().requests
+        assert requests["POST /api/v1/parsing/upload"] == {200: len(ids)}
+        assert requests["GET /api/v1/parsing/job/{job_id}/result/markdown"] == {200: len(ids)}
+        assert LIST not in requests  # v1 has no job list: one status request per job
+
+    scenario(tmp_path, environment("real", LLAMA_CLOUD_API_VERSION="v1"), body)
