@@ -20,6 +20,12 @@ job that keeps killing workers in a step (its lease picked up more than
 its input missing from the store (`MissingInput`): the store lost what it
 had written, and no retry brings it back.
 
+A parse is a remote job (`state.pipeline.remote`): its step submits the
+document, records the remote job and lets the job go (`Parked`), so the
+slot is free at once; the worker's poller (`RemoteParses.run`, beside the
+lease loop in `run`, and once per `run_once`) finishes remote parses and
+makes their jobs due again, and the next lease finds the parse stored.
+
 Embedding is shared across documents: besides its `concurrency` slots, the
 worker holds up to `embed_jobs` jobs whose next provider step is the
 embedding, leased together (`JobStore.lease(to_embed=True)`) whenever more
