@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from providers.pricing import USD_PER_CREDIT
 from providers.transport import HttpRequest
 from resilience.budget import Budget
 from simulations.emulators import FaultPlan, InProcessTransport, LlamaParsePlan
@@ -51,6 +52,18 @@ async def listed_names(rig: Rig) -> set[str]:
     return {str(item["name"]) for item in answer.json()["items"]}
 
 
+async def credits(rig: Rig, remote_id: str) -> float:
+    """The credits the emulator reports for its job `remote_id` (`expand=usage`)."""
+    answer = await InProcessTransport(rig.emulator).send(
+        HttpRequest(
+            "GET",
+            f"http://emulator.local/api/v2/parse/{remote_id}?expand=usage",
+            {"Authorization": "Bearer llx-test"},
+        )
+    )
+    return float(answer.json()["job"]["usage"]["credits"])
+
+
 async def run_until_terminal(rig: Rig, ids: list[str], **worker: int) -> None:
     """`Worker.run` (its poller beside its leases) until every job is terminal."""
     stop = asyncio.Event()
@@ -88,11 +101,18 @@ def test_a_parse_lets_its_slot_go_while_llamaparse_works(tmp_path: Path) -> None
         requests = rig.emulator.stats().requests
         assert requests[UPLOAD] == {200: len(ids)}
         assert requests[FETCH] == {200: len(ids)}  # each result fetched once
+        billed = 0.0
         for job in jobs:
             [row] = await rig.store.remote_parses(job.id)
             assert row.status is RemoteState.DONE
+            assert row.remote_id is not None
+            billed += await credits(rig, row.remote_id) * USD_PER_CREDIT
+        # The ledger holds what LlamaParse billed, once: not the estimates, not twice.
+        spent_usd, _ = await parse_budget(rig).spent("day")
+        assert spent_usd == pytest.approx(billed)
 
-    scenario(tmp_path, environment("real"), body, faults=parse_time(60.0))
+    environ = environment("real", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD="1")
+    scenario(tmp_path, environ, body, faults=parse_time(60.0))
 
 
 def test_a_failed_remote_job_fails_its_job_and_refunds_its_reservation(tmp_path: Path) -> None:
