@@ -119,11 +119,14 @@ def integration(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Per-call overhead, throughput beside the openai SDK, the pipeline, the outage drill,
+    """Per-call overhead, throughput beside the openai SDK, the pipeline, its makespan over the
+    providers' bound (virtual time, then `breakwater ingest` over loopback), the outage drill,
     and scaling over worker processes on PostgreSQL and Redis (servers started if installed)."""
     install(session)
     session.run("python", "-m", "simulations.bench.overhead", *session.posargs)
     session.run("python", "-m", "simulations.bench.throughput")
     session.run("python", "-m", "simulations.bench.pipeline")
+    session.run("python", "-m", "simulations.bench.makespan")
+    session.run("python", "-m", "simulations.bench.makespan_loopback")
     session.run("python", "-m", "simulations.bench.outage_drill")
     session.run("python", "-m", "simulations.bench.scaling")

@@ -72,7 +72,7 @@ from simulations.samples import TEXT_SAMPLES
 from state import JobState, SqliteJobStore
 from state.pipeline.chunking import chunk
 from state.pipeline.wiring import Pipeline
-from state.pipeline.worker import Worker
+from state.pipeline.worker import IDLE_SLEEP_S, Worker
 from state.store.protocol import EmbeddingRow
 
 DEFAULT_DOCS: Final = 60
@@ -155,19 +155,24 @@ class RunResult:
         return self.embeddings / self.wall_s if self.wall_s > 0 else float("inf")
 
 
-def _environment(mode: str) -> dict[str, str]:
-    if mode == MOCK:
-        return {"SERVICE_MODE": "mock"}
+def emulator_environment(base_url: str) -> dict[str, str]:
+    """Throwaway keys and the base URLs of the emulator at `base_url`, for the real clients."""
     return {
-        "SERVICE_MODE": "real",
         "OPENAI_API_KEY": "sk-bench-throwaway",
-        "OPENAI_BASE_URL": f"{_BASE}/v1",
+        "OPENAI_BASE_URL": f"{base_url}/v1",
         "LLAMA_CLOUD_API_KEY": "llx-bench-throwaway",
-        "LLAMA_CLOUD_BASE_URL": _BASE,
+        "LLAMA_CLOUD_BASE_URL": base_url,
     }
 
 
-async def _upload(store: SqliteJobStore, corpus: list[CorpusDocument]) -> list[str]:
+def environment(mode: str) -> dict[str, str]:
+    """MOCK, or REAL against the in-process emulator (`InProcessTransport` ignores the host)."""
+    if mode == MOCK:
+        return {"SERVICE_MODE": "mock"}
+    return {"SERVICE_MODE": "real", **emulator_environment(_BASE)}
+
+
+async def upload_corpus(store: SqliteJobStore, corpus: list[CorpusDocument]) -> list[str]:
     ids = []
     for doc in corpus:
         created = await store.create_job(
@@ -191,12 +196,14 @@ async def _check(store: SqliteJobStore, ids: list[str], run: str) -> dict[str, i
     return counts
 
 
-async def _drive(worker: Worker, jobs: int) -> None:
+async def drive(
+    worker: Worker, jobs: int, *, idle_sleep_s: float = IDLE_SLEEP_S, timeout_s: float = _TIMEOUT_S
+) -> None:
     """`Worker.run` until it has completed `jobs` jobs, then stop it."""
     stop = asyncio.Event()
-    running = asyncio.get_running_loop().create_task(worker.run(stop, idle_sleep_s=0.01))
+    running = asyncio.get_running_loop().create_task(worker.run(stop, idle_sleep_s=idle_sleep_s))
     try:
-        async with asyncio.timeout(_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             while worker.stats.completed < jobs:
                 if worker.stats.failed or running.done():
                     raise RuntimeError(f"{worker!r} stopped short: {worker.stats}")
@@ -211,16 +218,16 @@ async def _worker_run(
 ) -> RunResult:
     emulator = Emulator(seed=DEFAULT_SEED, faults=FaultPlan()) if mode == EMULATOR else None
     transport = InProcessTransport(emulator if emulator is not None else Emulator(seed=0))
-    pipeline = Pipeline.from_env(_environment(mode), transport=transport, rng=random.Random(0))
+    pipeline = Pipeline.from_env(environment(mode), transport=transport, rng=random.Random(0))
     loop = asyncio.get_running_loop()
     try:
         async with await SqliteJobStore.open(db) as store:
-            ids = await _upload(store, corpus)
+            ids = await upload_corpus(store, corpus)
             worker = Worker(store, pipeline, owner=f"bench-{mode}", concurrency=concurrency)
             gc.collect()
             virtual_start = loop.time()
             started = time.perf_counter()  # clock-ok: benchmark
-            await _drive(worker, len(ids))
+            await drive(worker, len(ids), idle_sleep_s=0.01)
             wall_s = time.perf_counter() - started  # clock-ok: benchmark
             virtual_s = loop.time() - virtual_start
             counts = await _check(store, ids, mode)
@@ -241,13 +248,13 @@ async def _worker_run(
 
 async def _raw_run(db: Path, corpus: list[CorpusDocument]) -> RunResult:
     # Used only to plan batches (as the worker's embed step does); never sends.
-    pipeline = Pipeline.from_env(_environment(MOCK), transport=InProcessTransport(Emulator()))
+    pipeline = Pipeline.from_env(environment(MOCK), transport=InProcessTransport(Emulator()))
     embedder = pipeline.embedder
     model, dims = embedder.model, embedder.vector_dimensions
     parser, mock = MockParser(), MockEmbedder(model, dims)
     try:
         async with await SqliteJobStore.open(db) as store:
-            ids = await _upload(store, corpus)
+            ids = await upload_corpus(store, corpus)
             jobs = [await store.get_job(job_id) for job_id in ids]
             gc.collect()
             started = time.perf_counter()  # clock-ok: benchmark
