@@ -94,6 +94,15 @@ class Served:
     reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A fetched result, out of the guard's sight: a value with a `cost_usd` settles the
+    guarded call's own reservation at that cost, and the parse's cost belongs to the
+    intent's reservation (`_finish` settles it), so it would be charged twice."""
+
+    parsed: ParsedDocument
+
+
 @dataclass(slots=True)
 class PollStats:
     """What a process's poller did, for tests and the CLI."""
@@ -363,8 +372,8 @@ class RemoteParses:
 
     async def _fetch(self, row: RemoteJob) -> int:
         try:
-            parsed = await self._guard.call(
-                self.parser.result, row.handle(), correlation_id=row.correlation_id
+            fetched = await self._guard.call(
+                self._result, row.handle(), correlation_id=row.correlation_id
             )
         except ProviderError as exc:
             if exc.status == 422:
@@ -374,7 +383,10 @@ class RemoteParses:
         except Exception:
             await self._later(row)
             return 0
-        return await self._finish(row, parsed)
+        return await self._finish(row, fetched.parsed)
+
+    async def _result(self, handle: RemoteParse) -> Fetched:
+        return Fetched(await self.parser.result(handle))
 
     async def _finish(self, row: RemoteJob, parsed: ParsedDocument) -> int:
         now = self.clock()
