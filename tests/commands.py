@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +31,26 @@ def keyless_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "BREAKWATER_LOG"}
     env.update(PYTHONPATH=str(ROOT), SERVICE_MODE="hybrid")
     return env
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without provider keys, Breakwater settings or a mode,
+    plus `extra`: a child spends only what `extra` points it at."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in KEYS and not k.startswith("BREAKWATER_") and k != "SERVICE_MODE"
+    }
+    env.update(PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Poll `condition` every 50 ms until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def breakwater(

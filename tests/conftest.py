@@ -1,5 +1,5 @@
 """Fixtures and pytest hooks only: Hypothesis profiles, the event recorder, a keyless
-environment, the user's own files, and the chaos report.
+environment, the user's own files, child processes, and the chaos report.
 
 What tests import lives in the helper modules beside this one, each named for
 what it holds; the bundled samples are listed once, in `simulations.samples`.
@@ -8,6 +8,7 @@ what it holds; the bundled samples are listed once, in `simulations.samples`.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,19 @@ def events() -> Iterator[Events]:
     for package in library_packages():
         logger.disable(package)
     logger.remove(handler)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Every process a test starts; killed (by its own pid) and reaped when the test ends."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 # -- the chaos simulation's run-wide report ------------------------------------

@@ -15,8 +15,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -26,36 +24,13 @@ from simulations.cli import main
 from state import JobState, SqliteJobStore
 from state.machine import Job
 from state.pipeline.wiring import Pipeline
-from tests.commands import KEYS, ROOT, breakwater, emulator_stats, emulator_urls
+from tests.commands import breakwater, child_environment, emulator_stats, emulator_urls, wait_for
 from tests.jobs import upload_samples
 
 LATENCY_S = 2.0
 LEASE_S = 2.0
 PLAN = {"openai": {"latency_s": LATENCY_S}, "llamaparse": {"parse_time_s": 0.05}}
 History = tuple[Job, list[tuple[str, JobState]]]
-
-
-def child_environment(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in KEYS and not k.startswith("BREAKWATER_") and k != "SERVICE_MODE"
-    }
-    env.update(PYTHONPATH=str(ROOT), **extra)
-    return env
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Every process a test starts; killed (by its own pid) and reaped when the test ends."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 async def upload(db: Path) -> list[str]:
@@ -66,13 +41,6 @@ async def upload(db: Path) -> list[str]:
 async def states(db: Path) -> dict[JobState, int]:
     async with await SqliteJobStore.open(db) as store:
         return await store.jobs_by_state()
-
-
-def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_worker_killed_mid_embedding_leaves_no_duplicates(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from datetime import datetime
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from llama_cloud import AsyncLlamaCloud
 
@@ -33,6 +35,10 @@ MARKDOWN = b"# Breakwater\n\nWaves break on the outer wall.\n"
 
 def plan(**options: Any) -> FaultPlan:
     return FaultPlan(llamaparse=LlamaParsePlan(**{"parse_time_s": (10.0, 10.0), **options}))
+
+
+def seconds(moment: str) -> float:
+    return datetime.fromisoformat(moment).timestamp()
 
 
 def upload(configuration: dict[str, Any], data: bytes = MARKDOWN) -> HttpRequest:
@@ -115,6 +121,52 @@ def test_uploads_share_a_window_and_429_says_when_to_retry() -> None:
     assert [answer.status for answer in answers] == [200, 200, 429]
     assert answers[2].headers["retry-after"] == "10"
     assert emulator.stats().count("POST /api/v2/parse/upload", 429) == 1
+
+
+def test_a_lost_upload_answer_leaves_a_job_that_is_listed_and_completes() -> None:
+    async def scenario(transport: InProcessTransport) -> tuple[dict[str, Any], dict[str, Any]]:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(30.0):
+                await transport.send(upload(CONFIG))
+        listed = (await transport.send(get("/api/v2/parse"))).json()
+        (job,) = listed["items"]
+        await asyncio.sleep(10.0)
+        return job, (await transport.send(get(f"/api/v2/parse/{job['id']}"))).json()
+
+    emulator = Emulator(faults=plan(lost_upload_answer_rate=1.0))
+    listed, later = in_process(emulator, scenario)
+    assert listed["name"] == "wall.md"
+    assert later["job"]["status"] == "COMPLETED"
+    stats = emulator.stats()
+    assert stats.jobs_created == 1
+    assert stats.faults["llamaparse"]["lost_answer"] == 1
+    assert stats.count("POST /api/v2/parse/upload") == 0  # never answered
+
+
+def test_lost_answers_leave_every_other_draw_as_it_was() -> None:
+    async def scenario(transport: InProcessTransport) -> list[float]:
+        async def send(content: bytes) -> None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await transport.send(upload(CONFIG, content))
+            except TimeoutError:
+                pass
+
+        await asyncio.gather(*(send(MARKDOWN + bytes([n])) for n in range(6)))
+        await asyncio.sleep(20.0)
+        listed = (await transport.send(get("/api/v2/parse"))).json()["items"]
+        return [seconds(job["updated_at"]) - seconds(job["created_at"]) for job in listed]
+
+    def run(rate: float) -> tuple[list[float], int]:
+        emulator = Emulator(
+            seed=3, faults=plan(parse_time_s=(1.0, 9.0), lost_upload_answer_rate=rate)
+        )
+        jobs = in_process(emulator, scenario)
+        return jobs, emulator.stats().faults["llamaparse"]["lost_answer"]
+
+    (plain, none_lost), (lossy, lost) = run(0.0), run(0.5)
+    assert (none_lost, 0 < lost < 6) == (0, True)
+    assert lossy == pytest.approx(plain, abs=1e-5)  # each job's parse time, newest first
 
 
 def test_jobs_list_newest_first_in_pages_by_creation_time() -> None:

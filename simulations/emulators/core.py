@@ -13,7 +13,9 @@ answer the error status, or run the real handler, whose 200 may then be
 malformed. Faults that replace the answer come before the handler, so they
 have no side effects (no job, no rate-limit charge); a malformed answer
 comes after, so the job exists and the tokens are spent, as when a reply is
-garbled on the way back.
+garbled on the way back. So does a lost answer (a handler raising
+`AnswerLost`: LlamaParse v2's `lost_upload_answer_rate`): the job exists,
+and the request hangs.
 
 Every embeddings request is also noted as an arrival (`Stats.arrived`) once
 it is over, answered or not: a hang or a client giving up mid-latency still
@@ -38,7 +40,7 @@ from simulations.emulators.faults import FaultPlan
 from simulations.emulators.ids import Ids
 from simulations.emulators.llamaparse_api import LlamaParseApi
 from simulations.emulators.openai_api import OpenAIApi
-from simulations.emulators.routing import Incoming, ProviderApi, Route, json_response
+from simulations.emulators.routing import AnswerLost, Incoming, ProviderApi, Route, json_response
 from simulations.emulators.stats import (
     CORRELATION_HEADER,
     NEVER_ANSWERED,
@@ -101,7 +103,9 @@ class Emulator:
             "llamaparse": FaultInjector(plan.llamaparse, rng("llamaparse:faults")),
         }
         self._openai.configure(plan.openai, rng("openai:order"))
-        self._llamaparse.configure(plan.llamaparse, rng("llamaparse:jobs"))
+        self._llamaparse.configure(
+            plan.llamaparse, rng("llamaparse:jobs"), rng("llamaparse:lost_answers")
+        )
         self._webhooks.configure(plan.llamaparse.webhook, rng("llamaparse:webhooks"))
         try:
             now = asyncio.get_running_loop().time()
@@ -185,7 +189,11 @@ class Emulator:
             self._stats.fault(api.name, "error")
             response = api.fault_response(plan.error_status, incoming)
         else:
-            response = await route.handler(incoming, params)
+            try:
+                response = await route.handler(incoming, params)
+            except AnswerLost:
+                self._stats.fault(api.name, "lost_answer")
+                await self._hang()
             if decision.malformed is not None and response.status == 200:
                 self._stats.fault(api.name, "malformed")
                 response = api.malform(response, decision.malformed)

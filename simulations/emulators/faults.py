@@ -37,6 +37,7 @@ in [0, 1] drawn independently per request.
         "v2_upload_limit": 50,       // v2 uploads (/api/v2/parse*) per window; its 429
                                      // always carries Retry-After, which the v2 SDK honours
         "page_failure_rate": 0.0,    // each page fails to parse (partial success)
+        "lost_upload_answer_rate": 0.0, // v2: the job is created, its answer never sent
         "webhook": {
           "delay_s": 0.0,            // range: from SUCCESS to the first delivery attempt
           "drop_rate": 0.0,          // never delivered
@@ -52,6 +53,14 @@ Malformed kinds: `invalid_json` truncates the body mid-document;
 `wrong_shape` wraps the real document as `{"result": ...}`; `wrong_dims`
 drops the last value of every embedding; `missing_item` drops the last entry
 of `data`. Only 200 answers are malformed.
+
+`lost_upload_answer_rate` (LlamaParse v2's two create routes) strikes after
+the job is made: it exists, shows in the job list and completes, but the
+answer that names it never leaves, as when a connection drops on the way
+back; only the client's timeout ends the request. It is the crash between
+an upload's acceptance and the caller recording it, which only a caller
+that finds its job again by name (v2's job list) can recover without a
+second upload. It is drawn from its own generator, once per created job.
 
 `shuffle_rate` (OpenAI only) is not malformation: every item keeps its
 `index`, as the API promises, but the `data` list comes in a random order, so
@@ -211,6 +220,7 @@ class LlamaParsePlan(ProviderFaults):
     upload_retry_after: bool = False
     v2_upload_limit: int = 50
     page_failure_rate: float = 0.0
+    lost_upload_answer_rate: float = 0.0
     webhook: WebhookPlan = field(default_factory=WebhookPlan)
 
     def __post_init__(self) -> None:
@@ -220,6 +230,7 @@ class LlamaParsePlan(ProviderFaults):
         _check_positive("upload_window_s", self.upload_window_s)
         _check_positive("v2_upload_limit", self.v2_upload_limit)
         _check_rate("page_failure_rate", self.page_failure_rate)
+        _check_rate("lost_upload_answer_rate", self.lost_upload_answer_rate)
 
 
 @dataclass(frozen=True)
@@ -311,6 +322,7 @@ _CONVERTERS: Final[Mapping[str, Converter]] = {
     "upload_retry_after": _boolean,
     "v2_upload_limit": _integer,
     "page_failure_rate": _number,
+    "lost_upload_answer_rate": _number,
     "webhook": _webhook,
     "delay_s": _range,
     "drop_rate": _number,

@@ -209,12 +209,13 @@ class LlamaParseApi:
             ]
         self.routes: Sequence[Route] = (*routes, *self._v2.routes, *self._files.routes)
 
-    def configure(self, plan: LlamaParsePlan, rng: random.Random) -> None:
-        """Adopt `plan` for new jobs (parse times from `rng`); the upload windows restart."""
+    def configure(self, plan: LlamaParsePlan, rng: random.Random, lost: random.Random) -> None:
+        """Adopt `plan` for new jobs (parse times from `rng`, v2's lost answers from `lost`);
+        the upload windows restart."""
         self._plan = plan
         self._rng = rng
         self._uploads = SlidingWindow(plan.upload_limit, plan.upload_window_s)
-        self._v2.configure(plan, rng)
+        self._v2.configure(plan, rng, lost)
 
     def clear(self) -> None:
         """Forget every job, file and cache entry."""

@@ -28,6 +28,9 @@ than `processing_control.job_failure_conditions.allowed_page_failure_ratio`
 (default 0.05) allows or every page did. COMPLETED with failed pages is the
 partial success: those pages have `success: false` and an `error`.
 
+A create may lose its answer (the plan's `lost_upload_answer_rate`): the job
+is made, listed and completed, but the request hangs (`AnswerLost`).
+
 Uploads on both create routes share one window of the plan's
 `v2_upload_limit` per `upload_window_s` (50 per 10 s, as documented); the
 429 carries `Retry-After` (LlamaCloud documents none, but the SDK honours
@@ -77,7 +80,7 @@ from simulations.emulators.llamaparse_shared import (
 )
 from simulations.emulators.multipart import UploadedFile
 from simulations.emulators.ratelimit import SlidingWindow
-from simulations.emulators.routing import Incoming, Route, json_response
+from simulations.emulators.routing import AnswerLost, Incoming, Route, json_response
 from simulations.emulators.stats import Stats
 from simulations.emulators.webhook_delivery import WebhookSender
 
@@ -225,6 +228,7 @@ class ParseV2:
         self._clock = clock
         self._plan = LlamaParsePlan()
         self._rng = random.Random(0)
+        self._lost = random.Random(0)
         self._uploads = SlidingWindow(self._plan.v2_upload_limit, self._plan.upload_window_s)
         self._jobs: dict[str, _Job] = {}
         self.routes: Sequence[Route] = (
@@ -237,9 +241,10 @@ class ParseV2:
             Route("DELETE", f"{PARSE}/{{job_id}}", self._delete),
         )
 
-    def configure(self, plan: LlamaParsePlan, rng: random.Random) -> None:
+    def configure(self, plan: LlamaParsePlan, rng: random.Random, lost: random.Random) -> None:
         self._plan = plan
         self._rng = rng
+        self._lost = lost
         self._uploads = SlidingWindow(plan.v2_upload_limit, plan.upload_window_s)
 
     def clear(self) -> None:
@@ -374,7 +379,12 @@ class ParseV2:
     # -- steps --------------------------------------------------------------
 
     def _submit(self, incoming: Incoming, config: Any, upload: UploadedFile) -> _Job:
-        """Validate `config`, charge the upload limit, make the job and schedule its webhooks."""
+        """Validate `config`, charge the upload limit, make the job and schedule its webhooks.
+
+        Raises `AnswerLost` once all that is done when the plan's
+        `lost_upload_answer_rate` strikes (drawn from a generator of its own, so
+        the rate leaves every other draw as it was).
+        """
         if not isinstance(config, dict):
             raise invalid("configuration", "Input should be a valid object")
         tier, version = config.get("tier"), config.get("version")
@@ -439,6 +449,8 @@ class ParseV2:
             (ending, job.ready_at),
         ):
             self._notify(job, event, at)
+        if self._lost.random() < self._plan.lost_upload_answer_rate:
+            raise AnswerLost
         return job
 
     def _notify(self, job: _Job, event: str, at: float) -> None:

@@ -49,6 +49,15 @@ class Incoming:
 Handler = Callable[[Incoming, Mapping[str, str]], Awaitable[HttpResponse]]
 """An endpoint: the request and the values of the route's `{name}` segments."""
 
+
+class AnswerLost(Exception):
+    """Raised by a handler that did its work (made a job) but whose answer must never leave.
+
+    The core then hangs the request, as if the reply were lost on the way
+    back: unlike a hang drawn before the handler, this one has side effects.
+    """
+
+
 _SEGMENT = re.compile(r"\{(\w+)\}")
 
 

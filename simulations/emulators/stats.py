@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-FAULT_KINDS: Final = ("latency", "outage", "error", "hang", "malformed", "shuffled")
-"""`shuffled` is OpenAI's `shuffle_rate`: 200s whose `data` came in a random order."""
+FAULT_KINDS: Final = ("latency", "outage", "error", "hang", "malformed", "shuffled", "lost_answer")
+"""`shuffled` is OpenAI's `shuffle_rate`: 200s whose `data` came in a random order;
+`lost_answer` is LlamaParse's `lost_upload_answer_rate`: jobs made whose answer never left."""
 WEBHOOK_EVENTS: Final = (
     "scheduled",
     "attempts",
