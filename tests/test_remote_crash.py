@@ -8,18 +8,17 @@ job. What is asserted comes from the ground truth: the emulator's own counts
 
 * `breakwater ingest` killed a few seconds into a 20 s parse: the job was
   parked on its remote parse, and any worker's poller finishes it.
-* A worker killed between LlamaParse making the job and the answer reaching
-  it (the emulator's `lost_upload_answer_rate`: the job is created but the
-  upload is never answered, so the process waits on its read timeout): the
-  intent is in the store, the remote id is not. Recovery must find the job
-  by its name in v2's job list and adopt it, not upload again.
+* `breakwater ingest` killed between LlamaParse making the job and the
+  answer reaching it (the emulator's `lost_upload_answer_rate`: the job is
+  created but the upload is never answered, so the process waits on its
+  read timeout): the intent is in the store, the remote id is not. Recovery
+  must find the job by its name in v2's job list and adopt it, not upload
+  again.
 * The same, with two workers started together on the resumed job.
 
-The process killed before the answer is a `breakwater worker` with a short
-`--lease-s` rather than `breakwater ingest`: both walk the job with the same
-`Worker` and parse step, but ingest's lease is the fixed 60 s default, and
-until it lapses no other process may take the job (in the first case the
-job was let go when it was parked, so no lease stands in the way).
+The ingest killed before the answer runs with a short `--lease-s`: it still
+held the job, and until its lease lapses no other process may take it (in
+the first case the job was let go when it was parked).
 
 Each run must show one upload accepted, one result fetched (`GET
 /api/v2/parse/{job_id}`; status polls use the job list), and one charge in
@@ -45,7 +44,6 @@ from typing import Any, Final, NamedTuple
 import orjson
 import pytest
 
-from resilience.clock import wall_time
 from resilience.ledger import Totals
 from simulations.samples import SAMPLES
 from state import JobState, SqliteJobStore
@@ -143,15 +141,6 @@ class Run:
     def events(self, log: str, event: str) -> list[dict[str, Any]]:
         lines = (self.tmp_path / log).read_bytes().splitlines()
         return [record for record in map(orjson.loads, lines) if record.get("event") == event]
-
-
-async def create_job(db: Path) -> str:
-    async with await SqliteJobStore.open(db) as store:
-        content = SAMPLE.path.read_bytes()
-        created = await store.create_job(
-            content, filename=SAMPLE.name, mime_type=SAMPLE.mime_type, now=wall_time()
-        )
-        return created.job.id
 
 
 class Stored(NamedTuple):
@@ -256,10 +245,9 @@ def test_an_ingest_killed_mid_parse_leaves_the_job_to_any_worker(
 
 
 def kill_before_the_answer(run: Run) -> None:
-    """Start a worker on a fresh job and kill it while LlamaParse holds its upload's answer;
+    """Ingest the sample and kill the ingest while LlamaParse holds its upload's answer;
     then answer uploads again, so that a second upload would show, not hang."""
-    asyncio.run(create_job(run.db))
-    first = run.start("worker", "--lease-s", f"{LEASE_S:g}", log="killed.jsonl")
+    first = run.start("ingest", str(SAMPLE.path), "--lease-s", f"{LEASE_S:g}", log="killed.jsonl")
     wait_for(
         lambda: run.stats()["faults"]["llamaparse"]["lost_answer"] == 1,
         timeout_s=30,

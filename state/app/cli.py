@@ -53,6 +53,7 @@ def _database_command(args: argparse.Namespace) -> int:
                     out=sys.stdout,
                     err=sys.stderr,
                     concurrency=args.concurrency,
+                    lease_s=args.lease_s,
                 )
             case "worker":
                 return run_worker(
@@ -81,6 +82,17 @@ def _database_command(args: argparse.Namespace) -> int:
         return 2
     finally:
         close_logging()
+
+
+def _lease_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--lease-s",
+        type=_positive_seconds,
+        default=DEFAULT_LEASE_S,
+        metavar="S",
+        help="how long a job's lease lasts unrenewed: a crashed process's jobs are taken "
+        f"again after this (default: {DEFAULT_LEASE_S:g})",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -164,20 +176,14 @@ def parser(
     ingest.add_argument(
         "--concurrency", type=_positive_int, default=4, help="jobs at once (default: 4)"
     )
+    _lease_argument(ingest)
 
     worker = database_command("worker", "work the database's jobs until SIGINT or SIGTERM")
     worker.add_argument(
         "--concurrency", type=_positive_int, default=4, help="jobs at once (default: 4)"
     )
     worker.add_argument("--mode", choices=("mock", "real", "hybrid"), help="as for ingest")
-    worker.add_argument(
-        "--lease-s",
-        type=_positive_seconds,
-        default=DEFAULT_LEASE_S,
-        metavar="S",
-        help="how long a job's lease lasts unrenewed: a crashed worker's jobs are taken "
-        f"again after this (default: {DEFAULT_LEASE_S:g})",
-    )
+    _lease_argument(worker)
 
     database_command("backfill", "redo mock-served steps of degraded jobs with the real providers")
 

@@ -67,6 +67,7 @@ def run_ingest(
     out: TextIO,
     err: TextIO,
     concurrency: int = 4,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> int:
     """Upload `paths` as jobs, work them to the end with a progress bar, print the summary.
 
@@ -82,7 +83,9 @@ def run_ingest(
     async def body(store: JobStore, pipeline: Pipeline) -> int:
         ids = list(dict.fromkeys([await ingest_file(store, f, mime_type(f)) for f in files]))
         print(f"{len(ids)} job(s) for {len(files)} file(s); identical files share a job", file=out)
-        worker = Worker(store, pipeline, owner=_owner("ingest"), concurrency=concurrency)
+        worker = Worker(
+            store, pipeline, owner=_owner("ingest"), concurrency=concurrency, lease_s=lease_s
+        )
         progress = Progress(store, pipeline, total=len(ids), out=out)
         drawing = asyncio.get_running_loop().create_task(progress.run())
         try:
