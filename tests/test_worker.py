@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from providers.llamaparse.client import Document
 from providers.llamaparse.mock import MockParser
 from resilience import ConfigError, ServiceMode
 from resilience.clock import wall_time
@@ -273,6 +274,29 @@ def test_hybrid_completes_degraded_during_an_outage_and_backfill_repairs(
         assert (await backfill(rig.store, rig.pipeline)).repaired == []  # nothing left to do
 
     scenario(tmp_path, environment("hybrid"), body, faults=faults)
+
+
+def test_a_parse_step_that_finds_no_row_but_a_stored_parse_uploads_nothing(
+    tmp_path: Path,
+) -> None:
+    """A poller may finish a job's remote parse between its step's look for a stored parse
+    and its look for the row: the step then finds no open row, and takes the stored parse
+    rather than uploading the document a second time."""
+
+    async def body(rig: Rig) -> None:
+        content = b"# Notes\n\nParsed once.\n"
+        upload = await rig.store.create_job(
+            content, filename="notes.md", mime_type="text/markdown", now=0.0
+        )
+        document = Document("notes.md", content, "text/markdown")
+        await rig.store.put_parse(await MockParser().parse(document), "real")
+        remote = rig.worker().remote
+        assert remote is not None
+        assert await remote.step(upload.job, document) is None
+        assert await rig.store.remote_parses(upload.job.id) == []
+        assert rig.emulator.stats().jobs_created == 0
+
+    scenario(tmp_path, environment("hybrid"), body)
 
 
 # -- (4) a budget spent mid-run --------------------------------------------------

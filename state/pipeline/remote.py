@@ -152,9 +152,12 @@ class RemoteParses:
 
     # -- the step ----------------------------------------------------------------
 
-    async def step(self, job: Job, document: Document) -> Parked | Served:
-        """Start, resume or wait on `job`'s remote parse; `Served` when a mock parsed it."""
+    async def step(self, job: Job, document: Document) -> Parked | Served | None:
+        """Start, resume or wait on `job`'s remote parse; `Served` when a mock parsed it,
+        None when its parse is stored already (a poller finished it since the caller looked)."""
         row = await self.store.remote_parse_of(job.sha256)
+        if row is None and await self.store.get_parse(job.sha256) is not None:
+            return None  # read after the row: a row that finished has stored its parse by now
         if row is not None and row.status is RemoteState.FAILED:
             if await self.store.take_remote_failure(row.name, now=self.clock()):
                 raise row.failure()
