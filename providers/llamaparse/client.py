@@ -511,7 +511,11 @@ class LlamaParse:
         response = await self._send(HttpRequest("GET", url, self._headers(key)), cid)
         if not 200 <= response.status < 300:
             raise reported(LLAMAPARSE, self._error(response), cid)
-        return self._json_object(response, cid)
+        answer = self._json_object(response, cid)
+        if not isinstance(answer.get("items"), list):
+            # Not "no jobs": `find` would report no upload, and the caller upload again.
+            raise self._bad_response("a v2 job list answer has no items", cid)
+        return answer
 
     # -- parse: the primitives composed for a caller that waits ----------------
 
