@@ -365,6 +365,11 @@ class LlamaParse:
         """
         return job_id in self._awaiting
 
+    def unanswered(self, filename: str) -> bool:
+        """Did the last upload under `filename` get no answer, so LlamaParse may have it?
+        Until a later `submit` under that name is answered or finds it."""
+        return filename in self._unanswered
+
     @property
     def inbox(self) -> WebhookInbox | None:
         """Where this client expects verified webhooks (None: it polls)."""
