@@ -1,7 +1,8 @@
 """What the simulation checks, written from the issue's words rather than from our code.
 
 The job edges here are the specification (uploaded -> parsing -> parsed ->
-chunked -> embedding -> complete, with waiting and failed), not
+chunked -> embedding -> complete, with waiting and failed, and parsing ->
+parsing when the job is let go while its parse runs remotely), not
 `state.machine`'s table, so a bug in that table is caught, not copied.
 `CheckedStore` is the real `SqliteJobStore` with one addition: before each
 commit it reads the job and judges the lease itself, and records a commit
@@ -30,6 +31,7 @@ LEGAL: Final = frozenset(
     | {(S.WAITING, step) for step in STEPS}
     | {(step, S.FAILED) for step in (*STEPS, S.WAITING)}
     | {(S.COMPLETE, S.COMPLETE)}  # clear_degraded, after a backfill
+    | {(S.PARSING, S.PARSING)}  # submitted: let go while LlamaParse parses (issue 13)
 )
 """Every (from, to) pair the issue allows."""
 

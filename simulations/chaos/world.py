@@ -21,9 +21,11 @@ process's memory; its leases lapse in the store, and a restarted process
 
 What the world watches, without changing our code:
 
-* `Witness`: wraps each real provider function a pipeline routes to, after
-  the guard admitted the call. It records a call that starts while its
-  breaker is open, and the most probes in flight while half-open.
+* `Witness`: one per provider (per breaker), wrapping every real function
+  its guard admits: each capability's (LlamaParse has two, the waiting parse
+  and the upload) and the remote-parse poller's own guarded calls. It records
+  a call that starts while its breaker is open, and the most probes in
+  flight while half-open.
 * breaker transitions (`Breaker.subscribe`), and whether aiobreaker's state
   agrees with the machine's after each step.
 * the webhook deliveries and their answers (`AppTransport`).
@@ -70,6 +72,9 @@ IDLE_SLEEP_S: Final = 15.0
 each poll of every idle hour costs real time while only adding latency here."""
 POISON_MIME: Final = "application/x-msdownload"
 """A media type no parser takes: a job that must end `failed` (a permanent fault)."""
+POLLED: Final = ("find", "statuses", "result")
+"""The LlamaParse client's calls the remote-parse poller and step make through the guard
+themselves, beside the capabilities' routed ones."""
 
 _WORDS: Final = (
     "breaker",
@@ -97,6 +102,9 @@ _WORDS: Final = (
 )
 
 _PROCESS: contextvars.ContextVar[int | None] = contextvars.ContextVar("sim_process", default=None)
+_WITNESSED: contextvars.ContextVar[bool] = contextvars.ContextVar("witnessed", default=False)
+"""Set inside a witnessed call: a call it makes itself (the client's `submit` looking for
+an unanswered upload with `find`) is part of it, not another call the guard admitted."""
 
 
 def environment(daily_budget_usd: dict[str, float]) -> dict[str, str]:
@@ -122,7 +130,7 @@ def _forget(tasks: dict[asyncio.Task[Any], None], task: asyncio.Task[Any]) -> No
 
 @dataclass(slots=True)
 class Witness:
-    """Watches one provider's real calls where the guard hands them over."""
+    """Watches one provider's real calls where its guard hands them over (any capability)."""
 
     breaker: Breaker
     half_open_max_calls: int
@@ -133,21 +141,32 @@ class Witness:
 
     def wrap(self, real: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
         async def witnessed(*args: Any, **kwargs: Any) -> T:
-            state = self.breaker.state
-            self.calls += 1
-            if state == OPEN:
-                self.opened_calls.append(f"{self.breaker.name}: a call started while open")
-            probe = state == HALF_OPEN
-            if probe:
-                self.probes += 1
-                self.most_probes = max(self.most_probes, self.probes)
-            try:
+            if _WITNESSED.get():
                 return await real(*args, **kwargs)
+            inside = _WITNESSED.set(True)
+            try:
+                return await self._watch(real, args, kwargs)
             finally:
-                if probe:
-                    self.probes -= 1
+                _WITNESSED.reset(inside)
 
         return witnessed
+
+    async def _watch(
+        self, real: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        state = self.breaker.state
+        self.calls += 1
+        if state == OPEN:
+            self.opened_calls.append(f"{self.breaker.name}: a call started while open")
+        probe = state == HALF_OPEN
+        if probe:
+            self.probes += 1
+            self.most_probes = max(self.most_probes, self.probes)
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            if probe:
+                self.probes -= 1
 
 
 @dataclass(slots=True)
@@ -304,11 +323,17 @@ class World:
         witnesses: dict[str, Witness] = {}
         capabilities = {}
         for name, capability in base.capabilities.items():
-            breaker = capability.guard.breaker
-            witness = Witness(breaker, breaker.policy.half_open_max_calls)
-            witnesses[PROVIDER_OF[name]] = witness
+            provider, breaker = PROVIDER_OF[name], capability.guard.breaker
+            witness = witnesses.get(provider)
+            if witness is None:
+                witness = witnesses[provider] = Witness(breaker, breaker.policy.half_open_max_calls)
+                breaker.subscribe(partial(self._on_transition, provider, number))
+            assert witness.breaker is breaker, f"{name}: a breaker of its own beside {provider}'s"
             capabilities[name] = replace(capability, real=witness.wrap(capability.real))
-            breaker.subscribe(partial(self._on_transition, PROVIDER_OF[name], number))
+        if base.parser is not None:
+            for call in POLLED:
+                polled = witnesses[LLAMAPARSE].wrap(getattr(base.parser, call))
+                setattr(base.parser, call, polled)
         pipeline = Pipeline(
             mode=self.mode,
             capabilities=capabilities,
@@ -363,8 +388,8 @@ class World:
         self.mode = mode
         for process in self.processes.values():
             process.pipeline.mode = mode
-            for capability in (PARSE, EMBED):
-                process.pipeline.router(capability).mode = mode
+            for router in process.pipeline.routers:
+                router.mode = mode
 
     def set_budget(self, provider: str, daily_usd: float) -> None:
         """Change a provider's daily budget in every process, keeping the shared ledger."""
