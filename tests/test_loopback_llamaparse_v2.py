@@ -330,3 +330,24 @@ def test_find_looks_a_job_up_by_its_upload_name_in_the_job_list() -> None:
     found, handles = asyncio.run(main())
     assert handles[1].name == "job-1-v2--notes.md"
     assert found == [handles[1].job_id, None, None]
+
+
+def test_find_never_takes_a_garbled_job_list_for_an_empty_one() -> None:
+    """A job list answer without its items is no answer, not "no such upload": taken for the
+    latter, a caller recovering an unanswered upload uploaded the document again."""
+
+    async def main() -> tuple[str, str | None, ProviderError]:
+        emulator = Emulator(seed=8, faults=fast())
+        async with serving(emulator) as running, transport() as sender:
+            parser = client(running, sender)
+            since = wall_time()
+            handle = await parser.submit(NOTES, name="job-43")
+            found = await parser.find(handle.name, since=since)
+            emulator.set_faults(fast(malformed_rate=1.0, malformed_kinds=("wrong_shape",)))
+            with pytest.raises(ProviderError) as raised:
+                await parser.find(handle.name, since=since)
+        return handle.job_id, found, raised.value
+
+    job_id, found, error = asyncio.run(main())
+    assert found == job_id
+    assert (error.status, error.code, classify(error)) == (None, "bad_response", ErrorClass.FAILURE)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from providers.llamaparse.client import Document
 from providers.llamaparse.mock import MockParser
 from resilience import ConfigError, ServiceMode
 from resilience.clock import wall_time
@@ -36,6 +37,7 @@ from state.pipeline.backfill import backfill
 from state.pipeline.chunking import chunk
 from state.pipeline.wiring import EMBED, PARSE, Pipeline
 from state.pipeline.worker import Worker
+from state.store.remote import RemoteState
 from tests.events import Events
 from tests.jobs import upload_samples
 
@@ -273,6 +275,64 @@ def test_hybrid_completes_degraded_during_an_outage_and_backfill_repairs(
         assert (await backfill(rig.store, rig.pipeline)).repaired == []  # nothing left to do
 
     scenario(tmp_path, environment("hybrid"), body, faults=faults)
+
+
+def test_hybrid_keeps_the_intent_of_an_upload_that_got_no_answer(tmp_path: Path) -> None:
+    """A garbled upload answer may hide a job LlamaParse made and will bill. HYBRID must not
+    serve the mock and forget the upload: the intent stays and the job waits; once answers
+    are whole again, the next lease finds the upload by name and adopts it. One upload, and
+    a real parse."""
+    garbled = FaultPlan(
+        llamaparse=LlamaParsePlan(malformed_rate=1.0, malformed_kinds=("invalid_json",))
+    )
+
+    async def body(rig: Rig) -> None:
+        upload = await rig.store.create_job(
+            b"# Notes\n\nParsed once.\n", filename="notes.md", mime_type="text/markdown", now=0.0
+        )
+        worker = rig.worker()
+        await worker.run_once()
+        job = await rig.store.get_job(upload.job.id)
+        assert job is not None
+        assert (job.state, job.wait_reason) == (JobState.WAITING, "retry")
+        assert "got no answer" in (job.last_error or "")
+        (row,) = await rig.store.remote_parses(job.id)
+        assert row.status is RemoteState.INTENT
+        rig.emulator.set_faults(FaultPlan())
+        await drain(worker, [job.id])
+        done = await rig.store.get_job(job.id)
+        assert done is not None
+        assert (done.state, done.degraded) == (JobState.COMPLETE, False)
+        parse = await rig.store.get_parse(done.sha256)
+        assert parse is not None
+        assert parse.path == "real"
+        assert rig.emulator.stats().jobs_created == 1
+        assert [r.status for r in await rig.store.remote_parses(job.id)] == [RemoteState.DONE]
+
+    scenario(tmp_path, environment("hybrid"), body, faults=garbled)
+
+
+def test_a_parse_step_that_finds_no_row_but_a_stored_parse_uploads_nothing(
+    tmp_path: Path,
+) -> None:
+    """A poller may finish a job's remote parse between its step's look for a stored parse
+    and its look for the row: the step then finds no open row, and takes the stored parse
+    rather than uploading the document a second time."""
+
+    async def body(rig: Rig) -> None:
+        content = b"# Notes\n\nParsed once.\n"
+        upload = await rig.store.create_job(
+            content, filename="notes.md", mime_type="text/markdown", now=0.0
+        )
+        document = Document("notes.md", content, "text/markdown")
+        await rig.store.put_parse(await MockParser().parse(document), "real")
+        remote = rig.worker().remote
+        assert remote is not None
+        assert await remote.step(upload.job, document) is None
+        assert await rig.store.remote_parses(upload.job.id) == []
+        assert rig.emulator.stats().jobs_created == 0
+
+    scenario(tmp_path, environment("hybrid"), body)
 
 
 # -- (4) a budget spent mid-run --------------------------------------------------

@@ -365,6 +365,11 @@ class LlamaParse:
         """
         return job_id in self._awaiting
 
+    def unanswered(self, filename: str) -> bool:
+        """Did the last upload under `filename` get no answer, so LlamaParse may have it?
+        Until a later `submit` under that name is answered or finds it."""
+        return filename in self._unanswered
+
     @property
     def inbox(self) -> WebhookInbox | None:
         """Where this client expects verified webhooks (None: it polls)."""
@@ -511,7 +516,11 @@ class LlamaParse:
         response = await self._send(HttpRequest("GET", url, self._headers(key)), cid)
         if not 200 <= response.status < 300:
             raise reported(LLAMAPARSE, self._error(response), cid)
-        return self._json_object(response, cid)
+        answer = self._json_object(response, cid)
+        if not isinstance(answer.get("items"), list):
+            # Not "no jobs": `find` would report no upload, and the caller upload again.
+            raise self._bad_response("a v2 job list answer has no items", cid)
+        return answer
 
     # -- parse: the primitives composed for a caller that waits ----------------
 

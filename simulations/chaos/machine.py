@@ -1,16 +1,24 @@
 """`PipelineChaos`: a Hypothesis state machine that breaks the pipeline and checks it holds.
 
 Hypothesis draws the structure of a run: which faults start and stop, and
-when documents arrive, time passes, workers crash, webhooks misbehave and
-the mode changes. One drawn seed drives everything bulky (document text
-and sizes, the emulator's fault draws, retry jitter), so a test case stays
-within Hypothesis's choice buffer and replays from its printed steps.
+when documents arrive, time passes, workers crash (at random, or in a remote
+parse's windows: between LlamaParse accepting an upload and our recording
+it, between its job completing and our fetching it), LlamaParse's jobs fail
+or outrun our deadline, webhooks misbehave and the mode changes. One drawn
+seed drives everything bulky (document text and sizes, the emulator's fault
+draws, retry jitter), so a test case stays within Hypothesis's choice buffer
+and replays from its printed steps.
 
 Each rule is synchronous and drives the world's virtual-time loop (see
 `world`). After every step the invariants run against the store, the
-witnesses and the breakers. Teardown heals every fault, lets the world
-settle within a bounded horizon, and checks liveness: every job terminal,
-every job without a permanent fault complete, `degraded` only where a mock
+witnesses and the breakers, and against LlamaParse's own record of the jobs
+it made (`ground_truth`): no document is uploaded again while an earlier
+upload of it is live or COMPLETED, and the budget ledger holds exactly what
+those jobs bill (our estimate for the ones we gave up on, and for those
+still in flight, a killed process's included). Teardown heals every fault,
+lets the world settle within a bounded horizon, and checks liveness: every
+job terminal, every job without a permanent fault complete, every remote
+parse resolved and its reservation with it, `degraded` only where a mock
 served, and nothing degraded after a backfill.
 """
 
@@ -28,20 +36,30 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from providers import LLAMAPARSE, OPENAI
+from providers.llamaparse.settings import LlamaParseConfig
 from providers.llamaparse.webhooks import parse_webhook_body
 from providers.transport import HttpRequest
 from resilience import ServiceMode
 from resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from resilience.clock import iso_utc
+from simulations.chaos.ground_truth import (
+    document_of,
+    early_uploads,
+    expected_usd,
+    gave_up,
+)
+from simulations.chaos.link import Tripwire
 from simulations.chaos.oracle import edge_problem
 from simulations.chaos.stats import RUN
-from simulations.chaos.world import WEBHOOK_URL, World
+from simulations.chaos.windows import sums
+from simulations.chaos.world import JOB_TIMEOUT_S, WEBHOOK_URL, World
 from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
 from simulations.emulators.faults import WebhookPlan
 from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
 from state.machine import Job, JobState
 from state.pipeline.backfill import backfill
 from state.pipeline.chunking import chunk
+from state.store.remote import RemoteJob, RemoteState
 
 HORIZON_S: Final = 26 * 3600.0
 """How long teardown waits, healed, for every job to reach a terminal state: the longest
@@ -51,6 +69,10 @@ DAY_S: Final = 86_400.0
 USD_TOLERANCE: Final = 1e-7
 """Usage logs round each hour's dollars to 9 places; the cheapest call costs about 1e-6."""
 HEALTHY: Final = {"rpm": 100_000, "tpm": 100_000_000}
+TRIPWIRE_WAIT_S: Final = 900.0
+"""How long a tripwire waits, in `TRIPWIRE_STEP_S` steps, for its window before it is
+disarmed (nothing reaches LlamaParse in MOCK mode or with the budget spent)."""
+TRIPWIRE_STEP_S: Final = 5.0
 
 
 class PipelineChaos(RuleBasedStateMachine):
@@ -207,7 +229,7 @@ class PipelineChaos(RuleBasedStateMachine):
         self._fault(f"clock jump to next {to_next}")
         period = 3600.0 if to_next == "hour" else DAY_S
         wall = self.w.loop.wall_epoch + self.w.now
-        self.w.loop.wall_epoch += (period - wall % period) + leap
+        self.w.jump_clock((period - wall % period) + leap)
         if to_next == "day":
             self.most_budget = dict(self.w.budgets)
 
@@ -223,6 +245,33 @@ class PipelineChaos(RuleBasedStateMachine):
         self.w.crash(number)
         self.orphans.update(held)
         self.w.start_process()
+
+    @precondition(lambda self: self.world is not None and bool(self.world.processes))
+    @rule(tripwire=st.sampled_from(Tripwire), count=st.integers(1, 8))
+    def crash_in_remote_parse(self, tripwire: Tripwire, count: int) -> None:
+        """`count` documents arrive and a process dies at `tripwire`: just after LlamaParse
+        accepted an upload of its, or just after it told its poller a job COMPLETED,
+        before it read the answer. A new process starts in its place."""
+        self._fault(f"worker {tripwire}")
+        self.accepted.update(self.w.submit(count))
+        link = self.w.link
+        fired = len(link.fired)
+        link.armed = tripwire
+        waited = 0.0
+        while len(link.fired) == fired and waited < TRIPWIRE_WAIT_S:
+            self.w.advance(TRIPWIRE_STEP_S)
+            waited += TRIPWIRE_STEP_S
+        link.armed = None
+        if len(link.fired) > fired:
+            self.w.start_process()
+
+    @rule(rate=st.sampled_from([0.3, 1.0]))
+    def remote_failures(self, rate: float) -> None:
+        """LlamaParse fails the jobs it accepts: each page fails at `rate`, and a job with a
+        failed page of its one page ends FAILED."""
+        self._fault("remote jobs fail")
+        self.llamaparse["page_failure_rate"] = rate
+        self._apply_faults()
 
     # -- webhooks -------------------------------------------------------------
 
@@ -302,6 +351,49 @@ class PipelineChaos(RuleBasedStateMachine):
             )
 
     @invariant()
+    def uploads_wait_for_live_jobs(self) -> None:
+        """No document is uploaded again while LlamaParse runs, or has COMPLETED, an earlier
+        upload of it, unless we gave that one up past our deadline (its own record)."""
+        if self.world is None:
+            return
+        world = self.w
+        problems = early_uploads(
+            world.emulator.llamaparse_jobs(),
+            world.run(world.store.remote_rows()),
+            wall_at=world.wall_at,
+            timeout_s=JOB_TIMEOUT_S,
+            lapsed=world.store.taken_over,
+        )
+        assert not problems, f"uploaded twice: {problems[0]}"
+
+    @invariant()
+    def parse_spend_is_billed_spend(self) -> None:
+        """The budget ledger holds, for LlamaParse, exactly what the jobs it made bill, our
+        estimate for those we gave up on, and the reservations of those in flight: a killed
+        process's reservations are neither lost nor charged twice after a restart. Only a
+        task stopped between a ledger write and a row write may hold a reservation no row
+        accounts for (`windows`): a running one for a moment, and a killed one for good
+        where the crash table says so."""
+        if self.world is None:
+            return
+        world = self.w
+        rows, charged, in_flight = world.run(
+            world.store.remote_accounts(LLAMAPARSE, world.in_flight)
+        )
+        price = LlamaParseConfig.from_env(world.environ).usd_per_credit
+        expected = expected_usd(
+            world.emulator.llamaparse_jobs(),
+            rows,
+            usd_per_credit=price,
+            lapsed=world.store.taken_over,
+        )
+        held = sums([*(leak for leak in world.leaks if leak.documented), *in_flight])
+        assert any(abs(charged - expected - usd) < 1e-9 for usd in held), (
+            f"llamaparse: ${charged:.9f} charged, ${expected:.9f} billed or held, and open "
+            f"windows for any of {sorted(held)}; killed in {[w.what for w in world.leaks]}"
+        )
+
+    @invariant()
     def spend_within_budget(self) -> None:
         """Attempted spend (the ledger, unknown outcomes at their estimate) stays within the
         budget, and confirmed spend (the usage logs) never exceeds what was attempted."""
@@ -371,23 +463,46 @@ class PipelineChaos(RuleBasedStateMachine):
         if not world.processes:
             world.start_process()
         deadline = world.now + HORIZON_S
-        while world.now < deadline and not self._all_terminal():
+        while world.now < deadline and not self._settled():
             world.advance(300.0)
         self.store_is_consistent()
         jobs = {job.id: job for job in world.run(world.store.all_jobs())}
+        failed_remotely = {
+            document_of(job.name)
+            for job in world.emulator.llamaparse_jobs()
+            if job.outcome == "FAILED" and job.cancelled_at is None
+        }
         for job_id, poison in self.accepted.items():
             job = jobs[job_id]
             assert job.is_terminal, f"job {job_id} still {job.state} after the horizon"
             if poison:
                 assert job.state is JobState.FAILED, f"poison job {job_id} ended {job.state}"
             elif job.state is JobState.FAILED:
-                # Only exhausted retries may dead-letter a healthy document.
-                assert "attempt" in (job.failure_reason or "") or "times" in (
-                    job.failure_reason or ""
+                # Only exhausted retries, or LlamaParse failing its parse, may dead-letter a
+                # healthy document.
+                reason = job.failure_reason or ""
+                assert (
+                    "attempt" in reason
+                    or "times" in reason
+                    or ("caller error" in reason and job.filename in failed_remotely)
                 ), f"job {job_id} failed: {job.failure_reason}"
             if job.state is JobState.COMPLETE:
                 self._check_outputs(job_id, job)
         self.spend_within_budget()
+        rows = world.run(world.store.remote_rows())
+        # Every remote parse ended, its reservation settled or released, save a known gap:
+        # an intent a crash left behind whose job ended before a lease resumed it (failed
+        # for killing worker after worker, or served by the mock in MOCK mode). Nobody
+        # looks for its upload again, so it keeps the estimate (counted as held).
+        unresolved = [
+            row.name
+            for row in rows
+            if row.status is RemoteState.LIVE
+            or (row.status is RemoteState.INTENT and not jobs[row.job_id].is_terminal)
+        ]
+        assert not unresolved, f"remote parses never resolved: {unresolved}"
+        self.uploads_wait_for_live_jobs()
+        self.parse_spend_is_billed_spend()
         if not world.crashes:
             # Quiescent and nothing lost with a crash: every reservation is settled, so
             # the ledger holds exactly what the usage logs recorded.
@@ -401,7 +516,8 @@ class PipelineChaos(RuleBasedStateMachine):
         report = world.run(backfill(world.store, process.pipeline))
         assert not report.still_degraded, report.still_degraded
         assert not world.run(world.store.degraded_jobs()), "degraded jobs after backfill"
-        self._record_coverage(jobs)
+        self.uploads_wait_for_live_jobs()
+        self._record_coverage(jobs, rows)
 
     def _check_outputs(self, job_id: str, job: Job) -> None:
         """A complete job's outputs agree with each other and with `degraded`.
@@ -431,13 +547,17 @@ class PipelineChaos(RuleBasedStateMachine):
         if job.degraded:
             assert world.run(store.mock_steps(job_id)), f"job {job_id} degraded with no mock step"
 
-    def _all_terminal(self) -> bool:
+    def _settled(self) -> bool:
+        """Every job terminal, and no remote job left to poll."""
         counts = self.w.run(self.w.store.jobs_by_state())
-        return all(n == 0 for state, n in counts.items() if state not in _TERMINAL)
+        if any(n for state, n in counts.items() if state not in _TERMINAL):
+            return False
+        rows = self.w.run(self.w.store.remote_rows())
+        return all(row.status is not RemoteState.LIVE for row in rows)
 
-    def _record_coverage(self, jobs: dict[str, Job]) -> None:
+    def _record_coverage(self, jobs: dict[str, Job], rows: list[RemoteJob]) -> None:
         world = self.w
-        seen: set[str] = set()
+        seen = self._remote_coverage(rows)
         for _provider, _number, transition in world.transitions:
             if transition.source == CLOSED and transition.dest == OPEN:
                 seen.add("breaker opened")
@@ -457,6 +577,21 @@ class PipelineChaos(RuleBasedStateMachine):
             event(f"coverage: {name}")
             RUN.coverage[name] += 1
 
+    def _remote_coverage(self, rows: list[RemoteJob]) -> set[str]:
+        """Which of a remote parse's hard paths this run took."""
+        world = self.w
+        seen = {str(tripwire) for tripwire in world.link.fired}
+        done = {row.name for row in rows if row.status is RemoteState.DONE}
+        if world.interrupted & done:
+            seen.add("remote parse resumed after a crash")
+        if any(row.status in _FAILED and not gave_up(row) for row in rows):
+            seen.add("remote job failed")
+        if any(gave_up(row) for row in rows):
+            seen.add("remote job expired")
+        if world.webhooks.repeated & {row.remote_id for row in rows}:
+            seen.add("webhook duplicated for a recorded job")
+        return seen
+
     def _count(self) -> None:
         world = self.w
         RUN.count_example(
@@ -470,5 +605,6 @@ class PipelineChaos(RuleBasedStateMachine):
 
 
 _TERMINAL: Final = frozenset({JobState.COMPLETE, JobState.FAILED})
+_FAILED: Final = frozenset({RemoteState.FAILED, RemoteState.REPORTED})
 
 __all__ = ["PipelineChaos"]

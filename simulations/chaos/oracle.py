@@ -1,25 +1,33 @@
 """What the simulation checks, written from the issue's words rather than from our code.
 
 The job edges here are the specification (uploaded -> parsing -> parsed ->
-chunked -> embedding -> complete, with waiting and failed), not
+chunked -> embedding -> complete, with waiting and failed, and parsing ->
+parsing when the job is let go while its parse runs remotely), not
 `state.machine`'s table, so a bug in that table is caught, not copied.
-`CheckedStore` is the real `SqliteJobStore` with one addition: before each
-commit it reads the job and judges the lease itself, and records a commit
-the store accepted under a lease that had lapsed.
+`CheckedStore` is the real `SqliteJobStore` with three additions: before
+each commit it reads the job and judges the lease itself, and records a
+commit the store accepted under a lease that had lapsed; it records each
+lease taken over from a process still running (a wall clock jump lapses
+leases under their holders); and it keeps every budget ledger row the
+ledger's sweep deletes, so the money ever charged can be summed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import pairwise
-from typing import Final, Unpack
+from typing import Final, TypeVar, Unpack
 
 from state.machine import Job, JobState, Trigger
 from state.store.database import Database
 from state.store.protocol import JobChanges
+from state.store.remote import RemoteJob
+from state.store.remote_sql import remote_from_row
 from state.store.rows import job_from_row
 from state.store.sqlite import SqliteJobStore, SqliteSession
 
 S = JobState
+T = TypeVar("T")
 PIPELINE: Final = (S.UPLOADED, S.PARSING, S.PARSED, S.CHUNKED, S.EMBEDDING, S.COMPLETE)
 STEPS: Final = frozenset(PIPELINE[:-1])
 
@@ -30,6 +38,7 @@ LEGAL: Final = frozenset(
     | {(S.WAITING, step) for step in STEPS}
     | {(step, S.FAILED) for step in (*STEPS, S.WAITING)}
     | {(S.COMPLETE, S.COMPLETE)}  # clear_degraded, after a backfill
+    | {(S.PARSING, S.PARSING)}  # submitted: let go while LlamaParse parses (issue 13)
 )
 """Every (from, to) pair the issue allows."""
 
@@ -63,11 +72,18 @@ class CheckedStore(SqliteJobStore):
     """
 
     def __init__(
-        self, database: Database[SqliteSession], lapsed_commits: list[str] | None = None
+        self,
+        database: Database[SqliteSession],
+        lapsed_commits: list[str] | None = None,
+        taken_over: set[str] | None = None,
     ) -> None:
         self.alive = True
         super().__init__(database)
         self.lapsed_commits: list[str] = [] if lapsed_commits is None else lapsed_commits
+        self.taken_over: set[str] = set() if taken_over is None else taken_over
+        """Jobs whose lease another owner took while its holder still ran (`running`)."""
+        self.running: Callable[[str], bool] = lambda owner: False
+        """Is the worker `owner` still running? (The world says.)"""
 
     @property
     def _db(self) -> Database[SqliteSession]:
@@ -80,8 +96,26 @@ class CheckedStore(SqliteJobStore):
         self._database = database
 
     def sibling(self) -> CheckedStore:
-        """Another store over the same database, sharing the record of lapsed commits."""
-        return CheckedStore(self._database, self.lapsed_commits)
+        """Another store over the same database, sharing the records of lapses."""
+        sibling = CheckedStore(self._database, self.lapsed_commits, self.taken_over)
+        sibling.running = self.running
+        return sibling
+
+    async def lease(
+        self, owner: str, *, now: float, lease_s: float, limit: int = 1, to_embed: bool = False
+    ) -> list[Job]:
+        async with self._db.session() as session:
+            lapsed = await session.fetch(
+                """SELECT id, lease_owner FROM jobs
+                WHERE lease_owner IS NOT NULL AND lease_owner != ? AND lease_expires_at <= ?""",
+                (owner, float(now)),
+            )
+        jobs = await super().lease(owner, now=now, lease_s=lease_s, limit=limit, to_embed=to_embed)
+        holders = {str(job_id): str(holder) for job_id, holder in lapsed}
+        self.taken_over.update(
+            job.id for job in jobs if job.id in holders and self.running(holders[job.id])
+        )
+        return jobs
 
     async def transition(
         self,
@@ -174,6 +208,57 @@ class CheckedStore(SqliteJobStore):
                 f"SELECT COUNT(*) FROM job_events WHERE job_id = ? AND ({_MOCK_STEP})", (job_id,)
             )
         return int(row[0]) if row else 0
+
+    async def remote_rows(self) -> list[RemoteJob]:
+        """Every remote parse row, oldest first."""
+        async with self._db.session() as session:
+            rows = await session.fetch("SELECT * FROM remote_parses ORDER BY created_at, name")
+        return [remote_from_row(row) for row in rows]
+
+    async def remote_in_flight(self, owner: str, uploaded: list[str]) -> list[str]:
+        """Names of the remote parses `owner` has in flight: intents of jobs it leases, rows
+        its poller claimed, and live rows among `uploaded` (the uploads it made)."""
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                """SELECT r.name, r.status, r.claimed_by, j.lease_owner FROM remote_parses r
+                JOIN jobs j ON j.id = r.job_id WHERE r.status IN ('intent', 'live')
+                ORDER BY r.name"""
+            )
+        return [
+            str(name)
+            for name, status, claimed_by, lease_owner in rows
+            if (status == "intent" and lease_owner == owner)
+            or (status == "live" and (claimed_by == owner or name in uploaded))
+        ]
+
+    async def keep_swept_ledger(self) -> None:
+        """From now on, keep each budget ledger row the sweep deletes in `swept_ledger`."""
+        async with self._db.session() as session:
+            await session.execute(
+                "CREATE TABLE IF NOT EXISTS swept_ledger (key TEXT NOT NULL, usd REAL NOT NULL)"
+            )
+            await session.execute(
+                """CREATE TRIGGER IF NOT EXISTS keep_swept BEFORE DELETE ON budget_ledger
+                BEGIN INSERT INTO swept_ledger (key, usd) VALUES (OLD.key, OLD.usd); END"""
+            )
+
+    async def remote_accounts(
+        self, scope: str, meanwhile: Callable[[], T]
+    ) -> tuple[list[RemoteJob], float, T]:
+        """The remote parse rows, every dollar the budget `scope` ever charged (its day
+        keys, swept ones too), and what `meanwhile()` says, all at one moment: nothing
+        writes to the database while this holds it."""
+        pattern = f"{scope}:day:%"
+        async with self._db.session() as session:
+            rows = await session.fetch("SELECT * FROM remote_parses ORDER BY created_at, name")
+            charged = await session.fetch_one(
+                """SELECT (SELECT COALESCE(SUM(usd), 0) FROM budget_ledger WHERE key LIKE ?)
+                + (SELECT COALESCE(SUM(usd), 0) FROM swept_ledger WHERE key LIKE ?)""",
+                (pattern, pattern),
+            )
+            seen = meanwhile()
+        usd = float(charged[0]) if charged else 0.0
+        return [remote_from_row(row) for row in rows], usd, seen
 
     async def mock_served_count(self) -> int:
         """Parses and vectors a mock produced, ever (backfill replaces vectors, not this)."""

@@ -28,6 +28,12 @@ COVERAGE: Final = (
     "budget exhausted",
     "worker crash recovered",
     "fallback served",
+    "crash between submit and record",
+    "crash between completion and fetch",
+    "remote parse resumed after a crash",
+    "remote job failed",
+    "remote job expired",
+    "webhook duplicated for a recorded job",
 )
 
 JOBS_PER_S_TARGET: Final = 1000.0

@@ -17,16 +17,24 @@ carry on between rules on the same loop.
 A crash cancels every task the process started (found by a context
 variable each task inherits from the one that created it) and drops the
 process's memory; its leases lapse in the store, and a restarted process
-(a new number, new breakers, new inbox) takes the jobs over.
+(a new number, new breakers, new inbox) takes the jobs over. Processes reach
+the providers through a `ProviderLink`, whose tripwires crash a process at
+the two windows of a remote parse a random crash rarely hits: after
+LlamaParse accepted an upload, and after it reported a job COMPLETED.
 
 What the world watches, without changing our code:
 
-* `Witness`: wraps each real provider function a pipeline routes to, after
-  the guard admitted the call. It records a call that starts while its
-  breaker is open, and the most probes in flight while half-open.
+* `Witness`: one per provider (per breaker), wrapping every real function
+  its guard admits: each capability's (LlamaParse has two, the waiting parse
+  and the upload) and the remote-parse poller's own guarded calls. It records
+  a call that starts while its breaker is open, and the most probes in
+  flight while half-open.
 * breaker transitions (`Breaker.subscribe`), and whether aiobreaker's state
   agrees with the machine's after each step.
 * the webhook deliveries and their answers (`AppTransport`).
+* LlamaParse's own record of the jobs it made (`Emulator.llamaparse_jobs`),
+  and the wall clock's jumps, so uploads and spend are judged by what the
+  provider did at what time.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from providers import LLAMAPARSE, OPENAI
-from providers.llamaparse.webhooks import WebhookInbox
+from providers.llamaparse.webhooks import WebhookInbox, parse_webhook_body
 from providers.transport import HttpRequest, HttpResponse, Transport
 from resilience import ServiceMode
 from resilience.breaker import HALF_OPEN, OPEN, Breaker, Transition
@@ -52,8 +60,11 @@ from resilience.budget import Budget
 from resilience.clock import wall_time
 from resilience.testing import VirtualTimeLoop
 from simulations.chaos.app_transport import AppTransport
+from simulations.chaos.ground_truth import row_name
+from simulations.chaos.link import PROCESS, ProviderLink
 from simulations.chaos.oracle import CheckedStore
-from simulations.emulators import DEFAULT_WEBHOOK_SECRET, Emulator, InProcessTransport
+from simulations.chaos.windows import Window, open_windows
+from simulations.emulators import DEFAULT_WEBHOOK_SECRET, Emulator
 from state.app.metrics import Metrics
 from state.app.serve import known_job_of
 from state.app.server import create_app
@@ -70,6 +81,12 @@ IDLE_SLEEP_S: Final = 15.0
 each poll of every idle hour costs real time while only adding latency here."""
 POISON_MIME: Final = "application/x-msdownload"
 """A media type no parser takes: a job that must end `failed` (a permanent fault)."""
+JOB_TIMEOUT_S: Final = 240.0
+"""How long a remote parse may run before we count it expired (LLAMA_CLOUD_JOB_TIMEOUT_S):
+shorter than the longest parse a latency spike draws, so some expire."""
+POLLED: Final = ("find", "statuses", "result")
+"""The LlamaParse client's calls the remote-parse poller and step make through the guard
+themselves, beside the capabilities' routed ones."""
 
 _WORDS: Final = (
     "breaker",
@@ -96,7 +113,9 @@ _WORDS: Final = (
     "state",
 )
 
-_PROCESS: contextvars.ContextVar[int | None] = contextvars.ContextVar("sim_process", default=None)
+_WITNESSED: contextvars.ContextVar[bool] = contextvars.ContextVar("witnessed", default=False)
+"""Set inside a witnessed call: a call it makes itself (the client's `submit` looking for
+an unanswered upload with `find`) is part of it, not another call the guard admitted."""
 
 
 def environment(daily_budget_usd: dict[str, float]) -> dict[str, str]:
@@ -113,6 +132,7 @@ def environment(daily_budget_usd: dict[str, float]) -> dict[str, str]:
         "BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD": f"{daily_budget_usd[LLAMAPARSE]:.6f}",
         "BREAKWATER_OPENAI_MAX_ATTEMPTS": "2",
         "BREAKWATER_LLAMAPARSE_MAX_ATTEMPTS": "2",
+        "LLAMA_CLOUD_JOB_TIMEOUT_S": f"{JOB_TIMEOUT_S:g}",
     }
 
 
@@ -122,7 +142,7 @@ def _forget(tasks: dict[asyncio.Task[Any], None], task: asyncio.Task[Any]) -> No
 
 @dataclass(slots=True)
 class Witness:
-    """Watches one provider's real calls where the guard hands them over."""
+    """Watches one provider's real calls where its guard hands them over (any capability)."""
 
     breaker: Breaker
     half_open_max_calls: int
@@ -133,21 +153,32 @@ class Witness:
 
     def wrap(self, real: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
         async def witnessed(*args: Any, **kwargs: Any) -> T:
-            state = self.breaker.state
-            self.calls += 1
-            if state == OPEN:
-                self.opened_calls.append(f"{self.breaker.name}: a call started while open")
-            probe = state == HALF_OPEN
-            if probe:
-                self.probes += 1
-                self.most_probes = max(self.most_probes, self.probes)
-            try:
+            if _WITNESSED.get():
                 return await real(*args, **kwargs)
+            inside = _WITNESSED.set(True)
+            try:
+                return await self._watch(real, args, kwargs)
             finally:
-                if probe:
-                    self.probes -= 1
+                _WITNESSED.reset(inside)
 
         return witnessed
+
+    async def _watch(
+        self, real: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        state = self.breaker.state
+        self.calls += 1
+        if state == OPEN:
+            self.opened_calls.append(f"{self.breaker.name}: a call started while open")
+        probe = state == HALF_OPEN
+        if probe:
+            self.probes += 1
+            self.most_probes = max(self.most_probes, self.probes)
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            if probe:
+                self.probes -= 1
 
 
 @dataclass(slots=True)
@@ -159,6 +190,8 @@ class WebhookTap:
     answers: Counter[str] = field(default_factory=Counter)
     accepted: set[bytes] = field(default_factory=set)
     repeat_problems: list[str] = field(default_factory=list)
+    repeated: set[str] = field(default_factory=set)
+    """Remote job ids whose accepted delivery came again."""
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         response = await self.inner.send(request)
@@ -166,6 +199,7 @@ class WebhookTap:
         if response.status == 200:
             outcome = str(orjson.loads(response.body).get("status", "200"))
         if request.body in self.accepted:
+            self.repeated.add(parse_webhook_body(request.body).job_id)
             if outcome != "duplicate":
                 self.repeat_problems.append(
                     f"a repeated delivery got {outcome!r}, not 'duplicate': {request.body[:80]!r}"
@@ -212,13 +246,23 @@ class World:
         self.environ = environment(self.budgets)
         self.webhooks = WebhookTap(AppTransport())
         self.emulator = Emulator(seed=seed, webhook_transport=self.webhooks)
-        self.transport: Transport = InProcessTransport(self.emulator)
+        self.link = ProviderLink(self.emulator, self._tripped)
+        self.transport: Transport = self.link
         self.store = self.run(CheckedStore.open(directory / "sim.sqlite3", inline=True))
+        self.run(self.store.keep_swept_ledger())
+        self.store.running = lambda owner: owner in {f"p{n}" for n in self.processes}
         self.ledger = self.store.ledger()
         self.processes: dict[int, Process] = {}
         self.retired: list[Process] = []
         self.transitions: list[tuple[str, int, Transition]] = []
         self.crashes = 0
+        self.leaks: list[Window] = []
+        """Budget windows killed tasks were stopped in (`windows`): what they may keep."""
+        self.interrupted: set[str] = set()
+        """Remote parses (by name) in flight in a process when it died: its intent while
+        it held the job, a live one it uploaded, or one its poller had claimed."""
+        self.epochs: list[tuple[float, float]] = [(self.now, self.loop.wall_epoch)]
+        """(loop time, wall epoch from then on), one per wall clock jump."""
         self._documents = 0
         self._numbers = 0
         self.mode = ServiceMode.HYBRID
@@ -243,6 +287,16 @@ class World:
     def now(self) -> float:
         return self.loop.time()
 
+    def jump_clock(self, seconds: float) -> None:
+        """Move the wall clock `seconds` forward; the loop clock does not move."""
+        self.loop.wall_epoch += seconds
+        self.epochs.append((self.now, self.loop.wall_epoch))
+
+    def wall_at(self, loop_time: float) -> float:
+        """The wall time the processes read at `loop_time` (at a jump's instant, the later)."""
+        epoch = next(e for at, e in reversed(self.epochs) if at <= loop_time)
+        return epoch + loop_time
+
     def _task_factory(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -251,7 +305,7 @@ class World:
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
         task = asyncio.Task(coro, loop=loop, context=context)
-        number = (context or contextvars.copy_context()).get(_PROCESS)
+        number = (context or contextvars.copy_context()).get(PROCESS)
         if number is not None:
             # A dict, not a WeakSet: a crash cancels in creation order, where a
             # set's order would follow memory addresses and the replay would drift.
@@ -304,11 +358,17 @@ class World:
         witnesses: dict[str, Witness] = {}
         capabilities = {}
         for name, capability in base.capabilities.items():
-            breaker = capability.guard.breaker
-            witness = Witness(breaker, breaker.policy.half_open_max_calls)
-            witnesses[PROVIDER_OF[name]] = witness
+            provider, breaker = PROVIDER_OF[name], capability.guard.breaker
+            witness = witnesses.get(provider)
+            if witness is None:
+                witness = witnesses[provider] = Witness(breaker, breaker.policy.half_open_max_calls)
+                breaker.subscribe(partial(self._on_transition, provider, number))
+            assert witness.breaker is breaker, f"{name}: a breaker of its own beside {provider}'s"
             capabilities[name] = replace(capability, real=witness.wrap(capability.real))
-            breaker.subscribe(partial(self._on_transition, PROVIDER_OF[name], number))
+        if base.parser is not None:
+            for call in POLLED:
+                polled = witnesses[LLAMAPARSE].wrap(getattr(base.parser, call))
+                setattr(base.parser, call, polled)
         pipeline = Pipeline(
             mode=self.mode,
             capabilities=capabilities,
@@ -336,7 +396,7 @@ class World:
         if not self.processes or min(self.processes) > number or self.webhooks.inner.app is None:
             self.webhooks.inner.app = app
         context = contextvars.copy_context()
-        context.run(_PROCESS.set, number)
+        context.run(PROCESS.set, number)
         stop = asyncio.Event()
         task = self.loop.create_task(worker.run(stop, idle_sleep_s=IDLE_SLEEP_S), context=context)
         process = Process(number, pipeline, worker, witnesses, task, app_transport, inbox, store)
@@ -348,23 +408,46 @@ class World:
 
     def crash(self, number: int) -> None:
         """Kill process `number`: cancel all its tasks mid-step and forget it."""
+        uploaded = [
+            row_name(name) or name for name, by in self.link.uploads.items() if by == number
+        ]
+        owner = f"p{number}"
+        self.interrupted.update(self.run(self.store.remote_in_flight(owner, uploaded)))
+        tasks = self._kill(number)
+        self.run(asyncio.gather(*tasks, return_exceptions=True))
+
+    def _tripped(self, number: int, names: list[str]) -> None:
+        """A tripwire killed process `number` (from inside one of its tasks) while `names`
+        were in flight; the rule that armed it starts a process in its place."""
+        self.interrupted.update(row_name(name) or name for name in names)
+        self._kill(number)
+
+    def _kill(self, number: int) -> list[asyncio.Task[Any]]:
+        """Cancel every task of process `number` and forget it; the tasks to wait for."""
         process = self.processes.pop(number)
         process.store.alive = False
         tasks = list(self._tasks.pop(number, ()))
+        self.leaks += open_windows(tasks)
         for task in tasks:
             task.cancel()
-        self.run(asyncio.gather(*tasks, return_exceptions=True))
         self.retired.append(process)
         self.crashes += 1
         if self.webhooks.inner.app is not None and self.processes:
             self.webhooks.inner.app = self.processes[min(self.processes)].app_transport.app
+        return tasks
+
+    def in_flight(self) -> list[Window]:
+        """The budget windows the running processes' tasks are stopped in."""
+        return open_windows(
+            task for number in self.processes for task in self._tasks.get(number, {})
+        )
 
     def set_mode(self, mode: ServiceMode) -> None:
         self.mode = mode
         for process in self.processes.values():
             process.pipeline.mode = mode
-            for capability in (PARSE, EMBED):
-                process.pipeline.router(capability).mode = mode
+            for router in process.pipeline.routers:
+                router.mode = mode
 
     def set_budget(self, provider: str, daily_usd: float) -> None:
         """Change a provider's daily budget in every process, keeping the shared ledger."""
@@ -419,4 +502,4 @@ class World:
         self.loop.close()
 
 
-__all__ = ["POISON_MIME", "WEBHOOK_URL", "Process", "Witness", "World"]
+__all__ = ["JOB_TIMEOUT_S", "POISON_MIME", "WEBHOOK_URL", "Process", "Witness", "World"]

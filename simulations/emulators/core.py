@@ -39,6 +39,7 @@ from simulations.emulators.chaos import FaultInjector
 from simulations.emulators.faults import FaultPlan
 from simulations.emulators.ids import Ids
 from simulations.emulators.llamaparse_api import LlamaParseApi
+from simulations.emulators.llamaparse_v2 import ParseJob
 from simulations.emulators.openai_api import OpenAIApi
 from simulations.emulators.routing import AnswerLost, Incoming, ProviderApi, Route, json_response
 from simulations.emulators.stats import (
@@ -121,6 +122,11 @@ class Emulator:
 
     def stats(self) -> StatsSnapshot:
         return self._stats.snapshot()
+
+    def llamaparse_jobs(self) -> tuple[ParseJob, ...]:
+        """LlamaParse v2's jobs, oldest first: the ground truth of what was uploaded and
+        billed, whatever the client made of the answers. Read them; never change them."""
+        return self._llamaparse.v2_jobs()
 
     def reset(self) -> None:
         """Forget jobs, counts, limits and pending webhooks; re-apply the current plan."""

@@ -58,7 +58,7 @@ from simulations.emulators.llamaparse_shared import (
     read_form,
     refuse_unparseable,
 )
-from simulations.emulators.llamaparse_v2 import ParseV2
+from simulations.emulators.llamaparse_v2 import ParseJob, ParseV2
 from simulations.emulators.multipart import Form
 from simulations.emulators.ratelimit import SlidingWindow
 from simulations.emulators.routing import (
@@ -223,6 +223,10 @@ class LlamaParseApi:
         self._cache.clear()
         self._v2.clear()
         self._files.clear()
+
+    def v2_jobs(self) -> tuple[ParseJob, ...]:
+        """The v2 API's jobs, oldest first (`ParseV2.jobs`)."""
+        return self._v2.jobs()
 
     # -- endpoints ----------------------------------------------------------
 

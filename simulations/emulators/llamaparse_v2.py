@@ -156,6 +156,10 @@ class _Job:
         )
 
 
+ParseJob = _Job
+"""A v2 job as the emulator keeps it, for `ParseV2.jobs`'s readers."""
+
+
 def _target_pages(raw: object) -> frozenset[int] | None:
     """`"1,3,5-8"` (1-based) as a set of page numbers."""
     if raw is None:
@@ -468,6 +472,11 @@ class ParseV2:
                 hook.url, body, at, secret=hook.secret, headers=hook.headers
             )
             job.deliveries.append(delivery)
+
+    def jobs(self) -> tuple[ParseJob, ...]:
+        """Every job made and not deleted, oldest first: what was uploaded and billed, for a
+        simulation to judge its client's records by. Read them; never change them."""
+        return tuple(self._jobs.values())
 
     def _job(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)

@@ -152,9 +152,12 @@ class RemoteParses:
 
     # -- the step ----------------------------------------------------------------
 
-    async def step(self, job: Job, document: Document) -> Parked | Served:
-        """Start, resume or wait on `job`'s remote parse; `Served` when a mock parsed it."""
+    async def step(self, job: Job, document: Document) -> Parked | Served | None:
+        """Start, resume or wait on `job`'s remote parse; `Served` when a mock parsed it,
+        None when its parse is stored already (a poller finished it since the caller looked)."""
         row = await self.store.remote_parse_of(job.sha256)
+        if row is None and await self.store.get_parse(job.sha256) is not None:
+            return None  # read after the row: a row that finished has stored its parse by now
         if row is not None and row.status is RemoteState.FAILED:
             if await self.store.take_remote_failure(row.name, now=self.clock()):
                 raise row.failure()
@@ -248,19 +251,29 @@ class RemoteParses:
             )
         except ProviderError as exc:
             if exc.status is not None:  # answered: nothing is remote, nothing was billed
-                await self._undo(row, f"http_{exc.status}")
+                await self._undo(document, row, f"http_{exc.status}")
             raise  # unknown outcome: the intent stays, and the next lease looks for it by name
         except Rejected as exc:  # refused before sending (REAL mode)
-            await self._undo(row, exc.reason)
+            await self._undo(document, row, exc.reason)
             raise
         if isinstance(routed.value, RemoteParse):
             return await self._record(job, row, routed.value.job_id)
-        await self._undo(row, routed.reason or "mock")
+        if not await self._undo(document, row, routed.reason or "mock"):
+            raise ProviderError(
+                f"llamaparse: the upload of {row.name} got no answer", code="upload_unanswered"
+            )
         return Served(routed.value, routed.reason)
 
-    async def _undo(self, row: RemoteJob, why: str) -> None:
+    async def _undo(self, document: Document, row: RemoteJob, why: str) -> bool:
+        """Drop the intent and release its reservation, unless an upload under its name got
+        no answer (an earlier try of the guard's, or this one before HYBRID served the mock):
+        LlamaParse may have that one, so the intent stays for the next lease to look for.
+        False if it stays."""
+        if self.parser.unanswered(upload_name(document, row.name)):
+            return False
         if await self.store.drop_remote_parse(row.name):
             await self._release(row, why)
+        return True
 
     async def _record(self, job: Job, row: RemoteJob, remote_id: str) -> Parked:
         now = self.clock()

@@ -137,6 +137,8 @@ class Steps:
         if document is None:
             return MissingInput("document", job.sha256)
         outcome = await self.remote.step(job, document)
+        if outcome is None:
+            return await self.parse(job)  # stored since we looked: take it
         if isinstance(outcome, Parked):
             return outcome
         await self.store.put_parse(outcome.parsed, "mock")
