@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from providers.llamaparse.client import Document
 from providers.pricing import USD_PER_CREDIT
 from providers.transport import HttpRequest
 from resilience.budget import Budget
+from resilience.clock import wall_time
 from simulations.emulators import FaultPlan, InProcessTransport, LlamaParsePlan
 from simulations.samples import SAMPLES
-from state import JobState
+from state import JobState, Trigger
 from state.pipeline.wiring import PARSE
-from state.store.remote import RemoteState
+from state.store.remote import RemoteJob, RemoteState
 from tests.jobs import upload_samples
 from tests.test_worker import Rig, drain, environment, scenario
 
@@ -205,3 +207,65 @@ def test_v1_polls_each_job_and_fetches_its_result_once(tmp_path: Path) -> None:
         assert LIST not in requests  # v1 has no job list: one status request per job
 
     scenario(tmp_path, environment("real", LLAMA_CLOUD_API_VERSION="v1"), body)
+
+
+@pytest.mark.parametrize("uploaded", [True, False])
+def test_an_intent_whose_job_ended_is_adopted_or_released(tmp_path: Path, uploaded: bool) -> None:
+    """A crash left an intent, and the job was then failed by hand: the poller still finds
+    the upload in LlamaParse's job list and settles it, or releases what it reserved."""
+    environ = environment("real", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD="1")
+
+    async def body(rig: Rig) -> None:
+        [job_id] = await upload_samples(rig.store, SAMPLES[:1])
+        worker = rig.worker()
+        assert worker.remote is not None
+        [job] = await rig.store.lease("crashed", now=wall_time(), lease_s=60)
+        job = await rig.store.transition(
+            job.id,
+            expected_state=job.state,
+            expected_version=job.version,
+            owner="crashed",
+            trigger=Trigger.START_PARSE,
+            reason="parsing",
+            correlation_id=job.correlation_id,
+            now=wall_time(),
+        )
+        document = Document(job.filename, SAMPLES[0].path.read_bytes(), job.mime_type)
+        # What the crashed process did: reserve and record the intent, maybe upload.
+        intent = await worker.remote._intend(job, document)
+        assert isinstance(intent, RemoteJob)
+        parser = rig.pipeline.parser
+        assert parser is not None
+        if uploaded:
+            await parser.submit(document, name=intent.name)
+        await rig.store.release_lease(job.id, "crashed")
+        await rig.store.transition(
+            job.id,
+            expected_state=JobState.PARSING,
+            expected_version=job.version,
+            owner=None,
+            trigger=Trigger.FAIL,
+            reason="an operator gave up on it",
+            correlation_id=job.correlation_id,
+            now=wall_time(),
+            failure_reason="given up",
+        )
+        for _ in range(120):
+            await worker.run_once()
+            await asyncio.sleep(1.0)
+        rows = await rig.store.remote_parses(job_id)
+        spent_usd, _ = await parse_budget(rig).spent("day")
+        if uploaded:
+            [row] = rows
+            assert row.status is RemoteState.DONE
+            assert row.remote_id is not None
+            assert rig.emulator.stats().requests[FETCH] == {200: 1}  # before our own GET
+            assert spent_usd == pytest.approx(await credits(rig, row.remote_id) * USD_PER_CREDIT)
+        else:
+            assert rows == []
+            assert spent_usd == pytest.approx(0.0)
+        [job] = await rig.jobs([job_id])
+        assert job.state is JobState.FAILED  # an ended job stays ended
+        assert rig.emulator.stats().requests.get(UPLOAD, {}) == ({200: 1} if uploaded else {})
+
+    scenario(tmp_path, environ, body, faults=parse_time(5.0))

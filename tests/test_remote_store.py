@@ -251,3 +251,34 @@ def test_a_webhook_makes_only_an_unclaimed_live_row_due(db: str) -> None:
         assert again.name == live.name
 
     run(db, body)
+
+
+def test_an_intent_whose_job_ended_is_found_and_can_be_adopted(db: str) -> None:
+    async def body(store: Store) -> None:
+        job = await parsing_job(store)
+        row = await store.begin_remote_parse(intent_for(job), now=wall_time())
+        assert await store.abandoned_intents(limit=10) == []  # its job still works on it
+        await store.release_lease(job.id, OWNER)
+        await store.transition(
+            job.id,
+            expected_state=JobState.PARSING,
+            expected_version=job.version,
+            owner=None,
+            trigger=Trigger.FAIL,
+            reason="given up",
+            correlation_id=job.correlation_id,
+            now=wall_time(),
+            failure_reason="given up",
+        )
+        assert await store.abandoned_intents(limit=10) == [row]
+        now = wall_time()
+        assert await store.adopt_remote_parse(row.name, "lp-9", due_at=now, now=now)
+        assert not await store.adopt_remote_parse(row.name, "lp-9", due_at=now, now=now)
+        assert await store.abandoned_intents(limit=10) == []
+        [claimed] = await store.claim_remote_parses(OWNER, now=now, hold_s=60, limit=10)
+        assert (claimed.remote_id, claimed.status) == ("lp-9", RemoteState.LIVE)
+        failed = await store.get_job(job.id)
+        assert failed is not None
+        assert failed.state is JobState.FAILED  # adopting never touches the ended job
+
+    run(db, body)

@@ -40,8 +40,20 @@ What a crash at each point costs:
 |                                         | second fetch there is)                            |
 | after storing, before settling          | the estimate stays charged instead of the cost    |
 
+An intent whose job ended before anyone learnt whether its upload landed
+(dead-lettered after crashes, or served by a mock since) is settled by the
+poller all the same (`_resolve`): adopted and finished if LlamaParse has the
+job, else dropped and its reservation released.
+
 v1 cannot list jobs, so there an intent found after a crash is uploaded
-again (under the same name; LlamaParse's cache may make it free).
+again (under the same name; LlamaParse's cache may make it free), and one
+whose job ended keeps its estimate charged.
+
+What no lease can prevent: a process stalled past its lease in the middle of
+an upload (a wall-clock jump, a paused VM) uploads while the job's next
+owner, finding the intent and no job of that name yet, uploads again; the
+stalled one cannot record its id (`StaleJob`), so that job is billed and
+never charged. The chaos simulation meets this only after clock jumps.
 """
 
 from __future__ import annotations
@@ -328,6 +340,8 @@ class RemoteParses:
             self._heard, events = inbox.finished(self._heard)
             for event in events:
                 await self.store.mark_remote_parse_due(event.job_id, now=now)
+        for abandoned in await self.store.abandoned_intents(limit=BATCH):
+            await self._resolve(abandoned)
         rows = await self.store.claim_remote_parses(
             self.owner, now=now, hold_s=CLAIM_S, limit=BATCH
         )
@@ -346,6 +360,29 @@ class RemoteParses:
         for batch in _batches(asked):
             ended += await self._ask(batch)
         return ended
+
+    async def _resolve(self, row: RemoteJob) -> None:
+        """Settle an intent whose job ended first: adopt its upload if LlamaParse has it (the
+        poller then fetches and settles it), else drop it and release its reservation."""
+        job = await self.store.get_job(row.job_id)
+        if job is None:
+            return
+        filename = upload_name(Document(job.filename, b"", job.mime_type), row.name)
+        if self.parser.unanswered(filename):
+            return  # this process's own upload may still land: look again next round
+        try:
+            found = await self._guard.call(
+                self.parser.find, filename, since=row.created_at, correlation_id=row.correlation_id
+            )
+        except Exception:  # the breaker, limits, an outage: look again next round
+            return
+        now = self.clock()
+        if found is None:
+            if await self.store.drop_remote_parse(row.name):
+                await self._release(row, "abandoned")
+        elif await self.store.adopt_remote_parse(row.name, found, due_at=now, now=now):
+            self.stats.resumed += 1
+            emit("remote_parse.adopted", job_id=row.job_id, name=row.name, remote_id=found)
 
     async def _heard_of(self, row: RemoteJob, event: WebhookEvent) -> int:
         """Finish `row` from its terminal webhook: the result it carries, else one fetch."""

@@ -6,9 +6,10 @@ outlive the process that started it. Its life, one row per upload attempt
 
 | status     | meaning                                         | next                        |
 |------------|-------------------------------------------------|-----------------------------|
-| `intent`   | about to upload; the budget reservation is kept | `live` (`record`), or gone  |
-|            | here, so a restart can settle or release it     | (`drop`: the upload was     |
-|            |                                                 | refused, nothing was paid)  |
+| `intent`   | about to upload; the budget reservation is kept | `live` (`record`, or        |
+|            | here, so a restart can settle or release it     | `adopt` once its job ended),|
+|            |                                                 | or gone (`drop`: nothing    |
+|            |                                                 | was uploaded)               |
 | `live`     | uploaded under `remote_id`; its job is parked   | `done`, `failed`            |
 | `done`     | the result is stored in `parses` (fetched once) |                             |
 | `failed`   | FAILED, CANCELLED or past its deadline          | `reported`                  |
@@ -150,6 +151,19 @@ class RemoteParseStore(Protocol):
 
     async def drop_remote_parse(self, name: str) -> bool:
         """Forget an `intent` whose upload was answered with an error (nothing is remote)."""
+        ...
+
+    async def abandoned_intents(self, *, limit: int) -> list[RemoteJob]:
+        """v2 `intent` rows whose job ended (dead-lettered, or served by a mock) before it
+        learnt whether its upload landed: no step will look for them again."""
+        ...
+
+    async def adopt_remote_parse(
+        self, name: str, remote_id: str, *, due_at: float, now: float
+    ) -> bool:
+        """Mark an `intent` `live` under `remote_id` without touching its job (which has
+        ended): the poller then finishes it and settles its reservation. False if it is
+        no longer an intent."""
         ...
 
     async def claim_remote_parses(

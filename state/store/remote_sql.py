@@ -152,6 +152,29 @@ class RemoteParseRows(Generic[S]):
             )
         return row is not None
 
+    async def abandoned_intents(self, *, limit: int) -> list[RemoteJob]:
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                """SELECT r.* FROM remote_parses r JOIN jobs j ON j.id = r.job_id
+                WHERE r.status = 'intent' AND r.api_version = 'v2'
+                    AND j.state IN ('complete', 'failed')
+                ORDER BY r.created_at, r.name LIMIT ?""",
+                (limit,),
+            )
+        return [remote_from_row(row) for row in rows]
+
+    async def adopt_remote_parse(
+        self, name: str, remote_id: str, *, due_at: float, now: float
+    ) -> bool:
+        async with self._db.session() as session:
+            row = await session.fetch_one(
+                """UPDATE remote_parses SET status = 'live', remote_id = ?, due_at = ?,
+                    updated_at = ?
+                WHERE name = ? AND status = 'intent' RETURNING name""",
+                (remote_id, float(due_at), iso_utc(now), name),
+            )
+        return row is not None
+
     async def claim_remote_parses(
         self, owner: str, *, now: float, hold_s: float, limit: int
     ) -> list[RemoteJob]:
