@@ -162,8 +162,11 @@ def test_a_killed_worker_and_a_redis_restart_lose_nothing(
         events = [event for n in range(1, WORKERS) for event in cluster.events(n)]
 
     assert codes == [-9] + [0] * (WORKERS - 1)
-    # Calls admitted just before the stop may still arrive; after that, none.
-    assert len(during) - before_stop <= WORKERS * 2
+    # Calls admitted just before the stop may still arrive (each worker may have several
+    # embedding requests out: documents ready together share requests), but only at
+    # once: over the three seconds Redis was down, none was admitted later.
+    late = [at for at, _, _ in during[before_stop:]]
+    assert not late or late[-1] - late[0] <= 1.0, late
     assert len(after) > len(during)
     unreachable = [e for e in events if e["event"] == "shared.unreachable"]
     assert unreachable, "the outage must be logged"
