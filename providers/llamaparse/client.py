@@ -206,13 +206,14 @@ class RemoteStatus:
         return self.state == "COMPLETED"
 
 
-def upload_name(document: Document, name: str | None) -> str:
-    """The file name to upload under: `<name>--<document name>`, or the document's own.
+def upload_name(filename: str, name: str | None) -> str:
+    """The file name to upload a document named `filename` under: `<name>--<filename>`,
+    or its own.
 
     The document's name stays at the end, so its extension still tells the
     service the file type.
     """
-    return document.name if not name else f"{name}--{document.name}"
+    return filename if not name else f"{name}--{filename}"
 
 
 class ParseCache(Protocol):
@@ -401,7 +402,7 @@ class LlamaParse:
         job in the job list (`find`) and returns it if it is there.
         """
         cid = correlation.current()
-        filename = upload_name(document, name)
+        filename = upload_name(document.name, name)
         sent_at = self._unanswered.get(filename) if name else None
         if sent_at is not None:
             found = await self.find(filename, since=sent_at)
@@ -656,7 +657,7 @@ class LlamaParse:
         key = self._key()
         await self._uploads.acquire()
         config = self.config
-        filename = upload_name(document, name)
+        filename = upload_name(document.name, name)
         options = self.upload_options()
         form = self._form(document, filename, options)
         headers = {**self._headers(key), "Content-Type": form.content_type}

@@ -73,7 +73,7 @@ from providers.llamaparse.client import (
 )
 from providers.llamaparse.webhooks import WebhookEvent, WebhookInbox
 from resilience import Guard, ProviderError, Rejected, ServiceMode
-from resilience.budget import Budget
+from resilience.budget import Budget, Reservation
 from resilience.clock import Clock, wall_time
 from resilience.errors import BudgetExceeded
 from resilience.events import emit
@@ -88,6 +88,8 @@ BATCH: Final = 100
 """Rows a poller claims per round: one v2 list request asks them all."""
 TICK_S: Final = 1.0
 """How often a poller looks for due rows."""
+SWEEP_S: Final = 60.0
+"""How often a poller looks for intents whose job ended (`_resolve`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,7 @@ class RemoteParses:
         self.clock = clock
         self.stats = PollStats()
         self._heard = 0
+        self._next_sweep = 0.0
         """The mark of the last webhook event taken from the inbox (`WebhookInbox.finished`)."""
 
     @property
@@ -189,7 +192,7 @@ class RemoteParses:
         elif row.status is RemoteState.INTENT:
             found = await self._guard.call(
                 self.parser.find,
-                upload_name(document, row.name),
+                upload_name(document.name, row.name),
                 since=row.created_at,
                 correlation_id=job.correlation_id,
             )
@@ -281,7 +284,7 @@ class RemoteParses:
         no answer (an earlier try of the guard's, or this one before HYBRID served the mock):
         LlamaParse may have that one, so the intent stays for the next lease to look for.
         False if it stays."""
-        if self.parser.unanswered(upload_name(document, row.name)):
+        if self.parser.unanswered(upload_name(document.name, row.name)):
             return False
         if await self.store.drop_remote_parse(row.name):
             await self._release(row, why)
@@ -340,8 +343,10 @@ class RemoteParses:
             self._heard, events = inbox.finished(self._heard)
             for event in events:
                 await self.store.mark_remote_parse_due(event.job_id, now=now)
-        for abandoned in await self.store.abandoned_intents(limit=BATCH):
-            await self._resolve(abandoned)
+        if now >= self._next_sweep:  # rare rows, and a join: not on every tick
+            self._next_sweep = now + SWEEP_S
+            for abandoned in await self.store.abandoned_intents(limit=BATCH):
+                await self._resolve(abandoned)
         rows = await self.store.claim_remote_parses(
             self.owner, now=now, hold_s=CLAIM_S, limit=BATCH
         )
@@ -367,7 +372,7 @@ class RemoteParses:
         job = await self.store.get_job(row.job_id)
         if job is None:
             return
-        filename = upload_name(Document(job.filename, b"", job.mime_type), row.name)
+        filename = upload_name(job.filename, row.name)
         if self.parser.unanswered(filename):
             return  # this process's own upload may still land: look again next round
         try:
@@ -425,12 +430,9 @@ class RemoteParses:
             fetched = await self._guard.call(
                 self._result, row.handle(), correlation_id=row.correlation_id
             )
-        except ProviderError as exc:
-            if exc.status == 422:
+        except Exception as exc:  # a 422 ended the job; anything else: look again later
+            if isinstance(exc, ProviderError) and exc.status == 422:
                 return await self._fail(row, exc)
-            await self._later(row)
-            return 0
-        except Exception:
             await self._later(row)
             return 0
         return await self._finish(row, fetched.parsed)
@@ -446,9 +448,9 @@ class RemoteParses:
             return 0  # our claim lapsed and another poller took the row
         self.stats.finished += 1
         emit("remote_parse.finished", job_id=row.job_id, name=row.name, remote_id=row.remote_id)
-        budget = self._budget
-        if row.reservation is not None and budget is not None:
-            await budget.settle(budget.reopen(row.reservation), parsed.cost_usd)
+        reservation = self._reservation(row)
+        if reservation is not None:
+            await reservation.budget.settle(reservation, parsed.cost_usd)
         return 1
 
     async def _fail(self, row: RemoteJob, error: ProviderError) -> int:
@@ -475,10 +477,10 @@ class RemoteParses:
             return 0
         self.stats.expired += 1
         emit("remote_parse.expired", level="WARNING", job_id=row.job_id, name=row.name)
-        budget = self._budget
-        if row.reservation is not None and budget is not None:
+        reservation = self._reservation(row)
+        if reservation is not None:
             # Unknown outcome: LlamaParse may finish and bill it yet.
-            await budget.keep(budget.reopen(row.reservation), error_class="job_timeout")
+            await reservation.budget.keep(reservation, error_class="job_timeout")
         return 1
 
     async def _later(self, row: RemoteJob) -> None:
@@ -490,9 +492,16 @@ class RemoteParses:
         )
 
     async def _release(self, row: RemoteJob, why: str) -> None:
+        reservation = self._reservation(row)
+        if reservation is not None:
+            await reservation.budget.release(reservation, error_class=why)
+
+    def _reservation(self, row: RemoteJob) -> Reservation | None:
+        """The reservation `row` carries, open again in this process's budget."""
         budget = self._budget
-        if row.reservation is not None and budget is not None:
-            await budget.release(budget.reopen(row.reservation), error_class=why)
+        if row.reservation is None or budget is None:
+            return None
+        return budget.reopen(row.reservation)
 
 
 def _batches(rows: list[RemoteJob]) -> list[list[RemoteJob]]:
