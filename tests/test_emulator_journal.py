@@ -59,9 +59,12 @@ def test_each_provider_s_routed_requests_are_journaled_with_tag_and_correlation_
     assert first == Arrival(0.0, "openai", EMBEDDINGS, "job-a", "3", 200, 0.0, 0.0, None)
     assert (second.provider, second.route) == ("llamaparse", "GET /api/v1/parsing/job/{job_id}")
     assert (second.received_at, second.client, second.correlation_id) == (1.5, "4", "job-b")
-    assert second.status == 404 and second.answered_at == 1.5 and second.failed
+    assert second.status == 404
+    assert second.answered_at == 1.5
+    assert second.failed
     assert (third.client, third.correlation_id) == (UNTAGGED, UNCORRELATED)
-    assert not first.failed and not third.failed
+    assert not first.failed
+    assert not third.failed
 
 
 def test_answer_time_follows_latency_and_a_served_fault_is_named() -> None:
@@ -70,7 +73,9 @@ def test_answer_time_follows_latency_and_a_served_fault_is_named() -> None:
     in_process(emulator, lambda transport: transport.send(embed(**tagged("0", "job-a"))))
     [arrival] = emulator.arrivals()
     assert (arrival.received_at, arrival.answered_at, arrival.ended_at) == (0.0, 4.0, 4.0)
-    assert arrival.status == 200 and arrival.fault == "malformed" and arrival.failed
+    assert arrival.status == 200
+    assert arrival.fault == "malformed"
+    assert arrival.failed
 
 
 def test_an_outage_answer_is_a_served_failure() -> None:
@@ -88,7 +93,8 @@ def test_a_request_the_caller_gave_up_on_ended_then_without_an_answer() -> None:
         sending = asyncio.ensure_future(transport.send(embed(**tagged("1", "job-a"))))
         await asyncio.sleep(0)
         [in_flight] = emulator.arrivals()
-        assert in_flight.ended_at is None and not in_flight.failed
+        assert in_flight.ended_at is None
+        assert not in_flight.failed
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(30.0):
                 await sending
