@@ -13,9 +13,17 @@ for one of two reasons, `dead letters`:
   its lease lapsed under it). A try counts here only when, between the audit
   row before it and its own row, the emulator served a failure to that
   step's provider (an error status, an outage's 503, a hang or a client's
-  timeout, a malformed answer) for this job, or, for an embedding, for any
-  job (a shared request carries the first job's id only); or a LlamaParse
-  job for it FAILED or outlived our deadline (one try each). A lease that
+  timeout, a malformed answer) for this job, or in a request shared by many
+  jobs (an embedding batch carries its first job's id only, a LlamaParse
+  status list none: a poll that failed there can leave a finished parse
+  unfetched until our deadline gives it up); or a LlamaParse
+  job for it existed when we gave up on it past our deadline for it (one try
+  each). Our deadline is ours to set, so it is read from our rows, as
+  `ground_truth` does; but it counts from the intent, not the upload, a
+  known gap this check found: an upload made late (after hung tries,
+  circuit-open waits or a wall clock jump), or an earlier upload `find`
+  turns up, is given up on the moment it is recorded, and its job
+  dead-lettered, though LlamaParse COMPLETED it (seen: 800 s before). A lease that
   never finished counts only when the journal of leases shows its holder
   died (`World.deaths`) or a wall clock jump fell inside it.
 
@@ -25,13 +33,14 @@ back to the loop clock the journal uses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
 from providers import LLAMAPARSE, OPENAI
-from simulations.chaos.ground_truth import document_of, job_of
+from simulations.chaos.ground_truth import document_of, job_of, row_name
+from simulations.chaos.leases import UNFENCED_METHOD
 from simulations.chaos.oracle import LeaseEvent
 from simulations.emulators.journal import UNTAGGED, Arrival
 from simulations.emulators.llamaparse_v2 import ParseJob
@@ -73,6 +82,9 @@ class Evidence:
     jump_times: Sequence[float]
     timeout_s: float
     """Our deadline for a remote parse (LLAMA_CLOUD_JOB_TIMEOUT_S)."""
+    deadlines: Mapping[str, float]
+    """Remote parse row name -> our deadline for it (wall time): what we decided."""
+    wall_at: Callable[[float], float]
 
 
 def dead_letter_problem(
@@ -103,7 +115,7 @@ def dead_letter_problem(
         ),
         default=0,
     )
-    expired = [job for job in remote if _outlived(job, evidence.timeout_s)]
+    expired = list(remote)
     tries = 0
     for before, row in zip(rows[entered:], rows[entered + 1 :], strict=False):
         is_try = row.trigger == "fail" or (
@@ -113,9 +125,11 @@ def dead_letter_problem(
             continue
         if _served_failure(evidence.arrivals, step, correlation_id, before.at, row.at):
             tries += 1
-        elif step == JobState.PARSING and any(job.created_at <= row.at for job in expired):
-            expired.remove(next(job for job in expired if job.created_at <= row.at))
-            tries += 1
+        elif step == JobState.PARSING:
+            given_up = next((job for job in expired if _gave_up(job, row.at, evidence)), None)
+            if given_up is not None:
+                expired.remove(given_up)
+                tries += 1
     lost = _lost_leases(job_id, rows[entered].at, failed.at, evidence)
     if tries + lost >= max_attempts:
         return None
@@ -134,9 +148,15 @@ def _step_of(rows: Sequence[AuditRow]) -> JobState | None:
     return None
 
 
-def _outlived(job: ParseJob, timeout_s: float) -> bool:
-    deadline = job.created_at + timeout_s
-    return job.cancelled_at is None and job.status(deadline) in ("PENDING", "RUNNING")
+def _gave_up(job: ParseJob, at: float, evidence: Evidence) -> bool:
+    """Had LlamaParse made `job` by loop time `at`, and our deadline for it passed (its
+    row's, in wall time; `timeout_s` from its creation if no row names it)?"""
+    deadline = evidence.deadlines.get(row_name(job.name) or "")
+    if deadline is None:
+        past = at >= job.created_at + evidence.timeout_s
+    else:
+        past = evidence.wall_at(at) >= deadline - AUDIT_SLACK_S
+    return past and job.created_at <= at + AUDIT_SLACK_S
 
 
 def _served_failure(
@@ -147,11 +167,17 @@ def _served_failure(
         arrival.provider == provider
         and arrival.client != UNTAGGED
         and arrival.failed
-        and (provider == OPENAI or arrival.correlation_id == correlation_id)
+        and (arrival.correlation_id == correlation_id or _shared(arrival))
         and arrival.ended_at is not None
         and start - AUDIT_SLACK_S <= arrival.ended_at <= end + AUDIT_SLACK_S
         for arrival in arrivals
     )
+
+
+def _shared(arrival: Arrival) -> bool:
+    """A request that may serve many jobs and names one or none: an embedding batch, or
+    a LlamaParse read (the poller asks for many jobs' states in one list)."""
+    return arrival.provider == OPENAI or arrival.route.startswith(UNFENCED_METHOD)
 
 
 def _lost_leases(job_id: str, start: float, end: float, evidence: Evidence) -> int:

@@ -139,6 +139,7 @@ def calls_while_open(
     found: Sequence[Call],
     transitions: Transitions,
     policies: Breakers,
+    now: float,
     queued_s: Callable[[Call], float] = lambda call: 0.0,
 ) -> list[str]:
     """`calls while open` (module doc): what broke it, one line each.
@@ -172,10 +173,10 @@ def calls_while_open(
                 f"{period.start:g} s (the policy allows {policy.half_open_max_calls})"
             )
         problems += [
-            f"{name}: a probe ({probe.route}) ran from {probe.started:g} s to {probe.ended:g} s, "
-            f"past its {policy.probe_timeout_s:g} s limit"
+            f"{name}: a probe ({probe.route}) started at {probe.started:g} s was still out at "
+            f"{min(probe.ended, now):g} s, past its {policy.probe_timeout_s:g} s limit"
             for probe in probes
-            if probe.ended - probe.started > policy.probe_timeout_s + TOLERANCE_S
+            if min(probe.ended, now) - probe.started > policy.probe_timeout_s + TOLERANCE_S
         ]
     return problems
 

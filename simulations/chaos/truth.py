@@ -55,7 +55,7 @@ def timing_problems(world: World, jobs: list[Job]) -> list[str]:
     queued_s = _upload_queue_s(world)
     problems = [
         f"ground truth: calls while open: {problem}"
-        for problem in calls_while_open(found, world.transitions, policies, queued_s)
+        for problem in calls_while_open(found, world.transitions, policies, world.now, queued_s)
     ]
     problems += [
         f"ground truth: breaker schedule: {problem}"
@@ -78,6 +78,8 @@ def dead_letter_problems(world: World, jobs: Mapping[str, Job], healthy: list[st
         deaths=world.deaths,
         jump_times=[at for at, _ in _jumps(world)],
         timeout_s=JOB_TIMEOUT_S,
+        deadlines={row.name: row.deadline for row in world.run(world.store.remote_rows())},
+        wall_at=world.wall_at,
     )
     max_attempts = next(iter((*world.processes.values(), *world.retired))).worker.max_attempts
     problems = []
