@@ -15,11 +15,17 @@ witnesses and the breakers, and against LlamaParse's own record of the jobs
 it made (`ground_truth`): no document is uploaded again while an earlier
 upload of it is live or COMPLETED, and the budget ledger holds exactly what
 those jobs bill (our estimate for the ones we gave up on, and for those
-still in flight, a killed process's included). Teardown heals every fault,
+still in flight, a killed process's included). The emulator's arrival
+journal judges breakers and leases (`truth`): no call while a breaker was
+open, half-open probes within the policy, open periods as long as the
+policy's cooldown schedule, and every call for a job inside a lease its
+process held, never two processes at once. Teardown heals every fault,
 lets the world settle within a bounded horizon, and checks liveness: every
 job terminal, every job without a permanent fault complete, every remote
 parse resolved and its reservation with it, `degraded` only where a mock
-served, and nothing degraded after a backfill.
+served, nothing degraded after a backfill, and a healthy job failed only
+after the tries its audit rows show were failed by the providers
+(`dead_letters`).
 """
 
 from __future__ import annotations
