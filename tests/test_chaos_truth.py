@@ -8,6 +8,7 @@ keeps the rule passes, and the smallest one that breaks it is named.
 from __future__ import annotations
 
 from resilience.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, Transition
+from simulations.chaos.dead_letters import AuditRow, Evidence, dead_letter_problem
 from simulations.chaos.leases import LeaseJudge, lease_problems
 from simulations.chaos.oracle import LeaseEvent
 from simulations.chaos.timing import Call, calls, calls_while_open, schedule_problems
@@ -163,3 +164,45 @@ def test_llamaparse_reads_need_no_lease() -> None:
     upload = Call("0", "llamaparse", "job-a", UPLOAD, 1.0, 2.0)
     assert lease_problems([poll], {"job-a": "job-a"}, judge) == []
     assert lease_problems([upload], {"job-a": "job-a"}, judge)
+
+
+# -- dead letters ---------------------------------------------------------------------
+
+
+def row(source: str | None, dest: str, trigger: str, reason: str, at: float) -> AuditRow:
+    return AuditRow(source, dest, trigger, reason, at)
+
+
+def evidence(arrivals: list[Arrival]) -> Evidence:
+    return Evidence(arrivals, [], [], {}, [], 240.0, {}, lambda at: EPOCH + at)
+
+
+def embedding_tries(reason: str) -> list[AuditRow]:
+    rows = [row("chunked", "embedding", "start_embed", "embedding", 0.0)]
+    for at in (10.0, 50.0):
+        rows += [
+            row("embedding", "waiting", "wait", f"{reason}: x", at),
+            row("waiting", "embedding", "resume", "resumed", at + 30.0),
+        ]
+    return [*rows, row("embedding", "failed", "fail", "gave up", 100.0)]
+
+
+def failed_embed(at: float) -> Arrival:
+    return Arrival(at, "openai", EMBED, "job-a", "0", 503, at + 1.0, at + 1.0, "outage")
+
+
+def test_a_healthy_job_may_fail_after_its_tries_each_failed_by_the_provider() -> None:
+    served = evidence([failed_embed(5.0), failed_embed(45.0), failed_embed(95.0)])
+    assert (
+        dead_letter_problem("job-a", "a.md", "job-a", embedding_tries("retry"), 3, served) is None
+    )
+
+
+def test_a_try_without_a_failure_served_or_a_wait_for_other_reasons_is_not_a_try() -> None:
+    two = evidence([failed_embed(5.0), failed_embed(95.0)])
+    problem = dead_letter_problem("job-a", "a.md", "job-a", embedding_tries("retry"), 3, two)
+    assert problem is not None
+    assert "after 2 tries the providers failed" in problem
+    all_served = evidence([failed_embed(5.0), failed_embed(45.0), failed_embed(95.0)])
+    budget = embedding_tries("budget")
+    assert dead_letter_problem("job-a", "a.md", "job-a", budget, 3, all_served) is not None
