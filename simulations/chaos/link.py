@@ -2,6 +2,8 @@
 
 Every request a process sends reaches the emulator through here, and:
 
+* Each request is tagged with its process's number (`CLIENT_HEADER`), so the
+  emulator's arrival journal says which process called.
 * The emulator answers outside the process: tasks it starts while answering
   (LlamaParse's webhook deliveries) belong to LlamaParse, not to the process
   that uploaded, so a crash of that process does not cancel them.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any, Final
 
@@ -26,6 +29,7 @@ import orjson
 
 from providers.transport import HttpRequest, HttpResponse
 from simulations.emulators import Emulator
+from simulations.emulators.journal import CLIENT_HEADER
 
 PROCESS: contextvars.ContextVar[int | None] = contextvars.ContextVar("sim_process", default=None)
 """Which simulated process a task belongs to (None: the world's own, or a provider's)."""
@@ -61,6 +65,8 @@ class ProviderLink:
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         number = PROCESS.get()
+        if number is not None:
+            request = replace(request, headers={**request.headers, CLIENT_HEADER: str(number)})
         outside = PROCESS.set(None)
         try:
             response = await self.emulator.handle(request)

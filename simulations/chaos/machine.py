@@ -15,11 +15,17 @@ witnesses and the breakers, and against LlamaParse's own record of the jobs
 it made (`ground_truth`): no document is uploaded again while an earlier
 upload of it is live or COMPLETED, and the budget ledger holds exactly what
 those jobs bill (our estimate for the ones we gave up on, and for those
-still in flight, a killed process's included). Teardown heals every fault,
+still in flight, a killed process's included). The emulator's arrival
+journal judges breakers and leases (`truth`): no call while a breaker was
+open, half-open probes within the policy, open periods as long as the
+policy's cooldown schedule, and every call for a job inside a lease its
+process held, never two processes at once. Teardown heals every fault,
 lets the world settle within a bounded horizon, and checks liveness: every
 job terminal, every job without a permanent fault complete, every remote
 parse resolved and its reservation with it, `degraded` only where a mock
-served, and nothing degraded after a backfill.
+served, nothing degraded after a backfill, and a healthy job failed only
+after the tries its audit rows show were failed by the providers
+(`dead_letters`).
 """
 
 from __future__ import annotations
@@ -43,7 +49,6 @@ from resilience import ServiceMode
 from resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from resilience.clock import iso_utc
 from simulations.chaos.ground_truth import (
-    document_of,
     early_uploads,
     expected_usd,
     gave_up,
@@ -51,6 +56,7 @@ from simulations.chaos.ground_truth import (
 from simulations.chaos.link import Tripwire
 from simulations.chaos.oracle import edge_problem
 from simulations.chaos.stats import RUN
+from simulations.chaos.truth import dead_letter_problems, timing_problems
 from simulations.chaos.windows import sums
 from simulations.chaos.world import JOB_TIMEOUT_S, WEBHOOK_URL, World
 from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
@@ -351,6 +357,14 @@ class PipelineChaos(RuleBasedStateMachine):
             )
 
     @invariant()
+    def timing_holds(self) -> None:
+        """Breakers and leases judged by when calls reached the providers (`truth`)."""
+        if self.world is None:
+            return
+        problems = timing_problems(self.w, self.w.run(self.w.store.all_jobs()))
+        assert not problems, problems[0]
+
+    @invariant()
     def uploads_wait_for_live_jobs(self) -> None:
         """No document is uploaded again while LlamaParse runs, or has COMPLETED, an earlier
         upload of it, unless we gave that one up past our deadline (its own record)."""
@@ -467,27 +481,22 @@ class PipelineChaos(RuleBasedStateMachine):
             world.advance(300.0)
         self.store_is_consistent()
         jobs = {job.id: job for job in world.run(world.store.all_jobs())}
-        failed_remotely = {
-            document_of(job.name)
-            for job in world.emulator.llamaparse_jobs()
-            if job.outcome == "FAILED" and job.cancelled_at is None
-        }
         for job_id, poison in self.accepted.items():
             job = jobs[job_id]
             assert job.is_terminal, f"job {job_id} still {job.state} after the horizon"
             if poison:
                 assert job.state is JobState.FAILED, f"poison job {job_id} ended {job.state}"
-            elif job.state is JobState.FAILED:
-                # Only exhausted retries, or LlamaParse failing its parse, may dead-letter a
-                # healthy document.
-                reason = job.failure_reason or ""
-                assert (
-                    "attempt" in reason
-                    or "times" in reason
-                    or ("caller error" in reason and job.filename in failed_remotely)
-                ), f"job {job_id} failed: {job.failure_reason}"
             if job.state is JobState.COMPLETE:
                 self._check_outputs(job_id, job)
+        # Only tries the providers failed, or LlamaParse failing its parse, may dead-letter
+        # a healthy document: judged by the audit trail against what the emulator served.
+        healthy = [
+            job_id
+            for job_id, poison in self.accepted.items()
+            if not poison and jobs[job_id].state is JobState.FAILED
+        ]
+        dead = dead_letter_problems(world, jobs, healthy)
+        assert not dead, dead[0]
         self.spend_within_budget()
         rows = world.run(world.store.remote_rows())
         # Every remote parse ended, its reservation settled or released, save a known gap:
@@ -517,6 +526,7 @@ class PipelineChaos(RuleBasedStateMachine):
         assert not report.still_degraded, report.still_degraded
         assert not world.run(world.store.degraded_jobs()), "degraded jobs after backfill"
         self.uploads_wait_for_live_jobs()
+        self.timing_holds()
         self._record_coverage(jobs, rows)
 
     def _check_outputs(self, job_id: str, job: Job) -> None:

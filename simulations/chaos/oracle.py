@@ -4,20 +4,26 @@ The job edges here are the specification (uploaded -> parsing -> parsed ->
 chunked -> embedding -> complete, with waiting and failed, and parsing ->
 parsing when the job is let go while its parse runs remotely), not
 `state.machine`'s table, so a bug in that table is caught, not copied.
-`CheckedStore` is the real `SqliteJobStore` with three additions: before
+`CheckedStore` is the real `SqliteJobStore` with four additions: before
 each commit it reads the job and judges the lease itself, and records a
 commit the store accepted under a lease that had lapsed; it records each
 lease taken over from a process still running (a wall clock jump lapses
-leases under their holders); and it keeps every budget ledger row the
-ledger's sweep deletes, so the money ever charged can be summed.
+leases under their holders); it keeps every lease's history (`LeaseEvent`:
+each grant, renewal and release, at its loop time, with its holder and
+expiry), so who might call for a job when can be judged against what the
+providers saw; and it keeps every budget ledger row the ledger's sweep
+deletes, so the money ever charged can be summed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Final, TypeVar, Unpack
 
+from resilience.clock import wall_time
 from state.machine import Job, JobState, Trigger
 from state.store.database import Database
 from state.store.protocol import JobChanges
@@ -58,6 +64,22 @@ _MOCK_STEP: Final = """reason LIKE 'parsed (mock%'
 """Audit rows of a step a mock served (the worker's reasons say which path served)."""
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseEvent:
+    """A change to a job's lease, as the store committed it."""
+
+    at: float
+    """Loop time of the commit."""
+    job_id: str
+    owner: str | None
+    """Who holds the lease from now on; None: nobody (released, parked, waiting, ended)."""
+    expires_at: float | None
+    """Wall time the lease lapses at; None with no owner."""
+    wall: float
+    """The wall clock at the commit: which side of a clock jump at the same loop time."""
+    renewal: bool = False
+
+
 class ProcessKilled(Exception):
     """The process this store belonged to was killed; it can reach nothing any more."""
 
@@ -76,11 +98,14 @@ class CheckedStore(SqliteJobStore):
         database: Database[SqliteSession],
         lapsed_commits: list[str] | None = None,
         taken_over: set[str] | None = None,
+        leases: list[LeaseEvent] | None = None,
     ) -> None:
         self.alive = True
         super().__init__(database)
         self.lapsed_commits: list[str] = [] if lapsed_commits is None else lapsed_commits
         self.taken_over: set[str] = set() if taken_over is None else taken_over
+        self.leases: list[LeaseEvent] = [] if leases is None else leases
+        """Every lease change any sibling committed, in commit order."""
         """Jobs whose lease another owner took while its holder still ran (`running`)."""
         self.running: Callable[[str], bool] = lambda owner: False
         """Is the worker `owner` still running? (The world says.)"""
@@ -97,7 +122,7 @@ class CheckedStore(SqliteJobStore):
 
     def sibling(self) -> CheckedStore:
         """Another store over the same database, sharing the records of lapses."""
-        sibling = CheckedStore(self._database, self.lapsed_commits, self.taken_over)
+        sibling = CheckedStore(self._database, self.lapsed_commits, self.taken_over, self.leases)
         sibling.running = self.running
         return sibling
 
@@ -115,7 +140,35 @@ class CheckedStore(SqliteJobStore):
         self.taken_over.update(
             job.id for job in jobs if job.id in holders and self.running(holders[job.id])
         )
+        for job in jobs:
+            self._lease_changed(job.id, job.lease_owner, job.lease_expires_at)
         return jobs
+
+    async def renew_lease(self, job_id: str, owner: str, *, now: float, lease_s: float) -> Job:
+        job = await super().renew_lease(job_id, owner, now=now, lease_s=lease_s)
+        self._lease_changed(job_id, job.lease_owner, job.lease_expires_at, renewal=True)
+        return job
+
+    async def release_lease(self, job_id: str, owner: str) -> bool:
+        released = await super().release_lease(job_id, owner)
+        if released:
+            self._lease_changed(job_id, None, None)
+        return released
+
+    async def record_remote_parse(
+        self, name: str, remote_id: str, *, owner: str, due_at: float, now: float
+    ) -> Job:
+        job = await super().record_remote_parse(
+            name, remote_id, owner=owner, due_at=due_at, now=now
+        )
+        self._lease_changed(job.id, None, None)  # parked: unleased while LlamaParse parses
+        return job
+
+    def _lease_changed(
+        self, job_id: str, owner: str | None, expires_at: float | None, *, renewal: bool = False
+    ) -> None:
+        at = asyncio.get_running_loop().time()
+        self.leases.append(LeaseEvent(at, job_id, owner, expires_at, wall_time(), renewal))
 
     async def transition(
         self,
@@ -150,6 +203,8 @@ class CheckedStore(SqliteJobStore):
         )
         if lapsed:
             self.lapsed_commits.append(f"{owner} committed {trigger} on {job_id} after its lease")
+        if before is not None and before.lease_owner is not None and job.lease_owner is None:
+            self._lease_changed(job_id, None, None)
         return job
 
     # -- what the checks read ------------------------------------------------
@@ -267,4 +322,4 @@ class CheckedStore(SqliteJobStore):
         return int(row[0]) if row else 0
 
 
-__all__ = ["LEGAL", "PIPELINE", "CheckedStore", "edge_problem"]
+__all__ = ["LEGAL", "PIPELINE", "CheckedStore", "LeaseEvent", "edge_problem"]

@@ -256,6 +256,8 @@ class World:
         self.retired: list[Process] = []
         self.transitions: list[tuple[str, int, Transition]] = []
         self.crashes = 0
+        self.deaths: dict[int, float] = {}
+        """Process number -> the loop time it was killed."""
         self.leaks: list[Window] = []
         """Budget windows killed tasks were stopped in (`windows`): what they may keep."""
         self.interrupted: set[str] = set()
@@ -426,6 +428,7 @@ class World:
         """Cancel every task of process `number` and forget it; the tasks to wait for."""
         process = self.processes.pop(number)
         process.store.alive = False
+        self.deaths[number] = self.now
         tasks = list(self._tasks.pop(number, ()))
         self.leaks += open_windows(tasks)
         for task in tasks:

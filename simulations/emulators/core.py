@@ -19,7 +19,9 @@ and the request hangs.
 
 Every embeddings request is also noted as an arrival (`Stats.arrived`) once
 it is over, answered or not: a hang or a client giving up mid-latency still
-reached OpenAI, and a rate check must count it.
+reached OpenAI, and a rate check must count it. Every routed request, to
+either provider, is also written in the arrival journal (`journal`,
+`Emulator.arrivals`): when it came and from whom, and how and when it ended.
 
 Outage windows count from the moment the plan was applied: the loop time of
 `set_faults` when called inside a running loop, otherwise (a plan given to
@@ -38,6 +40,7 @@ from simulations.emulators import control
 from simulations.emulators.chaos import FaultInjector
 from simulations.emulators.faults import FaultPlan
 from simulations.emulators.ids import Ids
+from simulations.emulators.journal import CLIENT_HEADER, UNTAGGED, Arrival, Journal
 from simulations.emulators.llamaparse_api import LlamaParseApi
 from simulations.emulators.llamaparse_v2 import ParseJob
 from simulations.emulators.openai_api import OpenAIApi
@@ -74,6 +77,7 @@ class Emulator:
     ) -> None:
         self.seed = seed
         self._stats = Stats()
+        self._journal = Journal()
         ids = Ids(random.Random(f"{seed}:ids"))
         self._webhooks = WebhookSender(webhook_secret, self._stats, webhook_transport)
         self._openai = OpenAIApi(ids, openai_api_key, self._stats)
@@ -128,9 +132,14 @@ class Emulator:
         billed, whatever the client made of the answers. Read them; never change them."""
         return self._llamaparse.v2_jobs()
 
+    def arrivals(self) -> tuple[Arrival, ...]:
+        """Every routed request either provider received, oldest first (`journal`)."""
+        return self._journal.arrivals()
+
     def reset(self) -> None:
-        """Forget jobs, counts, limits and pending webhooks; re-apply the current plan."""
+        """Forget jobs, counts, arrivals, limits and pending webhooks; re-apply the plan."""
         self._stats.clear()
+        self._journal.clear()
         self._llamaparse.clear()
         self._webhooks.cancel_pending()
         self.set_faults(self._plan)
@@ -163,19 +172,30 @@ class Emulator:
             response = api.not_found(incoming)
             self._stats.answered("unrouted", response.status)
             return response
-        self._stats.routed(route.label, incoming.headers.get(CORRELATION_HEADER, UNCORRELATED))
+        correlation_id = incoming.headers.get(CORRELATION_HEADER, UNCORRELATED)
+        self._stats.routed(route.label, correlation_id)
+        client = incoming.headers.get(CLIENT_HEADER, UNTAGGED)
+        arrival = self._journal.arrived(
+            incoming.received_at, api.name, route.label, correlation_id, client
+        )
         status = NEVER_ANSWERED
         try:
-            response = await self._answer(api, route, params, incoming)
+            response = await self._answer(api, route, params, incoming, arrival)
             status = response.status
         finally:
+            self._journal.ended(arrival, status, loop.time())
             if api is self._openai:  # its one route is /v1/embeddings
                 self._stats.arrived(incoming.received_at, status, self._openai.charged(incoming))
         self._stats.answered(route.label, status)
         return response
 
     async def _answer(
-        self, api: ProviderApi, route: Route, params: Mapping[str, str], incoming: Incoming
+        self,
+        api: ProviderApi,
+        route: Route,
+        params: Mapping[str, str],
+        incoming: Incoming,
+        arrival: Arrival,
     ) -> HttpResponse:
         """The routed request's answer, faults drawn and applied in the module's order."""
         loop = asyncio.get_running_loop()
@@ -183,27 +203,31 @@ class Emulator:
         plan = injector.plan
         decision = injector.decide()
         if decision.latency_s > 0:
-            self._stats.fault(api.name, "latency")
+            self._fault(api.name, "latency", arrival)
             await asyncio.sleep(decision.latency_s)
         if injector.in_outage(loop.time()):
-            self._stats.fault(api.name, "outage")
+            self._fault(api.name, "outage", arrival)
             response = api.fault_response(plan.outage_status, incoming)
         elif decision.hang:
-            self._stats.fault(api.name, "hang")
+            self._fault(api.name, "hang", arrival)
             await self._hang()
         elif decision.error:
-            self._stats.fault(api.name, "error")
+            self._fault(api.name, "error", arrival)
             response = api.fault_response(plan.error_status, incoming)
         else:
             try:
                 response = await route.handler(incoming, params)
             except AnswerLost:
-                self._stats.fault(api.name, "lost_answer")
+                self._fault(api.name, "lost_answer", arrival)
                 await self._hang()
             if decision.malformed is not None and response.status == 200:
-                self._stats.fault(api.name, "malformed")
+                self._fault(api.name, "malformed", arrival)
                 response = api.malform(response, decision.malformed)
         return response
+
+    def _fault(self, provider: str, kind: str, arrival: Arrival) -> None:
+        self._stats.fault(provider, kind)
+        arrival.fault = kind
 
     async def _hang(self) -> NoReturn:
         """Never answer. Only cancellation ends this: the caller's timeout, or `close`."""

@@ -1,0 +1,106 @@
+"""The timing, lease and dead-letter invariants from ground truth, over one `World`.
+
+Gathers what the world saw (the emulator's arrival journal, the breakers'
+transition times, the store's lease history and audit rows, the clock
+jumps and the deaths of processes) and hands it to the judges: `timing`
+for breakers, `leases`, `dead_letters`. Every problem comes back as an
+assertion message starting `ground truth: <invariant>: `.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from itertools import pairwise
+
+from providers import LLAMAPARSE
+from providers.llamaparse.settings import UPLOAD_WINDOW_S, LlamaParseConfig
+from resilience.breaker import BreakerPolicy
+from simulations.chaos.dead_letters import AuditRow, Evidence, dead_letter_problem, loop_time
+from simulations.chaos.leases import LeaseJudge, lease_problems
+from simulations.chaos.timing import Call, calls, calls_while_open, schedule_problems
+from simulations.chaos.world import JOB_TIMEOUT_S, World
+from state.machine import Job
+
+
+def _policies(world: World) -> dict[tuple[str, int], BreakerPolicy]:
+    return {
+        (provider, process.number): witness.breaker.policy
+        for process in (*world.processes.values(), *world.retired)
+        for provider, witness in process.witnesses.items()
+    }
+
+
+def _jumps(world: World) -> list[tuple[float, float]]:
+    """Each wall clock jump: (loop time, seconds added)."""
+    return [(at, epoch - before) for (_, before), (at, epoch) in pairwise(world.epochs)]
+
+
+def _upload_queue_s(world: World) -> Callable[[Call], float]:
+    """How long after an open a process's admitted uploads may still leave its upload
+    throttle (`timing`'s known gap): one throttle interval per parse slot."""
+    limit = LlamaParseConfig.from_env(world.environ).upload_limit
+    drained_s = world.concurrency * UPLOAD_WINDOW_S / max(limit - 1, 1)
+
+    def queued_s(call: Call) -> float:
+        upload = call.provider == LLAMAPARSE and call.route.endswith("/upload")
+        return drained_s if upload and call.route.startswith("POST ") else 0.0
+
+    return queued_s
+
+
+def timing_problems(world: World, jobs: list[Job]) -> list[str]:
+    """`calls while open`, `breaker schedule` and `leases`, as assertion messages."""
+    found = calls(world.emulator.arrivals())
+    policies = _policies(world)
+    queued_s = _upload_queue_s(world)
+    problems = [
+        f"ground truth: calls while open: {problem}"
+        for problem in calls_while_open(found, world.transitions, policies, world.now, queued_s)
+    ]
+    problems += [
+        f"ground truth: breaker schedule: {problem}"
+        for problem in schedule_problems(world.transitions, policies, world.deaths, world.now)
+    ]
+    judge = LeaseJudge(world.store.leases, world.epochs)
+    job_of = {job.correlation_id: job.id for job in jobs if job.correlation_id}
+    problems += [
+        f"ground truth: leases: {problem}" for problem in lease_problems(found, job_of, judge)
+    ]
+    return problems
+
+
+def dead_letter_problems(world: World, jobs: Mapping[str, Job], healthy: list[str]) -> list[str]:
+    """`dead letters` for the healthy jobs among `jobs` that ended failed."""
+    evidence = Evidence(
+        arrivals=world.emulator.arrivals(),
+        parse_jobs=world.emulator.llamaparse_jobs(),
+        leases=world.store.leases,
+        deaths=world.deaths,
+        jump_times=[at for at, _ in _jumps(world)],
+        timeout_s=JOB_TIMEOUT_S,
+        deadlines={row.name: row.deadline for row in world.run(world.store.remote_rows())},
+        wall_at=world.wall_at,
+    )
+    max_attempts = next(iter((*world.processes.values(), *world.retired))).worker.max_attempts
+    problems = []
+    for job_id in healthy:
+        job = jobs[job_id]
+        rows = [
+            AuditRow(
+                None if event.source is None else event.source.value,
+                event.dest.value,
+                event.trigger,
+                event.reason,
+                loop_time(world.epochs, event.at),
+            )
+            for event in world.run(world.store.history(job_id))
+        ]
+        problem = dead_letter_problem(
+            job_id, job.filename, job.correlation_id or job_id, rows, max_attempts, evidence
+        )
+        if problem is not None:
+            problems.append(f"ground truth: dead letters: {problem}")
+    return problems
+
+
+__all__ = ["dead_letter_problems", "timing_problems"]
