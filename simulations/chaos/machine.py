@@ -42,6 +42,7 @@ from providers.transport import HttpRequest
 from resilience import ServiceMode
 from resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from resilience.clock import iso_utc
+from simulations.chaos.chunk_oracle import chunk_problem
 from simulations.chaos.ground_truth import (
     document_of,
     early_uploads,
@@ -52,13 +53,18 @@ from simulations.chaos.link import Tripwire
 from simulations.chaos.oracle import edge_problem
 from simulations.chaos.stats import RUN
 from simulations.chaos.windows import sums
-from simulations.chaos.world import JOB_TIMEOUT_S, WEBHOOK_URL, World
+from simulations.chaos.world import (
+    CHUNK_TOKENS,
+    JOB_TIMEOUT_S,
+    OVERLAP_TOKENS,
+    WEBHOOK_URL,
+    World,
+)
 from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
 from simulations.emulators.faults import WebhookPlan
 from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
 from state.machine import Job, JobState
 from state.pipeline.backfill import backfill
-from state.pipeline.chunking import chunk
 from state.store.remote import RemoteJob, RemoteState
 
 HORIZON_S: Final = 26 * 3600.0
@@ -522,7 +528,8 @@ class PipelineChaos(RuleBasedStateMachine):
     def _check_outputs(self, job_id: str, job: Job) -> None:
         """A complete job's outputs agree with each other and with `degraded`.
 
-        Its chunks are exactly those its stored text gives, with one vector
+        Its chunks are what the documented chunking rules give its stored
+        text (`chunk_oracle`, which never calls the chunker), with one vector
         each. Mock output anywhere means `degraded`; `degraded` means a mock
         served one of its steps (a later real result may have replaced the
         mock's output, when the text was the same).
@@ -533,10 +540,13 @@ class PipelineChaos(RuleBasedStateMachine):
         parse = world.run(store.get_parse(job.sha256))
         assert parse is not None, f"job {job_id} complete without a parse"
         chunks = world.run(store.chunks(job.sha256))
-        expected = chunk(parse.parsed.markdown, process.pipeline.chunking)
-        assert [(c.index, c.text) for c in chunks] == [(c.index, c.text) for c in expected], (
-            f"job {job_id}: its chunks were not cut from its stored text"
+        problem = chunk_problem(
+            parse.parsed.markdown,
+            [(c.index, c.text) for c in chunks],
+            size_tokens=CHUNK_TOKENS,
+            overlap_tokens=OVERLAP_TOKENS,
         )
+        assert problem is None, f"ground truth: chunks: job {job_id}: {problem}"
         embedder = process.pipeline.embedder
         vectors = world.run(
             store.embeddings(job.sha256, embedder.model, embedder.vector_dimensions)

@@ -84,6 +84,10 @@ POISON_MIME: Final = "application/x-msdownload"
 JOB_TIMEOUT_S: Final = 240.0
 """How long a remote parse may run before we count it expired (LLAMA_CLOUD_JOB_TIMEOUT_S):
 shorter than the longest parse a latency spike draws, so some expire."""
+CHUNK_TOKENS: Final = 64
+OVERLAP_TOKENS: Final = 8
+"""The processes' chunking policy: small chunks, so a document of a few hundred words
+makes several and the overlap between them is exercised."""
 POLLED: Final = ("find", "statuses", "result")
 """The LlamaParse client's calls the remote-parse poller and step make through the guard
 themselves, beside the capabilities' routed ones."""
@@ -373,7 +377,7 @@ class World:
             mode=self.mode,
             capabilities=capabilities,
             embedder=base.embedder,
-            chunking=ChunkingPolicy(size_tokens=64, overlap_tokens=8),
+            chunking=ChunkingPolicy(size_tokens=CHUNK_TOKENS, overlap_tokens=OVERLAP_TOKENS),
             parser=base.parser,
         )
         worker = Worker(
@@ -502,4 +506,13 @@ class World:
         self.loop.close()
 
 
-__all__ = ["JOB_TIMEOUT_S", "POISON_MIME", "WEBHOOK_URL", "Process", "Witness", "World"]
+__all__ = [
+    "CHUNK_TOKENS",
+    "JOB_TIMEOUT_S",
+    "OVERLAP_TOKENS",
+    "POISON_MIME",
+    "WEBHOOK_URL",
+    "Process",
+    "Witness",
+    "World",
+]
