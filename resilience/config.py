@@ -74,6 +74,7 @@ class ProviderSettings:
     cooldown_max_s: float | None = None
     half_open_max_calls: int | None = None
     probe_timeout_s: float | None = None
+    slow_call_s: float | None = None
 
     def breaker_policy(self) -> BreakerPolicy:
         """`BreakerPolicy()` with the overrides that are set.
@@ -401,6 +402,14 @@ PROVIDER_SETTINGS: Final = (
         _NUMBER,
         "seconds a half-open probe may take before it counts as failed",
         f"default {_DEFAULT_POLICY.probe_timeout_s:g}",
+    ),
+    _provider_setting(
+        "slow_call_s",
+        _positive_number,
+        _NUMBER,
+        "seconds after which a call that succeeded still counts as a failure for the "
+        "breaker (a slow call); its result is returned",
+        "unset: only failed calls count",
     ),
 )
 """Each provider's variables, BREAKWATER_<PROVIDER>_<NAME>, filling `ProviderSettings`."""

@@ -66,6 +66,7 @@ def test_defaults() -> None:
         ("COOLDOWN_MAX_S", "600", "cooldown_max_s", 600.0),
         ("HALF_OPEN_MAX_CALLS", "2", "half_open_max_calls", 2),
         ("PROBE_TIMEOUT_S", "10", "probe_timeout_s", 10.0),
+        ("SLOW_CALL_S", "2.5", "slow_call_s", 2.5),
         ("RPM", "  60\n", "rpm", 60),
     ],
 )
@@ -134,6 +135,7 @@ _NUMBER = "expected a positive number"
         ("COOLDOWN_MAX_S", "-300", _NUMBER),
         ("HALF_OPEN_MAX_CALLS", "1.5", _INTEGER),
         ("PROBE_TIMEOUT_S", "0", _NUMBER),
+        ("SLOW_CALL_S", "0", _NUMBER),
     ],
 )
 def test_bad_values_name_the_variable_value_and_what_is_accepted(
@@ -185,6 +187,7 @@ OPENAI_NAMES = ", ".join(
         "COOLDOWN_MAX_S",
         "HALF_OPEN_MAX_CALLS",
         "PROBE_TIMEOUT_S",
+        "SLOW_CALL_S",
     )
 )
 
@@ -243,6 +246,7 @@ def test_breaker_policy_applies_overrides_and_keeps_other_defaults() -> None:
         "BREAKWATER_OPENAI_COOLDOWN_MAX_S": "60",
         "BREAKWATER_OPENAI_HALF_OPEN_MAX_CALLS": "2",
         "BREAKWATER_OPENAI_PROBE_TIMEOUT_S": "10",
+        "BREAKWATER_OPENAI_SLOW_CALL_S": "4",
     }
     policy = load_config(environ, ["openai"]).providers["openai"].breaker_policy()
     assert policy == replace(
@@ -252,6 +256,7 @@ def test_breaker_policy_applies_overrides_and_keeps_other_defaults() -> None:
         cooldown_max_s=60.0,
         half_open_max_calls=2,
         probe_timeout_s=10.0,
+        slow_call_s=4.0,
     )
     assert ProviderSettings().breaker_policy() == BreakerPolicy()
     assert ProviderSettings(cooldown_s=7.0).breaker_policy() == replace(
@@ -303,7 +308,7 @@ def test_describe_variables_covers_exactly_what_load_config_reads() -> None:
     described = describe_variables(["openai", "anthropic"])
     names = [name for name, _ in described]
     assert names[:3] == ["SERVICE_MODE", "BREAKWATER_LOG", "BREAKWATER_DB"]
-    assert len(names) == len(set(names)) == 8 + 2 * 13
+    assert len(names) == len(set(names)) == 8 + 2 * 14
     assert all(meaning for _, meaning in described)
     # Every described name is accepted (no typo error) and actually read.
     environ = {name: "1" for name in names} | {

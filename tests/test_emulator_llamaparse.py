@@ -8,6 +8,7 @@ time, where a 300 s parse finishes at once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import time
@@ -21,7 +22,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from providers.llamaparse.webhooks import STANDARD_TOLERANCE_S, verify_standard_webhook
 from providers.transport import HttpRequest, HttpResponse
+from resilience.testing import DEFAULT_WALL_EPOCH
 from simulations.emulators import (
     SIGNATURE_HEADER,
     Emulator,
@@ -526,12 +529,20 @@ class Inbox:
         return HttpResponse.build(204)
 
 
-def webhook_run(webhook: WebhookPlan, jobs: int, seed: int = 0) -> tuple[Inbox, dict[str, int]]:
+def webhook_run(
+    webhook: WebhookPlan, jobs: int, seed: int = 0, standard: str | None = None
+) -> tuple[Inbox, dict[str, int]]:
     inbox = Inbox()
     plan = FaultPlan(
         llamaparse=LlamaParsePlan(parse_time_s=(60.0, 60.0), upload_limit=1000, webhook=webhook)
     )
-    emulator = Emulator(seed=seed, faults=plan, webhook_secret=SECRET, webhook_transport=inbox)
+    emulator = Emulator(
+        seed=seed,
+        faults=plan,
+        webhook_secret=SECRET,
+        webhook_transport=inbox,
+        standard_webhook_secret=standard,
+    )
 
     async def scenario(transport: InProcessTransport) -> dict[str, int]:
         for _ in range(jobs):
@@ -583,3 +594,35 @@ def test_webhook_fault_rates_are_seeded() -> None:
     assert same == stats
     assert [r.body for _, r in again.deliveries] == [r.body for _, r in inbox.deliveries]
     assert webhook_run(webhook, jobs=40, seed=10)[1] != stats
+
+
+STANDARD_SECRET = "whsec_" + base64.b64encode(b"a standard webhooks test key!").decode()
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["signed", "bad signature"])
+def test_standard_webhooks_headers_sign_each_attempt_beside_lc_signature(forged: bool) -> None:
+    """The receiver's own `verify_standard_webhook` takes what the emulator signs, at the
+    wall time of the attempt; one id for the delivery and its duplicate; a bad signature
+    is bad in both schemes."""
+    webhook = WebhookPlan(duplicate_rate=1.0, bad_signature_rate=1.0 if forged else 0.0)
+    inbox, _ = webhook_run(webhook, jobs=1, standard=STANDARD_SECRET)
+    assert len(inbox.deliveries) == 2
+    ids = set()
+    for at, request in inbox.deliveries:
+        headers = dict(request.headers)
+        ids.add(headers["webhook-id"])
+        assert int(headers["webhook-timestamp"]) == int(DEFAULT_WALL_EPOCH + at)
+        fresh = verify_standard_webhook(
+            STANDARD_SECRET, headers, request.body, now=DEFAULT_WALL_EPOCH + at
+        )
+        assert fresh is not forged
+        assert valid(SECRET, headers, request.body) is not forged
+        stale = DEFAULT_WALL_EPOCH + at + STANDARD_TOLERANCE_S + 1
+        assert not verify_standard_webhook(STANDARD_SECRET, headers, request.body, now=stale)
+    assert len(ids) == 1
+
+
+def test_no_standard_secret_means_lc_signature_alone() -> None:
+    inbox, _ = webhook_run(WebhookPlan(), jobs=1)
+    ((_, request),) = inbox.deliveries
+    assert not any(name.startswith("webhook-") for name in request.headers)

@@ -23,9 +23,13 @@ process held, never two processes at once. Teardown heals every fault,
 lets the world settle within a bounded horizon, and checks liveness: every
 job terminal, every job without a permanent fault complete, every remote
 parse resolved and its reservation with it, `degraded` only where a mock
-served, nothing degraded after a backfill, and a healthy job failed only
-after the tries its audit rows show were failed by the providers
-(`dead_letters`).
+served, chunks as the documented rules cut them (`chunk_oracle`), nothing
+degraded after a backfill, and a healthy job failed only after the tries its
+audit rows show were failed by the providers (`dead_letters`).
+
+Each world also draws which production features its processes run with
+(`features`: RPM and TPM buckets, slow-call trips, Standard Webhooks), and
+coverage counts each only where the world saw it work.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from providers.transport import HttpRequest
 from resilience import ServiceMode
 from resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from resilience.clock import iso_utc
+from simulations.chaos.chunk_oracle import chunk_problem
+from simulations.chaos.features import FEATURES, Features
 from simulations.chaos.ground_truth import (
     early_uploads,
     expected_usd,
@@ -58,13 +64,18 @@ from simulations.chaos.oracle import edge_problem
 from simulations.chaos.stats import RUN
 from simulations.chaos.truth import dead_letter_problems, timing_problems
 from simulations.chaos.windows import sums
-from simulations.chaos.world import JOB_TIMEOUT_S, WEBHOOK_URL, World
-from simulations.emulators import FaultPlan, LlamaParsePlan, OpenAIPlan
+from simulations.chaos.world import (
+    CHUNK_TOKENS,
+    JOB_TIMEOUT_S,
+    OVERLAP_TOKENS,
+    WEBHOOK_URL,
+    World,
+)
+from simulations.emulators import DEFAULT_WEBHOOK_SECRET, FaultPlan, LlamaParsePlan, OpenAIPlan
 from simulations.emulators.faults import WebhookPlan
 from simulations.emulators.webhook_delivery import SIGNATURE_HEADER, sign
 from state.machine import Job, JobState
 from state.pipeline.backfill import backfill
-from state.pipeline.chunking import chunk
 from state.store.remote import RemoteJob, RemoteState
 
 HORIZON_S: Final = 26 * 3600.0
@@ -111,16 +122,30 @@ class PipelineChaos(RuleBasedStateMachine):
         documents=st.integers(0, 60),
         duplicates=st.sampled_from([0.0, 0.1, 0.5]),
         parse_budget=st.sampled_from([0.05, 0.5]),
+        features=FEATURES,
     )
     def boot(
-        self, seed: int, processes: int, documents: int, duplicates: float, parse_budget: float
+        self,
+        seed: int,
+        processes: int,
+        documents: int,
+        duplicates: float,
+        parse_budget: float,
+        features: Features,
     ) -> None:
         """A world with `documents` uploaded, so every fault meets some load, webhooks
-        that LlamaParse sends twice at `duplicates` rate (at-least-once delivery), and a
-        daily parse budget of `parse_budget` dollars (about 13 or 130 documents)."""
-        note(f"world seed {seed}, {processes} process(es), {documents} documents")
+        that LlamaParse sends twice at `duplicates` rate (at-least-once delivery), a
+        daily parse budget of `parse_budget` dollars (about 13 or 130 documents), and
+        the production `features` drawn for it."""
+        note(f"world seed {seed}, {processes} process(es), {documents} documents, {features}")
         budgets = {OPENAI: 0.05, LLAMAPARSE: parse_budget}
-        self.world = World(seed, self.directory, processes=processes, daily_budget_usd=budgets)
+        self.world = World(
+            seed,
+            self.directory,
+            processes=processes,
+            daily_budget_usd=budgets,
+            features=features,
+        )
         self.most_budget = dict(self.w.budgets)
         self.webhook = {"duplicate_rate": duplicates}
         self._apply_faults()
@@ -189,11 +214,28 @@ class PipelineChaos(RuleBasedStateMachine):
         self.llamaparse["parse_time_s"] = (low, high)
         self._apply_faults()
 
+    @rule(low=st.sampled_from([2.0, 4.0]), high=st.sampled_from([8.0, 20.0]))
+    def slow_answers(self, low: float, high: float) -> None:
+        """OpenAI answers everything after `low` to `high` seconds, with documents
+        arriving meanwhile: slow calls, where the world's breaker counts them
+        (`Features.slow_call_s`), trip it, and slow probes keep it open."""
+        self._fault("slow embeddings")
+        self.openai["latency_s"] = (low, high)
+        self._apply_faults()
+        self.advance(600.0, 4)
+
     @rule(rpm=st.sampled_from([2, 6, 20]))
     def rate_limit_burst(self, rpm: int) -> None:
         self._fault("429 burst")
         self.openai["rpm"] = rpm
         self._apply_faults()
+
+    @rule(rpm=st.sampled_from([1, 3]))
+    def rate_limits_under_load(self, rpm: int) -> None:
+        """OpenAI's limit falls below the world's own (`Features.rpm`) while documents
+        arrive: its 429s pause our buckets, which then refill from empty."""
+        self.rate_limit_burst(rpm)
+        self.advance(600.0, 4)
 
     @rule(
         provider=st.sampled_from([OPENAI, LLAMAPARSE]),
@@ -300,15 +342,16 @@ class PipelineChaos(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.accepted))
     @rule(data=st.data())
     def forge_webhook(self, data: st.DataObject) -> None:
-        """A delivery signed with the wrong secret: 401, and nothing recorded."""
+        """A delivery signed with the wrong secret: 401, and nothing recorded. Where the
+        server takes Standard Webhooks, LC-Signature alone (which a replay carries) is
+        not enough, so the delivery is signed with the right LC secret and still refused."""
         self._fault("forged webhook")
         job_id = data.draw(st.sampled_from(sorted(self.accepted)))
         body = orjson.dumps(
             {"event_type": "parse.success", "job_id": job_id, "status": "SUCCESS", "data": {}}
         )
-        request = HttpRequest(
-            "POST", WEBHOOK_URL, {SIGNATURE_HEADER: sign("forged-secret", body)}, body
-        )
+        secret = DEFAULT_WEBHOOK_SECRET if self.w.features.standard_webhooks else "forged-secret"
+        request = HttpRequest("POST", WEBHOOK_URL, {SIGNATURE_HEADER: sign(secret, body)}, body)
         response = self.w.run(self.w.webhooks.send(request))
         assert response.status == 401, f"a forged webhook got {response.status}"
         inboxes = [process.inbox for process in self.w.processes.values()]
@@ -532,7 +575,8 @@ class PipelineChaos(RuleBasedStateMachine):
     def _check_outputs(self, job_id: str, job: Job) -> None:
         """A complete job's outputs agree with each other and with `degraded`.
 
-        Its chunks are exactly those its stored text gives, with one vector
+        Its chunks are what the documented chunking rules give its stored
+        text (`chunk_oracle`, which never calls the chunker), with one vector
         each. Mock output anywhere means `degraded`; `degraded` means a mock
         served one of its steps (a later real result may have replaced the
         mock's output, when the text was the same).
@@ -543,10 +587,13 @@ class PipelineChaos(RuleBasedStateMachine):
         parse = world.run(store.get_parse(job.sha256))
         assert parse is not None, f"job {job_id} complete without a parse"
         chunks = world.run(store.chunks(job.sha256))
-        expected = chunk(parse.parsed.markdown, process.pipeline.chunking)
-        assert [(c.index, c.text) for c in chunks] == [(c.index, c.text) for c in expected], (
-            f"job {job_id}: its chunks were not cut from its stored text"
+        problem = chunk_problem(
+            parse.parsed.markdown,
+            [(c.index, c.text) for c in chunks],
+            size_tokens=CHUNK_TOKENS,
+            overlap_tokens=OVERLAP_TOKENS,
         )
+        assert problem is None, f"ground truth: chunks: job {job_id}: {problem}"
         embedder = process.pipeline.embedder
         vectors = world.run(
             store.embeddings(job.sha256, embedder.model, embedder.vector_dimensions)
@@ -583,6 +630,7 @@ class PipelineChaos(RuleBasedStateMachine):
             seen.add("worker crash recovered")
         if world.run(world.store.mock_served_count()):
             seen.add("fallback served")
+        seen |= world.watch.coverage(world.emulator.stats(), world.transitions)
         for name in sorted(seen):
             event(f"coverage: {name}")
             RUN.coverage[name] += 1

@@ -19,6 +19,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+FEATURE_COVERAGE: Final = (
+    "rpm bucket waited",
+    "tpm bucket waited",
+    "bucket paused by a 429 and refilled",
+    "breaker tripped by slow calls",
+    "standard webhook accepted",
+)
+"""The production features a world may switch on, each proven used (`features`)."""
+
 COVERAGE: Final = (
     "breaker opened",
     "probe succeeded",
@@ -34,6 +43,7 @@ COVERAGE: Final = (
     "remote job failed",
     "remote job expired",
     "webhook duplicated for a recorded job",
+    *FEATURE_COVERAGE,
 )
 
 JOBS_PER_S_TARGET: Final = 1000.0
@@ -138,4 +148,4 @@ class RunStats:
 RUN: Final = RunStats()
 """The statistics of this process's simulations (a pytest run)."""
 
-__all__ = ["COVERAGE", "RUN", "RunStats"]
+__all__ = ["COVERAGE", "FEATURE_COVERAGE", "RUN", "RunStats"]

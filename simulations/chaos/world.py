@@ -35,6 +35,8 @@ What the world watches, without changing our code:
 * LlamaParse's own record of the jobs it made (`Emulator.llamaparse_jobs`),
   and the wall clock's jumps, so uploads and spend are judged by what the
   provider did at what time.
+* the evidence that the drawn production features ran (`features`): bucket
+  waits, slow answers, Standard-signed webhook deliveries.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from resilience.budget import Budget
 from resilience.clock import wall_time
 from resilience.testing import VirtualTimeLoop
 from simulations.chaos.app_transport import AppTransport
+from simulations.chaos.features import Features, FeatureWatch
 from simulations.chaos.ground_truth import row_name
 from simulations.chaos.link import PROCESS, ProviderLink
 from simulations.chaos.oracle import CheckedStore
@@ -84,6 +87,10 @@ POISON_MIME: Final = "application/x-msdownload"
 JOB_TIMEOUT_S: Final = 240.0
 """How long a remote parse may run before we count it expired (LLAMA_CLOUD_JOB_TIMEOUT_S):
 shorter than the longest parse a latency spike draws, so some expire."""
+CHUNK_TOKENS: Final = 64
+OVERLAP_TOKENS: Final = 8
+"""The processes' chunking policy: small chunks, so a document of a few hundred words
+makes several and the overlap between them is exercised."""
 POLLED: Final = ("find", "statuses", "result")
 """The LlamaParse client's calls the remote-parse poller and step make through the guard
 themselves, beside the capabilities' routed ones."""
@@ -235,6 +242,7 @@ class World:
         processes: int = 2,
         concurrency: int = 4,
         daily_budget_usd: dict[str, float] | None = None,
+        features: Features | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -243,11 +251,17 @@ class World:
         self._tasks: dict[int, dict[asyncio.Task[Any], None]] = {}
         self.concurrency = concurrency
         self.budgets = dict(daily_budget_usd or {OPENAI: 0.05, LLAMAPARSE: 0.5})
-        self.environ = environment(self.budgets)
+        self.features = features or Features()
+        self.watch = FeatureWatch(self.features)
+        self.environ = environment(self.budgets) | self.features.environment()
         self.webhooks = WebhookTap(AppTransport())
-        self.emulator = Emulator(seed=seed, webhook_transport=self.webhooks)
+        self.emulator = Emulator(
+            seed=seed,
+            webhook_transport=self.watch.webhooks(self.webhooks),
+            standard_webhook_secret=self.features.standard_secret,
+        )
         self.link = ProviderLink(self.emulator, self._tripped)
-        self.transport: Transport = self.link
+        self.transport: Transport = self.watch.transport(self.link)
         self.store = self.run(CheckedStore.open(directory / "sim.sqlite3", inline=True))
         self.run(self.store.keep_swept_ledger())
         self.store.running = lambda owner: owner in {f"p{n}" for n in self.processes}
@@ -375,9 +389,10 @@ class World:
             mode=self.mode,
             capabilities=capabilities,
             embedder=base.embedder,
-            chunking=ChunkingPolicy(size_tokens=64, overlap_tokens=8),
+            chunking=ChunkingPolicy(size_tokens=CHUNK_TOKENS, overlap_tokens=OVERLAP_TOKENS),
             parser=base.parser,
         )
+        self.watch.watch_buckets(pipeline)
         worker = Worker(
             store,
             pipeline,
@@ -391,6 +406,7 @@ class World:
             guards={PROVIDER_OF[n]: c.guard for n, c in capabilities.items()},
             metrics=Metrics(),
             webhook_secret=DEFAULT_WEBHOOK_SECRET,
+            standard_secret=self.features.standard_secret,
             known_job=known_job_of(pipeline, store),
             inbox=inbox,
         )
@@ -455,7 +471,7 @@ class World:
     def set_budget(self, provider: str, daily_usd: float) -> None:
         """Change a provider's daily budget in every process, keeping the shared ledger."""
         self.budgets[provider] = daily_usd
-        self.environ = environment(self.budgets)
+        self.environ = environment(self.budgets) | self.features.environment()
         capability = PARSE if provider == LLAMAPARSE else EMBED
         for process in self.processes.values():
             guard = process.pipeline.guard(capability)
@@ -505,4 +521,13 @@ class World:
         self.loop.close()
 
 
-__all__ = ["JOB_TIMEOUT_S", "POISON_MIME", "WEBHOOK_URL", "Process", "Witness", "World"]
+__all__ = [
+    "CHUNK_TOKENS",
+    "JOB_TIMEOUT_S",
+    "OVERLAP_TOKENS",
+    "POISON_MIME",
+    "WEBHOOK_URL",
+    "Process",
+    "Witness",
+    "World",
+]

@@ -63,6 +63,8 @@ class Emulator:
     `openai_api_key` / `llamaparse_api_key`: when set, only that Bearer key
     is accepted; when None any non-empty key is. `webhook_transport` carries
     LlamaParse's webhook deliveries (default: real HTTP, made on first use).
+    `standard_webhook_secret` signs every signed delivery the Standard
+    Webhooks way too, beside LC-Signature (`webhook_delivery`).
     """
 
     def __init__(
@@ -74,12 +76,18 @@ class Emulator:
         openai_api_key: str | None = None,
         llamaparse_api_key: str | None = None,
         webhook_transport: Transport | None = None,
+        standard_webhook_secret: str | None = None,
     ) -> None:
         self.seed = seed
         self._stats = Stats()
         self._journal = Journal()
         ids = Ids(random.Random(f"{seed}:ids"))
-        self._webhooks = WebhookSender(webhook_secret, self._stats, webhook_transport)
+        self._webhooks = WebhookSender(
+            webhook_secret,
+            self._stats,
+            webhook_transport,
+            standard_secret=standard_webhook_secret,
+        )
         self._openai = OpenAIApi(ids, openai_api_key, self._stats)
         self._llamaparse = LlamaParseApi(ids, llamaparse_api_key, self._webhooks, self._stats)
         self._apis: dict[str, ProviderApi] = {"/v1/": self._openai, "/api/": self._llamaparse}
