@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from itertools import pairwise
 
-from providers import LLAMAPARSE
+from providers import LLAMAPARSE, OPENAI
 from providers.llamaparse.settings import UPLOAD_WINDOW_S, LlamaParseConfig
 from resilience.breaker import BreakerPolicy
 from simulations.chaos.dead_letters import AuditRow, Evidence, dead_letter_problem, loop_time
 from simulations.chaos.leases import LeaseJudge, lease_problems
+from simulations.chaos.pacing import Answered, early_after_429, over_rate
 from simulations.chaos.timing import Call, calls, calls_while_open, schedule_problems
 from simulations.chaos.world import JOB_TIMEOUT_S, World
 from state.machine import Job
@@ -66,6 +67,30 @@ def timing_problems(world: World, jobs: list[Job]) -> list[str]:
     problems += [
         f"ground truth: leases: {problem}" for problem in lease_problems(found, job_of, judge)
     ]
+    problems += [f"ground truth: pacing: {problem}" for problem in pacing_problems(world)]
+    return problems
+
+
+def pacing_problems(world: World) -> list[str]:
+    """Each OpenAI-limited process's requests, as OpenAI saw them arrive: never more than
+    its RPM bucket grants, and none while a 429 answered to it still asked it to wait."""
+    rpm, tpm = world.features.rpm, world.features.tpm
+    if rpm is None and tpm is None:
+        return []  # no bucket: a 429 is waited out by the job, not by the process
+    mine: dict[str, list[Answered]] = {}
+    for arrival in world.emulator.arrivals():
+        if arrival.provider == OPENAI and arrival.client:
+            mine.setdefault(arrival.client, []).append(
+                Answered(
+                    arrival.received_at, arrival.answered_at, arrival.status, arrival.retry_after_s
+                )
+            )
+    problems = []
+    for client, requests in sorted(mine.items()):
+        found = [early_after_429(requests)]
+        if rpm is not None:
+            found.append(over_rate([r.at for r in requests], rpm, rpm / 60.0))
+        problems += [f"p{client}: {problem}" for problem in found if problem is not None]
     return problems
 
 

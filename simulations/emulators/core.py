@@ -40,7 +40,13 @@ from simulations.emulators import control
 from simulations.emulators.chaos import FaultInjector
 from simulations.emulators.faults import FaultPlan
 from simulations.emulators.ids import Ids
-from simulations.emulators.journal import CLIENT_HEADER, UNTAGGED, Arrival, Journal
+from simulations.emulators.journal import (
+    CLIENT_HEADER,
+    UNTAGGED,
+    Arrival,
+    Journal,
+    asked_wait_s,
+)
 from simulations.emulators.llamaparse_api import LlamaParseApi
 from simulations.emulators.llamaparse_v2 import ParseJob
 from simulations.emulators.openai_api import OpenAIApi
@@ -190,6 +196,7 @@ class Emulator:
         try:
             response = await self._answer(api, route, params, incoming, arrival)
             status = response.status
+            arrival.retry_after_s = asked_wait_s(response.headers)
         finally:
             self._journal.ended(arrival, status, loop.time())
             if api is self._openai:  # its one route is /v1/embeddings

@@ -15,6 +15,7 @@ everything else the simulation logs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,6 +46,8 @@ class Arrival:
     """When the request was over: answered, or abandoned by its caller (None: in flight)."""
     fault: str | None = None
     """The last fault the emulator served it (`FAULT_KINDS`), if any."""
+    retry_after_s: float | None = None
+    """The wait its answer asked for (a 429's `retry-after-ms`, else `Retry-After`)."""
 
     @property
     def failed(self) -> bool:
@@ -53,6 +56,18 @@ class Arrival:
         if self.ended_at is None:
             return False
         return self.fault in FAILURES or self.status == NEVER_ANSWERED or self.status >= 400
+
+
+def asked_wait_s(headers: Mapping[str, str]) -> float | None:
+    """The wait an answer asks for: `retry-after-ms` (the finer one, which OpenAI's own
+    SDK prefers), else `Retry-After` in seconds; None when it asks for none."""
+    lower = {name.lower(): value for name, value in headers.items()}
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return float(lower[name]) / scale
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 class Journal:
@@ -83,4 +98,4 @@ class Journal:
         self._arrivals.clear()
 
 
-__all__ = ["CLIENT_HEADER", "FAILURES", "UNTAGGED", "Arrival", "Journal"]
+__all__ = ["CLIENT_HEADER", "FAILURES", "UNTAGGED", "Arrival", "Journal", "asked_wait_s"]
