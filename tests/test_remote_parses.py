@@ -15,12 +15,13 @@ import pytest
 from providers.llamaparse.client import Document
 from providers.pricing import USD_PER_CREDIT
 from providers.transport import HttpRequest
+from resilience import CircuitOpen
 from resilience.budget import Budget
 from resilience.clock import wall_time
 from simulations.emulators import FaultPlan, InProcessTransport, LlamaParsePlan
 from simulations.samples import SAMPLES
 from state import JobState, Trigger
-from state.pipeline.wiring import PARSE
+from state.pipeline.wiring import PARSE, SUBMIT
 from state.store.remote import RemoteJob, RemoteState
 from tests.jobs import upload_samples
 from tests.test_worker import Rig, drain, environment, scenario
@@ -269,3 +270,28 @@ def test_an_intent_whose_job_ended_is_adopted_or_released(tmp_path: Path, upload
         assert rig.emulator.stats().requests.get(UPLOAD, {}) == ({200: 1} if uploaded else {})
 
     scenario(tmp_path, environ, body, faults=parse_time(5.0))
+
+
+def test_an_upload_waiting_for_the_throttle_when_the_breaker_opens_is_never_sent(
+    tmp_path: Path,
+) -> None:
+    """The upload throttle is waited before the guard admits an upload: one queued there
+    when the breaker opens is refused (`CircuitOpen`), not sent while the breaker is open."""
+    environ = environment("real", LLAMA_CLOUD_UPLOADS_PER_10S="2")  # one upload per 10 s
+
+    async def body(rig: Rig) -> None:
+        router = rig.pipeline.router(SUBMIT)
+        first, second = (
+            Document(f"d{i}.md", f"# document {i}\n".encode(), "text/markdown") for i in (1, 2)
+        )
+        await router.call(SUBMIT, first, name="job-1-v1")
+        queued = asyncio.get_running_loop().create_task(
+            router.call(SUBMIT, second, name="job-2-v1")
+        )
+        await asyncio.sleep(5.0)  # the second waits for the throttle until 10 s
+        rig.pipeline.guard(SUBMIT).breaker.force_open("the provider is down")
+        with pytest.raises(CircuitOpen):
+            await queued
+        assert rig.emulator.stats().requests[UPLOAD] == {200: 1}
+
+    scenario(tmp_path, environ, body)
