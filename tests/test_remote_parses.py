@@ -137,7 +137,7 @@ def test_a_failed_remote_job_fails_its_job_and_refunds_its_reservation(tmp_path:
     scenario(tmp_path, environ, body, faults=parse_time(5.0, page_failure_rate=1.0))
 
 
-def test_an_expired_remote_job_is_retried_under_a_new_name_and_its_charge_kept(
+def test_an_expiring_remote_job_is_tried_max_attempts_times_each_charge_kept(
     tmp_path: Path,
 ) -> None:
     environ = environment(
@@ -151,10 +151,12 @@ def test_an_expired_remote_job_is_retried_under_a_new_name_and_its_charge_kept(
         assert job.state is JobState.FAILED
         assert job.last_error is not None
         assert "did not finish within 30s" in job.last_error
+        assert job.failure_reason == "parsing: failed 3 times (max_attempts 3)"
+        # Three real tries, each under a new name: the leases that woke the job were not.
         rows = await rig.store.remote_parses(job_id)
-        assert [row.status for row in rows] == [RemoteState.REPORTED] * 2
-        assert len({row.name for row in rows}) == 2
-        # Ground truth: LlamaParse holds two jobs, one per name, and both were charged.
+        assert [row.status for row in rows] == [RemoteState.REPORTED] * 3
+        assert len({row.name for row in rows}) == 3
+        # Ground truth: LlamaParse holds three jobs, one per name, and all were charged.
         listed = await listed_names(rig)
         assert {f"{row.name}--{job.filename}" for row in rows} <= listed
         spent_usd, _ = await parse_budget(rig).spent("day")

@@ -103,7 +103,6 @@ def test_an_intent_is_kept_whole_and_one_live_row_per_document(db: str) -> None:
 def test_recording_the_upload_parks_the_job_in_one_transaction(db: str) -> None:
     async def body(store: Store) -> None:
         parked, live = await submitted(store, "lp-1")
-        # The lease that took it (1) is given back: the one that wakes it is expected.
         assert (parked.state, parked.lease_owner, parked.step_attempts) == (
             JobState.PARSING,
             None,
@@ -228,6 +227,22 @@ def test_a_failure_is_kept_for_its_job_and_taken_once(db: str) -> None:
         # A new intent for the document may follow a failure.
         fresh = replace(intent_for(job), name=f"{job.id}-v99")
         assert await store.begin_remote_parse(fresh, now=now) == fresh
+
+    run(db, body)
+
+
+def test_the_lease_that_wakes_a_parked_job_is_not_counted_as_a_try(db: str) -> None:
+    async def body(store: Store) -> None:
+        job, live = await submitted(store)
+        assert job.step_attempts == 0  # parked at its first try: nothing counted yet
+        timeout = ProviderError("llamaparse: job lp-1 did not finish", code="job_timeout")
+        now = wall_time()
+        assert await store.fail_remote_parse(live.name, error_record(timeout), owner=None, now=now)
+        [woken] = await store.lease(OTHER, now=now, lease_s=LEASE_S)
+        assert woken.step_attempts == 0  # expected, not a worker dying in the step
+        # The waking lease lost in its turn (its holder died): the next pick-up counts it.
+        [again] = await store.lease(OWNER, now=now + LEASE_S, lease_s=LEASE_S)
+        assert again.step_attempts == 1
 
     run(db, body)
 

@@ -27,15 +27,6 @@ for one of two reasons, `dead letters`:
   never finished counts only when the journal of leases shows its holder
   died (`World.deaths`) or a wall clock jump fell inside it.
 
-A second known gap, found by this check (`PARK_UNDERFLOW`): a parse's
-first park costs a try. The lease that starts the step counts one
-(`step_attempts` + 1), the move into parsing resets the count to 0, and the
-park's "the lease that wakes the job must not count" (- 1) is clamped at 0,
-so the waking lease's + 1 stays: a job whose first remote parse expires has
-two tries counted, and is dead-lettered after two real ones. Judged here
-as the code counts (the first try after the step's first park weighs two),
-so the simulation holds while the bug stands; remove it with the fix.
-
 Audit rows carry wall times (to the millisecond); `World.epochs` maps them
 back to the loop clock the journal uses.
 """
@@ -126,24 +117,19 @@ def dead_letter_problem(
     )
     expired = list(remote)
     tries = 0
-    parked = tried = False
     for before, row in zip(rows[entered:], rows[entered + 1 :], strict=False):
-        parked = parked or row.trigger == "submit"
         is_try = row.trigger == "fail" or (
             row.trigger == "wait" and row.reason.startswith(f"{WaitReason.RETRY}:")
         )
         if not is_try or step not in PROVIDER_OF_STEP:
             continue
-        # The known gap PARK_UNDERFLOW: the first try after the step's first park costs two.
-        weight = 2 if parked and not tried else 1
-        tried = True
         if _served_failure(evidence.arrivals, step, correlation_id, before.at, row.at):
-            tries += weight
+            tries += 1
         elif step == JobState.PARSING:
             given_up = next((job for job in expired if _gave_up(job, row.at, evidence)), None)
             if given_up is not None:
                 expired.remove(given_up)
-                tries += weight
+                tries += 1
     lost = _lost_leases(job_id, rows[entered].at, failed.at, evidence)
     if tries + lost >= max_attempts:
         return None

@@ -140,9 +140,10 @@ class RemoteParseStore(Protocol):
         """The upload was accepted as `remote_id`: mark the row `live` (polled from `due_at`)
         and let its job go, in one transaction.
 
-        The job stays in `parsing` with its lease released, one step attempt
-        taken back (the lease that wakes it is expected, not a worker dying in
-        the step) and `not_before` at the row's deadline (after which any worker
+        The job stays in `parsing` with its lease released, its step attempts
+        as they were (`lease` does not count the pick-up that wakes a job parked
+        on a `live` or `failed` row: that lease is expected, not a sign of a
+        worker dying in the step) and `not_before` at the row's deadline (after which any worker
         looks again); its version rises and an audit row (trigger "submit")
         says which remote job it waits on. Raises `StaleJob` unless `owner`
         holds the job's lease in `parsing` and the row is still an `intent`.

@@ -124,15 +124,13 @@ class RemoteParseRows(Generic[S]):
                 problem = f"expected parsing, found {job.state}"
             if problem is not None:
                 raise StaleJob(job.id, problem)  # rolls the row back to `intent` too
-            # The lease that wakes the job must not count as a worker dying in the step.
-            attempts = max(job.step_attempts - 1, 0)
+            # Its step_attempts stay: `lease` does not count the pick-up that wakes it.
             row = await tx.fetch_one(
                 """UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_expires_at = NULL,
-                    step_attempts = ?, version = ?, updated_at = ?
+                    version = ?, updated_at = ?
                 WHERE id = ? AND version = ? RETURNING *""",
                 (
                     float(marked["deadline"]),
-                    attempts,
                     job.version + 1,
                     iso_utc(now),
                     job.id,
