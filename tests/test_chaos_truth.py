@@ -174,7 +174,7 @@ def row(source: str | None, dest: str, trigger: str, reason: str, at: float) -> 
 
 
 def evidence(arrivals: list[Arrival]) -> Evidence:
-    return Evidence(arrivals, [], [], {}, [], 240.0, {}, lambda at: EPOCH + at)
+    return Evidence(arrivals, [], [], {}, [], 240.0, lambda at: EPOCH + at)
 
 
 def embedding_tries(reason: str) -> list[AuditRow]:

@@ -22,6 +22,7 @@ from simulations.emulators import FaultPlan, InProcessTransport, LlamaParsePlan
 from simulations.samples import SAMPLES
 from state import JobState, Trigger
 from state.pipeline.wiring import PARSE, SUBMIT
+from state.pipeline.worker import Worker
 from state.store.remote import RemoteJob, RemoteState
 from tests.jobs import upload_samples
 from tests.test_worker import Rig, drain, environment, scenario
@@ -212,6 +213,45 @@ def test_v1_polls_each_job_and_fetches_its_result_once(tmp_path: Path) -> None:
     scenario(tmp_path, environment("real", LLAMA_CLOUD_API_VERSION="v1"), body)
 
 
+async def abandoned_intent(rig: Rig, worker: Worker, *, uploaded: bool) -> str:
+    """What a crash leaves: an intent (and its upload, if `uploaded`), its job then failed
+    by hand, so only the poller's sweep settles it. The job's id."""
+    assert worker.remote is not None
+    [job_id] = await upload_samples(rig.store, SAMPLES[:1])
+    [job] = await rig.store.lease("crashed", now=wall_time(), lease_s=60)
+    job = await rig.store.transition(
+        job.id,
+        expected_state=job.state,
+        expected_version=job.version,
+        owner="crashed",
+        trigger=Trigger.START_PARSE,
+        reason="parsing",
+        correlation_id=job.correlation_id,
+        now=wall_time(),
+    )
+    document = Document(job.filename, SAMPLES[0].path.read_bytes(), job.mime_type)
+    # What the crashed process did: reserve and record the intent, maybe upload.
+    intent = await worker.remote._intend(job, document)
+    assert isinstance(intent, RemoteJob)
+    parser = rig.pipeline.parser
+    assert parser is not None
+    if uploaded:
+        await parser.submit(document, name=intent.name)
+    await rig.store.release_lease(job.id, "crashed")
+    await rig.store.transition(
+        job.id,
+        expected_state=JobState.PARSING,
+        expected_version=job.version,
+        owner=None,
+        trigger=Trigger.FAIL,
+        reason="an operator gave up on it",
+        correlation_id=job.correlation_id,
+        now=wall_time(),
+        failure_reason="given up",
+    )
+    return job_id
+
+
 @pytest.mark.parametrize("uploaded", [True, False])
 def test_an_intent_whose_job_ended_is_adopted_or_released(tmp_path: Path, uploaded: bool) -> None:
     """A crash left an intent, and the job was then failed by hand: the poller still finds
@@ -219,40 +259,8 @@ def test_an_intent_whose_job_ended_is_adopted_or_released(tmp_path: Path, upload
     environ = environment("real", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD="1")
 
     async def body(rig: Rig) -> None:
-        [job_id] = await upload_samples(rig.store, SAMPLES[:1])
         worker = rig.worker()
-        assert worker.remote is not None
-        [job] = await rig.store.lease("crashed", now=wall_time(), lease_s=60)
-        job = await rig.store.transition(
-            job.id,
-            expected_state=job.state,
-            expected_version=job.version,
-            owner="crashed",
-            trigger=Trigger.START_PARSE,
-            reason="parsing",
-            correlation_id=job.correlation_id,
-            now=wall_time(),
-        )
-        document = Document(job.filename, SAMPLES[0].path.read_bytes(), job.mime_type)
-        # What the crashed process did: reserve and record the intent, maybe upload.
-        intent = await worker.remote._intend(job, document)
-        assert isinstance(intent, RemoteJob)
-        parser = rig.pipeline.parser
-        assert parser is not None
-        if uploaded:
-            await parser.submit(document, name=intent.name)
-        await rig.store.release_lease(job.id, "crashed")
-        await rig.store.transition(
-            job.id,
-            expected_state=JobState.PARSING,
-            expected_version=job.version,
-            owner=None,
-            trigger=Trigger.FAIL,
-            reason="an operator gave up on it",
-            correlation_id=job.correlation_id,
-            now=wall_time(),
-            failure_reason="given up",
-        )
+        job_id = await abandoned_intent(rig, worker, uploaded=uploaded)
         for _ in range(120):
             await worker.run_once()
             await asyncio.sleep(1.0)
@@ -297,3 +305,45 @@ def test_an_upload_waiting_for_the_throttle_when_the_breaker_opens_is_never_sent
         assert rig.emulator.stats().requests[UPLOAD] == {200: 1}
 
     scenario(tmp_path, environ, body)
+
+
+def test_an_upload_made_late_gets_its_full_timeout_from_the_upload(tmp_path: Path) -> None:
+    """The throttle holds the last of three uploads 20 s after its intent; LlamaParse takes
+    10 s of a 15 s timeout: every job completes, none expired at its recording."""
+    environ = environment("real", LLAMA_CLOUD_JOB_TIMEOUT_S="15", LLAMA_CLOUD_UPLOADS_PER_10S="2")
+
+    async def body(rig: Rig) -> None:
+        ids = await rig.upload_samples()
+        await run_until_terminal(rig, ids, concurrency=len(ids))
+        submits = []
+        for job in await rig.jobs(ids):
+            assert job.state is JobState.COMPLETE
+            [row] = await rig.store.remote_parses(job.id)
+            assert row.status is RemoteState.DONE
+            submits += [e.at for e in await rig.store.history(job.id) if e.trigger == "submit"]
+        assert sorted(submits)[-1].endswith("00:00:20.000Z")  # 20 s after the intents
+        assert rig.emulator.stats().requests[UPLOAD] == {200: len(ids)}
+
+    scenario(tmp_path, environ, body, faults=parse_time(10.0))
+
+
+def test_an_upload_adopted_after_a_crash_gets_its_timeout_from_the_adoption(
+    tmp_path: Path,
+) -> None:
+    """Adopted 40 s after its intent, a 50 s parse under a 30 s timeout is not expired at
+    once: LlamaParse's created time is on its clock, so the timeout runs from the adoption."""
+    environ = environment("real", LLAMA_CLOUD_JOB_TIMEOUT_S="30")
+
+    async def body(rig: Rig) -> None:
+        worker = rig.worker()
+        job_id = await abandoned_intent(rig, worker, uploaded=True)
+        await asyncio.sleep(40.0)  # no poller ran while the crashed process was down
+        adopted = wall_time()
+        for _ in range(60):
+            await worker.run_once()
+            await asyncio.sleep(1.0)
+        [row] = await rig.store.remote_parses(job_id)
+        assert row.status is RemoteState.DONE
+        assert row.deadline == pytest.approx(adopted + 30.0)
+
+    scenario(tmp_path, environ, body, faults=parse_time(50.0))

@@ -17,13 +17,11 @@ for one of two reasons, `dead letters`:
   jobs (an embedding batch carries its first job's id only, a LlamaParse
   status list none: a poll that failed there can leave a finished parse
   unfetched until our deadline gives it up); or a LlamaParse
-  job for it existed when we gave up on it past our deadline for it (one try
-  each). Our deadline is ours to set, so it is read from our rows, as
-  `ground_truth` does; but it counts from the intent, not the upload, a
-  known gap this check found: an upload made late (after hung tries,
-  circuit-open waits or a wall clock jump), or an earlier upload `find`
-  turns up, is given up on the moment it is recorded, and its job
-  dead-lettered, though LlamaParse COMPLETED it (seen: 800 s before). A lease that
+  job for it had existed for our whole timeout (`timeout_s`, on the wall
+  clock the processes read, from its creation in LlamaParse's own record)
+  when we gave up on it (one try each). Not our rows' deadlines: one counted
+  from before the upload (the intent) would give up on an upload made late,
+  or found after a crash, the moment it is recorded. A lease that
   never finished counts only when the journal of leases shows its holder
   died (`World.deaths`) or a wall clock jump fell inside it.
 
@@ -39,7 +37,7 @@ from datetime import datetime
 from typing import Final
 
 from providers import LLAMAPARSE, OPENAI
-from simulations.chaos.ground_truth import document_of, job_of, row_name
+from simulations.chaos.ground_truth import document_of, job_of
 from simulations.chaos.leases import UNFENCED_METHOD
 from simulations.chaos.oracle import LeaseEvent
 from simulations.emulators.journal import UNTAGGED, Arrival
@@ -82,9 +80,8 @@ class Evidence:
     jump_times: Sequence[float]
     timeout_s: float
     """Our deadline for a remote parse (LLAMA_CLOUD_JOB_TIMEOUT_S)."""
-    deadlines: Mapping[str, float]
-    """Remote parse row name -> our deadline for it (wall time): what we decided."""
     wall_at: Callable[[float], float]
+    """The wall time the processes read at a loop time (`World.wall_at`)."""
 
 
 def dead_letter_problem(
@@ -149,14 +146,10 @@ def _step_of(rows: Sequence[AuditRow]) -> JobState | None:
 
 
 def _gave_up(job: ParseJob, at: float, evidence: Evidence) -> bool:
-    """Had LlamaParse made `job` by loop time `at`, and our deadline for it passed (its
-    row's, in wall time; `timeout_s` from its creation if no row names it)?"""
-    deadline = evidence.deadlines.get(row_name(job.name) or "")
-    if deadline is None:
-        past = at >= job.created_at + evidence.timeout_s
-    else:
-        past = evidence.wall_at(at) >= deadline - AUDIT_SLACK_S
-    return past and job.created_at <= at + AUDIT_SLACK_S
+    """Had LlamaParse made `job` at least `timeout_s` before loop time `at`, on the wall
+    clock the processes read (a jump forward may end a timeout early in loop time)?"""
+    since = evidence.wall_at(at) - evidence.wall_at(job.created_at)
+    return since >= evidence.timeout_s - AUDIT_SLACK_S
 
 
 def _served_failure(

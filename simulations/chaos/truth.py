@@ -62,7 +62,6 @@ def dead_letter_problems(world: World, jobs: Mapping[str, Job], healthy: list[st
         deaths=world.deaths,
         jump_times=[at for at, _ in _jumps(world)],
         timeout_s=JOB_TIMEOUT_S,
-        deadlines={row.name: row.deadline for row in world.run(world.store.remote_rows())},
         wall_at=world.wall_at,
     )
     max_attempts = next(iter((*world.processes.values(), *world.retired))).worker.max_attempts

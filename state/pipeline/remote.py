@@ -239,7 +239,7 @@ class RemoteParses:
             estimated_usd=estimate,
             reservation=None if reservation is None else reservation.record(),
             due_at=now,
-            deadline=now + config.job_timeout_s,
+            deadline=now + config.job_timeout_s,  # provisional: `_record` counts from the upload
             polls=0,
             error=None,
             created_at=now,
@@ -297,10 +297,24 @@ class RemoteParses:
             remote_id,
             owner=self.owner,
             due_at=now + self._first_poll_s,
+            deadline=self._deadline(now),
             now=now,
         )
         emit("remote_parse.submitted", job_id=job.id, name=row.name, remote_id=remote_id)
         return Parked(parked, remote_id)
+
+    def _deadline(self, now: float) -> float:
+        """When a remote job made or found at `now` expires: `job_timeout_s` from then.
+
+        Not from the intent: an upload made late (after hung tries, circuit-open
+        waits) would be expired the moment it is recorded, and its job failed
+        though LlamaParse completes it. A job `find` turns up after a crash was
+        made earlier, but LlamaParse's `created_at` is on its clock, not ours
+        (`find` allows `FIND_SLACK_S` between them), so the deadline counts
+        from when we learnt of it: the job gets at least its full time, and at
+        most the crash's gap more.
+        """
+        return now + self.parser.config.job_timeout_s
 
     @property
     def _first_poll_s(self) -> float:
@@ -385,7 +399,9 @@ class RemoteParses:
         if found is None:
             if await self.store.drop_remote_parse(row.name):
                 await self._release(row, "abandoned")
-        elif await self.store.adopt_remote_parse(row.name, found, due_at=now, now=now):
+        elif await self.store.adopt_remote_parse(
+            row.name, found, due_at=now, deadline=self._deadline(now), now=now
+        ):
             self.stats.resumed += 1
             emit("remote_parse.adopted", job_id=row.job_id, name=row.name, remote_id=found)
 
