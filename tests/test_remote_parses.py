@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from providers.llamaparse.client import Document
+from providers.llamaparse.client import Document, upload_name
 from providers.pricing import USD_PER_CREDIT
 from providers.transport import HttpRequest
-from resilience import CircuitOpen
+from resilience import CircuitOpen, ProviderError
 from resilience.budget import Budget
 from resilience.clock import wall_time
 from simulations.emulators import FaultPlan, InProcessTransport, LlamaParsePlan
@@ -347,3 +347,31 @@ def test_an_upload_adopted_after_a_crash_gets_its_timeout_from_the_adoption(
         assert row.deadline == pytest.approx(adopted + 30.0)
 
     scenario(tmp_path, environ, body, faults=parse_time(50.0))
+
+
+def test_an_ended_jobs_intent_whose_upload_got_no_answer_is_adopted(tmp_path: Path) -> None:
+    """LlamaParse made the job but its answer was lost, and the job then ended: the sweep
+    still looks the upload up and adopts it, rather than waiting for an answer forever."""
+    environ = environment("real", BREAKWATER_LLAMAPARSE_DAILY_BUDGET_USD="1")
+
+    async def body(rig: Rig) -> None:
+        worker = rig.worker()
+        job_id = await abandoned_intent(rig, worker, uploaded=False)
+        [intent] = await rig.store.remote_parses(job_id)
+        [job] = await rig.jobs([job_id])
+        parser = rig.pipeline.parser
+        assert parser is not None
+        document = Document(job.filename, SAMPLES[0].path.read_bytes(), job.mime_type)
+        with pytest.raises(ProviderError):
+            await parser.submit(document, name=intent.name)
+        assert parser.unanswered(upload_name(job.filename, intent.name))
+        for _ in range(180):
+            await worker.run_once()
+            await asyncio.sleep(1.0)
+        [row] = await rig.store.remote_parses(job_id)
+        assert row.status is RemoteState.DONE
+        assert row.remote_id is not None
+        spent_usd, _ = await parse_budget(rig).spent("day")
+        assert spent_usd == pytest.approx(await credits(rig, row.remote_id) * USD_PER_CREDIT)
+
+    scenario(tmp_path, environ, body, faults=parse_time(5.0, lost_upload_answer_rate=1.0))

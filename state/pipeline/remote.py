@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from providers import LLAMAPARSE
@@ -382,13 +383,16 @@ class RemoteParses:
 
     async def _resolve(self, row: RemoteJob) -> None:
         """Settle an intent whose job ended first: adopt its upload if LlamaParse has it (the
-        poller then fetches and settles it), else drop it and release its reservation."""
+        poller then fetches and settles it), else drop it and release its reservation.
+
+        An upload of this process's that got no answer is looked up too (the job's
+        tries are over, so nothing else will): waiting for an answer that never comes
+        kept such an intent's estimate charged for good. Only a miss within a round of
+        the job's end waits for the next round, in case LlamaParse lists it late."""
         job = await self.store.get_job(row.job_id)
         if job is None:
             return
         filename = upload_name(job.filename, row.name)
-        if self.parser.unanswered(filename):
-            return  # this process's own upload may still land: look again next round
         try:
             found = await self._guard.call(
                 self.parser.find, filename, since=row.created_at, correlation_id=row.correlation_id
@@ -397,6 +401,8 @@ class RemoteParses:
             return
         now = self.clock()
         if found is None:
+            if self.parser.unanswered(filename) and now < _epoch(job.updated_at) + SWEEP_S:
+                return  # its last upload got no answer and may still land: look next round
             if await self.store.drop_remote_parse(row.name):
                 await self._release(row, "abandoned")
         elif await self.store.adopt_remote_parse(
@@ -525,6 +531,11 @@ def _batches(rows: list[RemoteJob]) -> list[list[RemoteJob]]:
     v1 = [[row] for row in rows if row.api_version == "v1"]
     v2 = [row for row in rows if row.api_version == "v2"]
     return v1 + [v2[start : start + BATCH] for start in range(0, len(v2), BATCH)]
+
+
+def _epoch(iso: str) -> float:
+    """Epoch seconds of an ISO-8601 stamp (a job's `updated_at`)."""
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def row_timeout(row: RemoteJob, timeout_s: float) -> ProviderError:
