@@ -3,8 +3,10 @@
 Each attempt, in order (Polly-style composition):
 
 1. the breaker: an open breaker rejects at once, before anything waits;
-2. the limits (`resilience.limits`): the request bucket, the token bucket
-   (`units`), then the budget, which reserves `cost` or raises `BudgetExceeded`;
+2. the call's own wait, if it has one (`Call.ready`: LlamaParse's upload
+   throttle), then the limits (`resilience.limits`): the request bucket, the
+   token bucket (`units`), then the budget, which reserves `cost` or raises
+   `BudgetExceeded`;
 3. admission by the breaker (a half-open probe permit, if half-open), after
    every wait, so a probe permit is never held while a call waits;
 4. the call, timed and recorded by the breaker.
@@ -170,8 +172,10 @@ class Guard:
             raise CircuitOpen(self.name, breaker.retry_after_s())
         limits = self.limits
         loop = asyncio.get_running_loop()
-        now = loop.time()
         try:
+            if call.ready is not None:
+                await call.ready()
+            now = loop.time()
             admitted = limits.admit(
                 call.units, call.cost, call.correlation_id, self.max_wait_s, now
             )

@@ -41,6 +41,10 @@ class Call(Generic[T]):
     cost: float
     """Reserved from the budget, in dollars, once per attempt."""
     correlation_id: str
+    ready: Callable[[], Awaitable[None]] | None = None
+    """A wait of the call's own, before the limits and the breaker's admission, once per
+    attempt (LlamaParse's upload throttle): so a call that waited there is admitted, or
+    refused by a breaker that opened meanwhile, like one that waited for a bucket."""
 
 
 class Limits(Protocol):

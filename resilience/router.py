@@ -101,6 +101,7 @@ class _Route:
     real: Callable[..., Awaitable[Any]]
     mock: Callable[..., Awaitable[Any]]
     guard: Guard
+    ready: Callable[[], Awaitable[None]] | None
 
 
 def fallback_reason(exc: BaseException) -> str | None:
@@ -144,10 +145,13 @@ class Router:
         real: Callable[..., Awaitable[Any]],
         mock: Callable[..., Awaitable[Any]],
         guard: Guard,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """Route `capability` to `real` through `guard`, or to `mock`. `ready` is a wait of
+        `real`'s own that the guard awaits before admitting each attempt (`Call.ready`)."""
         if capability in self._routes:
             raise ValueError(f"capability {capability!r} is already registered")
-        self._routes[capability] = _Route(real, mock, guard)
+        self._routes[capability] = _Route(real, mock, guard, ready)
 
     def guard(self, capability: str) -> Guard:
         return self._route(capability).guard
@@ -186,7 +190,7 @@ class Router:
             return await self._fallback(route, capability, "circuit_open", cid, args, kwargs)
         try:
             # The guard's own entry, given a `Call`: re-packing for `guard.call` costs 10 %.
-            call = Call(route.real, args, kwargs, units, cost, cid)
+            call = Call(route.real, args, kwargs, units, cost, cid, route.ready)
             # A caller's own id, unless already bound, must be bound for the provider to read.
             explicit = correlation_id is not None and correlation_id != bound
             value = await (guard._attempt_bound(call) if explicit else guard._attempt(call))

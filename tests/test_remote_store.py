@@ -24,6 +24,8 @@ __all__ = ["db", "shared_db"]  # the fixtures, imported from the store suite
 
 OWNER, OTHER = "worker-a", "worker-b"
 LEASE_S = 60.0
+RECORDED_TIMEOUT_S = 3600.0
+"""The deadline a recorded upload is given, from its recording (an intent's is 1800 s)."""
 
 
 async def parsing_job(store: Store, content: bytes = b"# a document\n") -> Job:
@@ -70,7 +72,12 @@ async def submitted(store: Store, remote_id: str = "lp-1") -> tuple[Job, RemoteJ
     job = await parsing_job(store)
     row = await store.begin_remote_parse(intent_for(job), now=wall_time())
     parked = await store.record_remote_parse(
-        row.name, remote_id, owner=OWNER, due_at=wall_time(), now=wall_time()
+        row.name,
+        remote_id,
+        owner=OWNER,
+        due_at=wall_time(),
+        deadline=wall_time() + RECORDED_TIMEOUT_S,
+        now=wall_time(),
     )
     [live] = await store.remote_parses(job.id)
     return parked, live
@@ -103,12 +110,13 @@ def test_an_intent_is_kept_whole_and_one_live_row_per_document(db: str) -> None:
 def test_recording_the_upload_parks_the_job_in_one_transaction(db: str) -> None:
     async def body(store: Store) -> None:
         parked, live = await submitted(store, "lp-1")
-        # The lease that took it (1) is given back: the one that wakes it is expected.
         assert (parked.state, parked.lease_owner, parked.step_attempts) == (
             JobState.PARSING,
             None,
             0,
         )
+        # The deadline is the one given with the upload, not the intent's.
+        assert live.deadline >= live.created_at + RECORDED_TIMEOUT_S
         assert parked.not_before == live.deadline  # not leased again before the deadline
         assert (live.status, live.remote_id) == (RemoteState.LIVE, "lp-1")
         history = await store.history(parked.id)
@@ -129,9 +137,10 @@ def test_an_upload_recorded_by_a_worker_without_the_lease_changes_nothing(db: st
     async def body(store: Store) -> None:
         job = await parsing_job(store)
         row = await store.begin_remote_parse(intent_for(job), now=wall_time())
+        now = wall_time()
         with pytest.raises(StaleJob):
             await store.record_remote_parse(
-                row.name, "lp-1", owner=OTHER, due_at=wall_time(), now=wall_time()
+                row.name, "lp-1", owner=OTHER, due_at=now, deadline=now + 60, now=now
             )
         # Rolled back whole: still an intent, the job still leased and unchanged.
         [kept] = await store.remote_parses(job.id)
@@ -232,6 +241,22 @@ def test_a_failure_is_kept_for_its_job_and_taken_once(db: str) -> None:
     run(db, body)
 
 
+def test_the_lease_that_wakes_a_parked_job_is_not_counted_as_a_try(db: str) -> None:
+    async def body(store: Store) -> None:
+        job, live = await submitted(store)
+        assert job.step_attempts == 0  # parked at its first try: nothing counted yet
+        timeout = ProviderError("llamaparse: job lp-1 did not finish", code="job_timeout")
+        now = wall_time()
+        assert await store.fail_remote_parse(live.name, error_record(timeout), owner=None, now=now)
+        [woken] = await store.lease(OTHER, now=now, lease_s=LEASE_S)
+        assert woken.step_attempts == 0  # expected, not a worker dying in the step
+        # The waking lease lost in its turn (its holder died): the next pick-up counts it.
+        [again] = await store.lease(OWNER, now=now + LEASE_S, lease_s=LEASE_S)
+        assert again.step_attempts == 1
+
+    run(db, body)
+
+
 def test_a_webhook_makes_only_an_unclaimed_live_row_due(db: str) -> None:
     async def body(store: Store) -> None:
         _, live = await submitted(store)
@@ -272,11 +297,20 @@ def test_an_intent_whose_job_ended_is_found_and_can_be_adopted(db: str) -> None:
         )
         assert await store.abandoned_intents(limit=10) == [row]
         now = wall_time()
-        assert await store.adopt_remote_parse(row.name, "lp-9", due_at=now, now=now)
-        assert not await store.adopt_remote_parse(row.name, "lp-9", due_at=now, now=now)
+        deadline = now + RECORDED_TIMEOUT_S
+        assert await store.adopt_remote_parse(
+            row.name, "lp-9", due_at=now, deadline=deadline, now=now
+        )
+        assert not await store.adopt_remote_parse(
+            row.name, "lp-9", due_at=now, deadline=deadline, now=now
+        )
         assert await store.abandoned_intents(limit=10) == []
         [claimed] = await store.claim_remote_parses(OWNER, now=now, hold_s=60, limit=10)
-        assert (claimed.remote_id, claimed.status) == ("lp-9", RemoteState.LIVE)
+        assert (claimed.remote_id, claimed.status, claimed.deadline) == (
+            "lp-9",
+            RemoteState.LIVE,
+            deadline,
+        )
         failed = await store.get_job(job.id)
         assert failed is not None
         assert failed.state is JobState.FAILED  # adopting never touches the ended job

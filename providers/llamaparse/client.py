@@ -5,6 +5,8 @@ call, for a caller that records a remote job and comes back to it later:
 
 * `submit(document, name=...)`: one upload; returns a `RemoteParse` handle
   (remote job id, API version, options sent, estimated pages and cost);
+  `send` is the same without waiting for the upload throttle, for a guard
+  that waits for `upload_slot` before it admits the upload;
 * `status(handle)`: one GET; the remote state, and on v2 the finished
   result too (the same GET carries it, `expand=markdown`);
 * `statuses(handles)`: many jobs' states at once, without their results
@@ -389,8 +391,22 @@ class LlamaParse:
 
     # -- the three primitives -------------------------------------------------
 
+    async def upload_slot(self) -> None:
+        """Wait for the upload throttle: what `submit` waits for before `send`.
+
+        A guarded caller has its guard wait for it instead, before the breaker
+        admits the upload (`Call.ready`): waited inside the guarded call, an
+        upload admitted before the breaker opened would go out while it is open.
+        """
+        await self._uploads.acquire()
+
     async def submit(self, document: Document, *, name: str | None = None) -> RemoteParse:
-        """Upload `document` once, waiting for the upload throttle; the job's handle.
+        """Wait for the upload throttle (`upload_slot`), then `send`."""
+        await self.upload_slot()
+        return await self.send(document, name=name)
+
+    async def send(self, document: Document, *, name: str | None = None) -> RemoteParse:
+        """Upload `document` once, the upload throttle waited for already; the job's handle.
 
         `name` goes into the uploaded file's name (`upload_name`). Raises
         `ProviderError` for a refused upload (the service's status, with its
@@ -567,6 +583,7 @@ class LlamaParse:
     async def _parse_and_cache(
         self, document: Document, sha256: str, cid: str | None
     ) -> ParsedDocument:
+        await self.upload_slot()
         handle = await self._submit(document, None, cid)
         key = self.config.api_key
         timeout_s = self.config.job_timeout_s
@@ -655,7 +672,6 @@ class LlamaParse:
 
     async def _submit(self, document: Document, name: str | None, cid: str | None) -> RemoteParse:
         key = self._key()
-        await self._uploads.acquire()
         config = self.config
         filename = upload_name(document.name, name)
         options = self.upload_options()

@@ -17,24 +17,13 @@ for one of two reasons, `dead letters`:
   jobs (an embedding batch carries its first job's id only, a LlamaParse
   status list none: a poll that failed there can leave a finished parse
   unfetched until our deadline gives it up); or a LlamaParse
-  job for it existed when we gave up on it past our deadline for it (one try
-  each). Our deadline is ours to set, so it is read from our rows, as
-  `ground_truth` does; but it counts from the intent, not the upload, a
-  known gap this check found: an upload made late (after hung tries,
-  circuit-open waits or a wall clock jump), or an earlier upload `find`
-  turns up, is given up on the moment it is recorded, and its job
-  dead-lettered, though LlamaParse COMPLETED it (seen: 800 s before). A lease that
+  job for it had existed for our whole timeout (`timeout_s`, on the wall
+  clock the processes read, from its creation in LlamaParse's own record)
+  when we gave up on it (one try each). Not our rows' deadlines: one counted
+  from before the upload (the intent) would give up on an upload made late,
+  or found after a crash, the moment it is recorded. A lease that
   never finished counts only when the journal of leases shows its holder
   died (`World.deaths`) or a wall clock jump fell inside it.
-
-A second known gap, found by this check (`PARK_UNDERFLOW`): a parse's
-first park costs a try. The lease that starts the step counts one
-(`step_attempts` + 1), the move into parsing resets the count to 0, and the
-park's "the lease that wakes the job must not count" (- 1) is clamped at 0,
-so the waking lease's + 1 stays: a job whose first remote parse expires has
-two tries counted, and is dead-lettered after two real ones. Judged here
-as the code counts (the first try after the step's first park weighs two),
-so the simulation holds while the bug stands; remove it with the fix.
 
 Audit rows carry wall times (to the millisecond); `World.epochs` maps them
 back to the loop clock the journal uses.
@@ -48,7 +37,7 @@ from datetime import datetime
 from typing import Final
 
 from providers import LLAMAPARSE, OPENAI
-from simulations.chaos.ground_truth import document_of, job_of, row_name
+from simulations.chaos.ground_truth import document_of, job_of
 from simulations.chaos.leases import UNFENCED_METHOD
 from simulations.chaos.oracle import LeaseEvent
 from simulations.emulators.journal import UNTAGGED, Arrival
@@ -91,9 +80,8 @@ class Evidence:
     jump_times: Sequence[float]
     timeout_s: float
     """Our deadline for a remote parse (LLAMA_CLOUD_JOB_TIMEOUT_S)."""
-    deadlines: Mapping[str, float]
-    """Remote parse row name -> our deadline for it (wall time): what we decided."""
     wall_at: Callable[[float], float]
+    """The wall time the processes read at a loop time (`World.wall_at`)."""
 
 
 def dead_letter_problem(
@@ -126,24 +114,19 @@ def dead_letter_problem(
     )
     expired = list(remote)
     tries = 0
-    parked = tried = False
     for before, row in zip(rows[entered:], rows[entered + 1 :], strict=False):
-        parked = parked or row.trigger == "submit"
         is_try = row.trigger == "fail" or (
             row.trigger == "wait" and row.reason.startswith(f"{WaitReason.RETRY}:")
         )
         if not is_try or step not in PROVIDER_OF_STEP:
             continue
-        # The known gap PARK_UNDERFLOW: the first try after the step's first park costs two.
-        weight = 2 if parked and not tried else 1
-        tried = True
         if _served_failure(evidence.arrivals, step, correlation_id, before.at, row.at):
-            tries += weight
+            tries += 1
         elif step == JobState.PARSING:
             given_up = next((job for job in expired if _gave_up(job, row.at, evidence)), None)
             if given_up is not None:
                 expired.remove(given_up)
-                tries += weight
+                tries += 1
     lost = _lost_leases(job_id, rows[entered].at, failed.at, evidence)
     if tries + lost >= max_attempts:
         return None
@@ -163,14 +146,10 @@ def _step_of(rows: Sequence[AuditRow]) -> JobState | None:
 
 
 def _gave_up(job: ParseJob, at: float, evidence: Evidence) -> bool:
-    """Had LlamaParse made `job` by loop time `at`, and our deadline for it passed (its
-    row's, in wall time; `timeout_s` from its creation if no row names it)?"""
-    deadline = evidence.deadlines.get(row_name(job.name) or "")
-    if deadline is None:
-        past = at >= job.created_at + evidence.timeout_s
-    else:
-        past = evidence.wall_at(at) >= deadline - AUDIT_SLACK_S
-    return past and job.created_at <= at + AUDIT_SLACK_S
+    """Had LlamaParse made `job` at least `timeout_s` before loop time `at`, on the wall
+    clock the processes read (a jump forward may end a timeout early in loop time)?"""
+    since = evidence.wall_at(at) - evidence.wall_at(job.created_at)
+    return since >= evidence.timeout_s - AUDIT_SLACK_S
 
 
 def _served_failure(

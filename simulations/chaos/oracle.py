@@ -156,10 +156,10 @@ class CheckedStore(SqliteJobStore):
         return released
 
     async def record_remote_parse(
-        self, name: str, remote_id: str, *, owner: str, due_at: float, now: float
+        self, name: str, remote_id: str, *, owner: str, due_at: float, deadline: float, now: float
     ) -> Job:
         job = await super().record_remote_parse(
-            name, remote_id, owner=owner, due_at=due_at, now=now
+            name, remote_id, owner=owner, due_at=due_at, deadline=deadline, now=now
         )
         self._lease_changed(job.id, None, None)  # parked: unleased while LlamaParse parses
         return job

@@ -22,19 +22,13 @@ process, for one correlation id, to one provider, each sent the instant the
 one before was answered (`calls`). A call admitted while closed may send its
 next request after the breaker opened under it (a job list's next page);
 that is the same call going on, not a new one.
-
-One known gap is let through (`queued_s`): LlamaParse's upload throttle
-waits inside the guarded call, after the breaker admitted it, so uploads
-admitted while closed and queued behind each other still go out, one per
-throttle interval, after the breaker opened: at most one per parse slot
-of the process. The breaker does not fence them (a finding of this check).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -140,13 +134,8 @@ def calls_while_open(
     transitions: Transitions,
     policies: Breakers,
     now: float,
-    queued_s: Callable[[Call], float] = lambda call: 0.0,
 ) -> list[str]:
-    """`calls while open` (module doc): what broke it, one line each.
-
-    `queued_s(call)`: how long after the breaker opened a call admitted while it was
-    closed may still go out, having waited inside the client after its admission.
-    """
+    """`calls while open` (module doc): what broke it, one line each."""
     by_caller: defaultdict[tuple[str, str], list[Call]] = defaultdict(list)
     for call in found:
         by_caller[(call.client, call.provider)].append(call)
@@ -161,7 +150,7 @@ def calls_while_open(
                 f"{name}: a call ({call.route}, {call.correlation_id or 'no id'}) reached it at "
                 f"{call.started:g} s, while open from {period.start:g} s to {period.end:g} s"
                 for call in by_caller[caller]
-                if period.start + queued_s(call) < call.started < period.end
+                if period.start < call.started < period.end
             ]
             continue
         policy = policies[(period.provider, period.number)]

@@ -9,16 +9,15 @@ assertion message starting `ground truth: <invariant>: `.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from itertools import pairwise
 
-from providers import LLAMAPARSE, OPENAI
-from providers.llamaparse.settings import UPLOAD_WINDOW_S, LlamaParseConfig
+from providers import OPENAI
 from resilience.breaker import BreakerPolicy
 from simulations.chaos.dead_letters import AuditRow, Evidence, dead_letter_problem, loop_time
 from simulations.chaos.leases import LeaseJudge, lease_problems
 from simulations.chaos.pacing import Answered, early_after_429, over_rate
-from simulations.chaos.timing import Call, calls, calls_while_open, schedule_problems
+from simulations.chaos.timing import calls, calls_while_open, schedule_problems
 from simulations.chaos.world import JOB_TIMEOUT_S, World
 from state.machine import Job
 
@@ -36,27 +35,13 @@ def _jumps(world: World) -> list[tuple[float, float]]:
     return [(at, epoch - before) for (_, before), (at, epoch) in pairwise(world.epochs)]
 
 
-def _upload_queue_s(world: World) -> Callable[[Call], float]:
-    """How long after an open a process's admitted uploads may still leave its upload
-    throttle (`timing`'s known gap): one throttle interval per parse slot."""
-    limit = LlamaParseConfig.from_env(world.environ).upload_limit
-    drained_s = world.concurrency * UPLOAD_WINDOW_S / max(limit - 1, 1)
-
-    def queued_s(call: Call) -> float:
-        upload = call.provider == LLAMAPARSE and call.route.endswith("/upload")
-        return drained_s if upload and call.route.startswith("POST ") else 0.0
-
-    return queued_s
-
-
 def timing_problems(world: World, jobs: list[Job]) -> list[str]:
     """`calls while open`, `breaker schedule` and `leases`, as assertion messages."""
     found = calls(world.emulator.arrivals())
     policies = _policies(world)
-    queued_s = _upload_queue_s(world)
     problems = [
         f"ground truth: calls while open: {problem}"
-        for problem in calls_while_open(found, world.transitions, policies, world.now, queued_s)
+        for problem in calls_while_open(found, world.transitions, policies, world.now)
     ]
     problems += [
         f"ground truth: breaker schedule: {problem}"
@@ -103,7 +88,6 @@ def dead_letter_problems(world: World, jobs: Mapping[str, Job], healthy: list[st
         deaths=world.deaths,
         jump_times=[at for at, _ in _jumps(world)],
         timeout_s=JOB_TIMEOUT_S,
-        deadlines={row.name: row.deadline for row in world.run(world.store.remote_rows())},
         wall_at=world.wall_at,
     )
     max_attempts = next(iter((*world.processes.values(), *world.retired))).worker.max_attempts

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from providers import LLAMAPARSE
@@ -239,7 +240,7 @@ class RemoteParses:
             estimated_usd=estimate,
             reservation=None if reservation is None else reservation.record(),
             due_at=now,
-            deadline=now + config.job_timeout_s,
+            deadline=now + config.job_timeout_s,  # provisional: `_record` counts from the upload
             polls=0,
             error=None,
             created_at=now,
@@ -297,10 +298,24 @@ class RemoteParses:
             remote_id,
             owner=self.owner,
             due_at=now + self._first_poll_s,
+            deadline=self._deadline(now),
             now=now,
         )
         emit("remote_parse.submitted", job_id=job.id, name=row.name, remote_id=remote_id)
         return Parked(parked, remote_id)
+
+    def _deadline(self, now: float) -> float:
+        """When a remote job made or found at `now` expires: `job_timeout_s` from then.
+
+        Not from the intent: an upload made late (after hung tries, circuit-open
+        waits) would be expired the moment it is recorded, and its job failed
+        though LlamaParse completes it. A job `find` turns up after a crash was
+        made earlier, but LlamaParse's `created_at` is on its clock, not ours
+        (`find` allows `FIND_SLACK_S` between them), so the deadline counts
+        from when we learnt of it: the job gets at least its full time, and at
+        most the crash's gap more.
+        """
+        return now + self.parser.config.job_timeout_s
 
     @property
     def _first_poll_s(self) -> float:
@@ -368,13 +383,16 @@ class RemoteParses:
 
     async def _resolve(self, row: RemoteJob) -> None:
         """Settle an intent whose job ended first: adopt its upload if LlamaParse has it (the
-        poller then fetches and settles it), else drop it and release its reservation."""
+        poller then fetches and settles it), else drop it and release its reservation.
+
+        An upload of this process's that got no answer is looked up too (the job's
+        tries are over, so nothing else will): waiting for an answer that never comes
+        kept such an intent's estimate charged for good. Only a miss within a round of
+        the job's end waits for the next round, in case LlamaParse lists it late."""
         job = await self.store.get_job(row.job_id)
         if job is None:
             return
         filename = upload_name(job.filename, row.name)
-        if self.parser.unanswered(filename):
-            return  # this process's own upload may still land: look again next round
         try:
             found = await self._guard.call(
                 self.parser.find, filename, since=row.created_at, correlation_id=row.correlation_id
@@ -383,9 +401,13 @@ class RemoteParses:
             return
         now = self.clock()
         if found is None:
+            if self.parser.unanswered(filename) and now < _epoch(job.updated_at) + SWEEP_S:
+                return  # its last upload got no answer and may still land: look next round
             if await self.store.drop_remote_parse(row.name):
                 await self._release(row, "abandoned")
-        elif await self.store.adopt_remote_parse(row.name, found, due_at=now, now=now):
+        elif await self.store.adopt_remote_parse(
+            row.name, found, due_at=now, deadline=self._deadline(now), now=now
+        ):
             self.stats.resumed += 1
             emit("remote_parse.adopted", job_id=row.job_id, name=row.name, remote_id=found)
 
@@ -509,6 +531,11 @@ def _batches(rows: list[RemoteJob]) -> list[list[RemoteJob]]:
     v1 = [[row] for row in rows if row.api_version == "v1"]
     v2 = [row for row in rows if row.api_version == "v2"]
     return v1 + [v2[start : start + BATCH] for start in range(0, len(v2), BATCH)]
+
+
+def _epoch(iso: str) -> float:
+    """Epoch seconds of an ISO-8601 stamp (a job's `updated_at`)."""
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def row_timeout(row: RemoteJob, timeout_s: float) -> ProviderError:

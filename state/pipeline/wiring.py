@@ -61,6 +61,8 @@ class Capability:
     guard: Guard
     keyed: bool
     """False when the provider has no key: the real implementation is never routed to."""
+    ready: Callable[[], Awaitable[None]] | None = None
+    """A wait of `real`'s own, awaited by the guard before it admits each attempt."""
 
 
 class Pipeline:
@@ -112,7 +114,7 @@ class Pipeline:
         routers = {}
         for name, cap in self.capabilities.items():
             router = Router(mode if cap.keyed else ServiceMode.MOCK)
-            router.register(name, real=cap.real, mock=cap.mock, guard=cap.guard)
+            router.register(name, real=cap.real, mock=cap.mock, guard=cap.guard, ready=cap.ready)
             routers[name] = router
         return routers
 
@@ -172,8 +174,14 @@ class Pipeline:
             PARSE: Capability(
                 parser.parse, mock_parse.parse, guards[LLAMAPARSE], keyed[LLAMAPARSE]
             ),
+            # The upload throttle is waited before the guard admits the upload, so an
+            # upload queued there when the breaker opens is refused, never sent.
             SUBMIT: Capability(
-                parser.submit, _named(mock_parse), guards[LLAMAPARSE], keyed[LLAMAPARSE]
+                parser.send,
+                _named(mock_parse),
+                guards[LLAMAPARSE],
+                keyed[LLAMAPARSE],
+                ready=parser.upload_slot,
             ),
             EMBED: Capability(
                 embedder.embed_batch, mock_embed.embed_batch, guards[OPENAI], keyed[OPENAI]

@@ -80,7 +80,13 @@ WITH ready AS (
 )
 UPDATE jobs
 SET lease_owner = $1, lease_expires_at = $2,
-    step_attempts = step_attempts + CASE WHEN state = 'waiting' THEN 0 ELSE 1 END
+    step_attempts = step_attempts + CASE
+        WHEN jobs.state = 'waiting' THEN 0
+        WHEN jobs.lease_owner IS NULL AND EXISTS (
+            SELECT 1 FROM remote_parses r
+            WHERE r.job_id = jobs.id AND r.status IN ('live', 'failed')
+        ) THEN 0
+        ELSE 1 END
 FROM ready
 WHERE jobs.id = ready.id
 RETURNING jobs.*"""

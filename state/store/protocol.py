@@ -31,7 +31,9 @@ semantics:
 * Leases. `lease` hands out jobs that are not terminal, whose `not_before`
   has come and whose lease is free or expired; it sets the owner and expiry
   atomically and counts the pick-up in `step_attempts` (not for waiting
-  jobs: their next move is `resume`, not work). A lease is live while
+  jobs: their next move is `resume`, not work; nor for a job its worker
+  parked on a remote parse, `record_remote_parse`: the lease that wakes it is
+  expected, not a worker that died in the step). A lease is live while
   `now < lease_expires_at`; once it lapses the owner can neither commit
   nor renew, even if nobody else has taken the job, because somebody may
   have taken and released it meanwhile. `owner=None` transitions are for

@@ -79,7 +79,8 @@ class RemoteJob:
     """The budget reservation's record (`resilience.budget.Reservation.record`), if any."""
     due_at: float
     deadline: float
-    """After this the remote job counts as expired (`job_timeout_s` after the intent)."""
+    """After this the remote job counts as expired: `job_timeout_s` after its upload was
+    recorded or adopted (an intent's is provisional, from the intent: no upload is older)."""
     polls: int
     error: Mapping[str, Any] | None
     """For `failed`: the error's status, code and message."""
@@ -135,14 +136,15 @@ class RemoteParseStore(Protocol):
         ...
 
     async def record_remote_parse(
-        self, name: str, remote_id: str, *, owner: str, due_at: float, now: float
+        self, name: str, remote_id: str, *, owner: str, due_at: float, deadline: float, now: float
     ) -> Job:
-        """The upload was accepted as `remote_id`: mark the row `live` (polled from `due_at`)
-        and let its job go, in one transaction.
+        """The upload was accepted as `remote_id`: mark the row `live` (polled from `due_at`,
+        expired after `deadline`) and let its job go, in one transaction.
 
-        The job stays in `parsing` with its lease released, one step attempt
-        taken back (the lease that wakes it is expected, not a worker dying in
-        the step) and `not_before` at the row's deadline (after which any worker
+        The job stays in `parsing` with its lease released, its step attempts
+        as they were (`lease` does not count the pick-up that wakes a job parked
+        on a `live` or `failed` row: that lease is expected, not a sign of a
+        worker dying in the step) and `not_before` at the row's deadline (after which any worker
         looks again); its version rises and an audit row (trigger "submit")
         says which remote job it waits on. Raises `StaleJob` unless `owner`
         holds the job's lease in `parsing` and the row is still an `intent`.
@@ -159,9 +161,10 @@ class RemoteParseStore(Protocol):
         ...
 
     async def adopt_remote_parse(
-        self, name: str, remote_id: str, *, due_at: float, now: float
+        self, name: str, remote_id: str, *, due_at: float, deadline: float, now: float
     ) -> bool:
-        """Mark an `intent` `live` under `remote_id` without touching its job (which has
+        """Mark an `intent` `live` under `remote_id`, expired after `deadline`, without
+        touching its job (which has
         ended): the poller then finishes it and settles its reservation. False if it is
         no longer an intent."""
         ...

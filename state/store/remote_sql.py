@@ -106,15 +106,15 @@ class RemoteParseRows(Generic[S]):
         return remote_from_row(present(row))
 
     async def record_remote_parse(
-        self, name: str, remote_id: str, *, owner: str, due_at: float, now: float
+        self, name: str, remote_id: str, *, owner: str, due_at: float, deadline: float, now: float
     ) -> Job:
         async with self._db.transaction() as tx:
             marked = await tx.fetch_one(
                 """UPDATE remote_parses SET status = 'live', remote_id = ?, due_at = ?,
-                    updated_at = ?
+                    deadline = ?, updated_at = ?
                 WHERE name = ? AND status = 'intent'
                 RETURNING job_id, deadline""",
-                (remote_id, float(due_at), iso_utc(now), name),
+                (remote_id, float(due_at), float(deadline), iso_utc(now), name),
             )
             if marked is None:
                 raise StaleJob(name, "this remote parse is no longer an intent")
@@ -124,15 +124,13 @@ class RemoteParseRows(Generic[S]):
                 problem = f"expected parsing, found {job.state}"
             if problem is not None:
                 raise StaleJob(job.id, problem)  # rolls the row back to `intent` too
-            # The lease that wakes the job must not count as a worker dying in the step.
-            attempts = max(job.step_attempts - 1, 0)
+            # Its step_attempts stay: `lease` does not count the pick-up that wakes it.
             row = await tx.fetch_one(
                 """UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_expires_at = NULL,
-                    step_attempts = ?, version = ?, updated_at = ?
+                    version = ?, updated_at = ?
                 WHERE id = ? AND version = ? RETURNING *""",
                 (
                     float(marked["deadline"]),
-                    attempts,
                     job.version + 1,
                     iso_utc(now),
                     job.id,
@@ -164,14 +162,14 @@ class RemoteParseRows(Generic[S]):
         return [remote_from_row(row) for row in rows]
 
     async def adopt_remote_parse(
-        self, name: str, remote_id: str, *, due_at: float, now: float
+        self, name: str, remote_id: str, *, due_at: float, deadline: float, now: float
     ) -> bool:
         async with self._db.session() as session:
             row = await session.fetch_one(
                 """UPDATE remote_parses SET status = 'live', remote_id = ?, due_at = ?,
-                    updated_at = ?
+                    deadline = ?, updated_at = ?
                 WHERE name = ? AND status = 'intent' RETURNING name""",
-                (remote_id, float(due_at), iso_utc(now), name),
+                (remote_id, float(due_at), float(deadline), iso_utc(now), name),
             )
         return row is not None
 

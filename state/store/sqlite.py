@@ -59,7 +59,8 @@ MIN_SQLITE: Final = (3, 35, 0)
 _LEASE: Final = """
 UPDATE jobs
 SET lease_owner = ?1, lease_expires_at = ?2,
-    step_attempts = step_attempts + (state != 'waiting')
+    step_attempts = step_attempts + (state != 'waiting' AND NOT (lease_owner IS NULL AND EXISTS (
+        SELECT 1 FROM remote_parses r WHERE r.job_id = jobs.id AND r.status IN ('live', 'failed'))))
 WHERE id IN (
     SELECT id FROM jobs
     WHERE state NOT IN ('complete', 'failed') AND not_before <= ?3
