@@ -15,11 +15,16 @@ witnesses and the breakers, and against LlamaParse's own record of the jobs
 it made (`ground_truth`): no document is uploaded again while an earlier
 upload of it is live or COMPLETED, and the budget ledger holds exactly what
 those jobs bill (our estimate for the ones we gave up on, and for those
-still in flight, a killed process's included). Teardown heals every fault,
+still in flight, a killed process's included). Judged by what the emulators
+served and billed (`provenance`, `money`): each complete job's parse and
+vectors are exactly a provider's or exactly a mock's, labelled and
+`degraded` accordingly; the ledger holds at least what OpenAI billed; and no
+wall-clock day's bills exceed its largest budget. Teardown heals every fault,
 lets the world settle within a bounded horizon, and checks liveness: every
 job terminal, every job without a permanent fault complete, every remote
 parse resolved and its reservation with it, `degraded` only where a mock
-served, and nothing degraded after a backfill.
+served, the ledger equal to the usage logs on every day (before and after
+the backfill), and after a backfill nothing degraded and no mock output left.
 """
 
 from __future__ import annotations
