@@ -396,16 +396,19 @@ def body_with(*items: Any, usage: Any = USAGE) -> bytes:
         pytest.param(body_with("item"), id="item-not-an-object"),
     ],
 )
-def test_a_malformed_response_is_a_502_provider_error(body: bytes, events: Events) -> None:
+def test_a_malformed_response_is_a_provider_error_without_a_status(
+    body: bytes, events: Events
+) -> None:
     embedder = client(FakeNetwork(HttpResponse.build(200, {"x-request-id": "req_bad"}, body)))
     with pytest.raises(ProviderError, match="malformed") as raised, correlation.bound("c-1"):
         run_virtual(embedder.embed_batch(one_batch(embedder, "a", "b")))
-    assert (raised.value.status, raised.value.code) == (502, "malformed_response")
+    # No status: the 200 was billed, so the guard must keep its charge, not refund it.
+    assert (raised.value.status, raised.value.code) == (None, "malformed_response")
     assert raised.value.request_id == "req_bad"
     assert classify(raised.value) is ErrorClass.FAILURE
     [event] = events.of("provider.error")
     assert (event["status"], event["code"], event["correlation_id"]) == (
-        502,
+        None,
         "malformed_response",
         "c-1",
     )

@@ -302,7 +302,8 @@ class OpenAIEmbeddings:
         """POST one batch. Raises `ProviderError` for every failure, never anything else.
 
         A response with fewer items than inputs is returned as it is, with the
-        left-out positions in `missing`; one with a wrong item fails as a 502.
+        left-out positions in `missing`; one with a wrong item fails with no status
+        (a failure whose charge stays: OpenAI billed the 200 it garbled).
         The request carries the bound correlation id (`providers.http.correlated`).
         """
         cid = correlation.current()
@@ -331,9 +332,10 @@ class OpenAIEmbeddings:
         try:
             return self._decode(batch, response, request_id)
         except _Malformed as exc:
+            # No status, as for no answer at all: OpenAI answered 200, so it billed the
+            # request, and a known status would have the guard refund what was spent.
             error = ProviderError(
                 f"openai: malformed response: {exc}",
-                status=502,
                 code="malformed_response",
                 request_id=request_id,
             )

@@ -15,17 +15,24 @@ witnesses and the breakers, and against LlamaParse's own record of the jobs
 it made (`ground_truth`): no document is uploaded again while an earlier
 upload of it is live or COMPLETED, and the budget ledger holds exactly what
 those jobs bill (our estimate for the ones we gave up on, and for those
-still in flight, a killed process's included). The emulator's arrival
-journal judges breakers and leases (`truth`): no call while a breaker was
-open, half-open probes within the policy, open periods as long as the
-policy's cooldown schedule, and every call for a job inside a lease its
-process held, never two processes at once. Teardown heals every fault,
+still in flight, a killed process's included). Judged by what the emulators
+served and billed (`provenance`, `money`): each complete job's parse and
+vectors are exactly a provider's or exactly a mock's, labelled and
+`degraded` accordingly; the ledger holds at least what OpenAI billed; and no
+wall-clock day's bills exceed its largest budget. The emulator's arrival
+journal judges breakers, leases and pacing (`truth`): no call while a breaker
+was open, half-open probes within the policy, open periods as long as the
+policy's cooldown schedule, every call for a job inside a lease its process
+held, never two processes at once, and no more requests than a process's
+RPM bucket grants, none inside a 429's wait. Teardown heals every fault,
 lets the world settle within a bounded horizon, and checks liveness: every
 job terminal, every job without a permanent fault complete, every remote
 parse resolved and its reservation with it, `degraded` only where a mock
-served, chunks as the documented rules cut them (`chunk_oracle`), nothing
-degraded after a backfill, and a healthy job failed only after the tries its
-audit rows show were failed by the providers (`dead_letters`).
+served, chunks as the documented rules cut them (`chunk_oracle`), the ledger
+equal to the usage logs on every day (before and after the backfill), after
+a backfill nothing degraded and no mock output left, and a healthy job
+failed only after the tries its audit rows show were failed by the providers
+(`dead_letters`).
 
 Each world also draws which production features its processes run with
 (`features`: RPM and TPM buckets, slow-call trips, Standard Webhooks), and
@@ -60,7 +67,14 @@ from simulations.chaos.ground_truth import (
     gave_up,
 )
 from simulations.chaos.link import Tripwire
+from simulations.chaos.money import (
+    Calendar,
+    billed_spend_problem,
+    daily_budget_problems,
+    ledger_usage_problems,
+)
 from simulations.chaos.oracle import edge_problem
+from simulations.chaos.provenance import Provenance, world_problems
 from simulations.chaos.stats import RUN
 from simulations.chaos.truth import dead_letter_problems, timing_problems
 from simulations.chaos.windows import sums
@@ -108,6 +122,8 @@ class PipelineChaos(RuleBasedStateMachine):
         self.states: dict[str, str | None] = {}
         self.started = time.perf_counter()
         self.most_budget: dict[str, float] = {}
+        self.calendar: Calendar | None = None
+        self.provenance: Provenance | None = None
 
     @property
     def w(self) -> World:
@@ -147,6 +163,11 @@ class PipelineChaos(RuleBasedStateMachine):
             features=features,
         )
         self.most_budget = dict(self.w.budgets)
+        self.calendar = Calendar(self.w)
+        for provider, usd in budgets.items():
+            self.calendar.budget(self.w, provider, usd)
+        embedder = self.w.processes[min(self.w.processes)].pipeline.embedder
+        self.provenance = Provenance(embedder.model, embedder.vector_dimensions)
         self.webhook = {"duplicate_rate": duplicates}
         self._apply_faults()
         self.accepted.update(self.w.submit(documents))
@@ -241,12 +262,17 @@ class PipelineChaos(RuleBasedStateMachine):
         provider=st.sampled_from([OPENAI, LLAMAPARSE]),
         malformed=st.sampled_from([0.0, 0.2, 0.6]),
         hang=st.sampled_from([0.0, 0.1, 0.4]),
+        lost=st.sampled_from([0.0, 0.1, 0.4]),
     )
-    def bad_answers(self, provider: str, malformed: float, hang: float) -> None:
+    def bad_answers(self, provider: str, malformed: float, hang: float, lost: float) -> None:
+        """Garbled answers, hangs before the provider does anything, and (OpenAI) answers
+        lost after it billed: timeouts that cost money."""
         self._fault("malformed or hanging answers")
         faults = self.openai if provider == OPENAI else self.llamaparse
         faults["malformed_rate"] = malformed
         faults["hang_rate"] = hang
+        if provider == OPENAI:
+            faults["lost_answer_rate"] = lost
         self._apply_faults()
 
     @rule()
@@ -266,6 +292,8 @@ class PipelineChaos(RuleBasedStateMachine):
         """Change the budget; the day's spend is then held to the largest limit it had."""
         self.w.set_budget(provider, usd)
         self.most_budget[provider] = max(self.most_budget[provider], usd)
+        assert self.calendar is not None
+        self.calendar.budget(self.w, provider, usd)
 
     @rule(to_next=st.sampled_from(["hour", "day"]), leap=st.floats(0.0, 120.0))
     def clock_jump(self, to_next: str, leap: float) -> None:
@@ -278,6 +306,8 @@ class PipelineChaos(RuleBasedStateMachine):
         period = 3600.0 if to_next == "hour" else DAY_S
         wall = self.w.loop.wall_epoch + self.w.now
         self.w.jump_clock((period - wall % period) + leap)
+        assert self.calendar is not None
+        self.calendar.jumped(self.w)
         if to_next == "day":
             self.most_budget = dict(self.w.budgets)
 
@@ -444,7 +474,12 @@ class PipelineChaos(RuleBasedStateMachine):
             usd_per_credit=price,
             lapsed=world.store.taken_over,
         )
-        held = sums([*(leak for leak in world.leaks if leak.documented), *in_flight])
+        held = sums(
+            [
+                *(leak for leak in world.leaks if leak.documented),
+                *(window for window in in_flight if window.scope == LLAMAPARSE),
+            ]
+        )
         assert any(abs(charged - expected - usd) < 1e-9 for usd in held), (
             f"llamaparse: ${charged:.9f} charged, ${expected:.9f} billed or held, and open "
             f"windows for any of {sorted(held)}; killed in {[w.what for w in world.leaks]}"
@@ -465,6 +500,18 @@ class PipelineChaos(RuleBasedStateMachine):
             assert confirmed <= attempted + USD_TOLERANCE, (
                 f"{provider}: ${confirmed:.6f} settled but only ${attempted:.6f} in the ledger"
             )
+
+    @invariant()
+    def ground_truth_holds(self) -> None:
+        """What complete jobs hold is what a provider served or a mock makes, labelled so
+        (`provenance`); the ledger holds what OpenAI billed, and no day's bills went over
+        its budget (`money`)."""
+        if self.world is None or self.provenance is None or self.calendar is None:
+            return
+        problems = world_problems(self.w, self.provenance)
+        problems += filter(None, [billed_spend_problem(self.w)])
+        problems += daily_budget_problems(self.w, self.calendar)
+        assert not problems, problems[0]
 
     def _spend(self, provider: str) -> tuple[float, float]:
         """Today's (ledger total, sum of settled and kept costs in every process's usage log)."""
@@ -555,19 +602,21 @@ class PipelineChaos(RuleBasedStateMachine):
         assert not unresolved, f"remote parses never resolved: {unresolved}"
         self.uploads_wait_for_live_jobs()
         self.parse_spend_is_billed_spend()
-        if not world.crashes:
-            # Quiescent and nothing lost with a crash: every reservation is settled, so
-            # the ledger holds exactly what the usage logs recorded.
-            for provider in (OPENAI, LLAMAPARSE):
-                attempted, confirmed = self._spend(provider)
-                assert abs(attempted - confirmed) < USD_TOLERANCE, (
-                    f"{provider}: ledger ${attempted:.9f}, settled ${confirmed:.9f}"
-                )
+        # Quiescent: every reservation settled, released or kept, so the ledger holds
+        # exactly what the usage logs recorded, on every day, crashes or not (`money`).
+        assert self.provenance is not None
+        problems = world_problems(world, self.provenance, full=True)
+        problems += ledger_usage_problems(world, "settled")
+        assert not problems, problems[0]
         world.advance(900.0)  # every cooldown over, so the first real call is a probe
         process = world.processes[min(world.processes)]
         report = world.run(backfill(world.store, process.pipeline))
         assert not report.still_degraded, report.still_degraded
         assert not world.run(world.store.degraded_jobs()), "degraded jobs after backfill"
+        problems = world_problems(world, self.provenance, after_backfill=True)
+        problems += ledger_usage_problems(world, "after backfill")
+        problems += filter(None, [billed_spend_problem(world)])
+        assert not problems, problems[0]
         self.uploads_wait_for_live_jobs()
         self.timing_holds()
         self._record_coverage(jobs, rows)

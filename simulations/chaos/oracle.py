@@ -315,6 +315,42 @@ class CheckedStore(SqliteJobStore):
         usd = float(charged[0]) if charged else 0.0
         return [remote_from_row(row) for row in rows], usd, seen
 
+    async def complete_parses(self) -> list[tuple[object, ...]]:
+        """Per complete job: (id, version, sha256, file name, media type, degraded, markdown,
+        pages, failed pages as JSON, parser job id, path), the parse's columns None when
+        there is no parse."""
+        async with self._db.session() as session:
+            rows = await session.fetch(
+                """SELECT j.id, j.version, j.sha256, j.filename, j.mime_type, j.degraded,
+                p.markdown, p.pages, p.failed_pages, p.parser_job_id, p.path
+                FROM jobs j LEFT JOIN parses p ON p.sha256 = j.sha256
+                WHERE j.state = 'complete' ORDER BY j.id"""
+            )
+        return [tuple(row) for row in rows]
+
+    async def vectors_of(
+        self, documents: list[str], model: str, dimensions: int
+    ) -> list[tuple[str, int, str, bytes, str]]:
+        """The stored vectors of (`model`, `dimensions`) of these documents (by sha256):
+        (sha256, chunk index, chunk text, float32 bytes, path)."""
+        found: list[tuple[str, int, str, bytes, str]] = []
+        for start in range(0, len(documents), 500):
+            part = documents[start : start + 500]
+            async with self._db.session() as session:
+                rows = await session.fetch(
+                    f"""SELECT e.sha256, e.chunk_index, c.text, e.vector, e.path
+                    FROM embeddings e JOIN chunks c
+                    ON c.sha256 = e.sha256 AND c.chunk_index = e.chunk_index
+                    WHERE e.model = ? AND e.dimensions = ?
+                    AND e.sha256 IN ({", ".join("?" * len(part))})""",
+                    (model, dimensions, *part),
+                )
+            found += [
+                (str(sha), int(index), str(text), bytes(vector), str(path))
+                for sha, index, text, vector, path in rows
+            ]
+        return found
+
     async def mock_served_count(self) -> int:
         """Parses and vectors a mock produced, ever (backfill replaces vectors, not this)."""
         async with self._db.session() as session:

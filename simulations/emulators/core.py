@@ -14,8 +14,9 @@ malformed. Faults that replace the answer come before the handler, so they
 have no side effects (no job, no rate-limit charge); a malformed answer
 comes after, so the job exists and the tokens are spent, as when a reply is
 garbled on the way back. So does a lost answer (a handler raising
-`AnswerLost`: LlamaParse v2's `lost_upload_answer_rate`): the job exists,
-and the request hangs.
+`AnswerLost`: LlamaParse v2's `lost_upload_answer_rate`, OpenAI's
+`lost_answer_rate`): the job exists or the tokens are billed, and the
+request hangs.
 
 Every embeddings request is also noted as an arrival (`Stats.arrived`) once
 it is over, answered or not: a hang or a client giving up mid-latency still
@@ -37,6 +38,7 @@ from typing import NoReturn
 
 from providers.transport import HttpRequest, HttpResponse, Transport
 from simulations.emulators import control
+from simulations.emulators.bills import OpenAIBill
 from simulations.emulators.chaos import FaultInjector
 from simulations.emulators.faults import FaultPlan
 from simulations.emulators.ids import Ids
@@ -121,7 +123,7 @@ class Emulator:
             "openai": FaultInjector(plan.openai, rng("openai:faults")),
             "llamaparse": FaultInjector(plan.llamaparse, rng("llamaparse:faults")),
         }
-        self._openai.configure(plan.openai, rng("openai:order"))
+        self._openai.configure(plan.openai, rng("openai:order"), rng("openai:lost_answers"))
         self._llamaparse.configure(
             plan.llamaparse, rng("llamaparse:jobs"), rng("llamaparse:lost_answers")
         )
@@ -150,10 +152,16 @@ class Emulator:
         """Every routed request either provider received, oldest first (`journal`)."""
         return self._journal.arrivals()
 
+    def openai_bills(self) -> tuple[OpenAIBill, ...]:
+        """OpenAI's bills, in the order it billed: what it charged for and which vectors
+        reached the client (`bills`), whatever the client made of the answers."""
+        return self._openai.bills.bills()
+
     def reset(self) -> None:
-        """Forget jobs, counts, arrivals, limits and pending webhooks; re-apply the plan."""
+        """Forget jobs, bills, counts, arrivals, limits and pending webhooks; re-apply the plan."""
         self._stats.clear()
         self._journal.clear()
+        self._openai.bills.clear()
         self._llamaparse.clear()
         self._webhooks.cancel_pending()
         self.set_faults(self._plan)

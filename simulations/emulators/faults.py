@@ -24,7 +24,8 @@ in [0, 1] drawn independently per request.
         "rpm": 3000,                 // requests per minute, per model (token bucket)
         "tpm": 1000000,              // tokens per minute, per model (token bucket)
         "quota_exhausted": false,    // every call: 429 insufficient_quota, no Retry-After
-        "shuffle_rate": 0.0          // a 200's `data` items in a seeded random order
+        "shuffle_rate": 0.0,         // a 200's `data` items in a seeded random order
+        "lost_answer_rate": 0.0      // billed, then the answer never leaves (a hang)
       },
       "llamaparse": {
         "latency_s": [0, 0], "error_rate": 0.0, "error_status": 503,
@@ -61,6 +62,14 @@ back; only the client's timeout ends the request. It is the crash between
 an upload's acceptance and the caller recording it, which only a caller
 that finds its job again by name (v2's job list) can recover without a
 second upload. It is drawn from its own generator, once per created job.
+
+`lost_answer_rate` (OpenAI) is its counterpart for embeddings: the request
+is admitted and billed (its tokens charged to the limits, its bill in
+`Emulator.openai_bills`), then the answer is lost and only the client's
+timeout ends the request. Unlike `hang_rate`, which strikes before the
+handler and costs nothing, it makes a timeout that OpenAI charged for, which
+a client must not refund. It is drawn from its own generator, once per
+admitted request.
 
 `shuffle_rate` (OpenAI only) is not malformation: every item keeps its
 `index`, as the API promises, but the `data` list comes in a random order, so
@@ -178,12 +187,14 @@ class OpenAIPlan(ProviderFaults):
     tpm: int = 1_000_000
     quota_exhausted: bool = False
     shuffle_rate: float = 0.0
+    lost_answer_rate: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive("rpm", self.rpm)
         _check_positive("tpm", self.tpm)
         _check_rate("shuffle_rate", self.shuffle_rate)
+        _check_rate("lost_answer_rate", self.lost_answer_rate)
 
 
 @dataclass(frozen=True)
@@ -316,6 +327,7 @@ _CONVERTERS: Final[Mapping[str, Converter]] = {
     "tpm": _integer,
     "quota_exhausted": _boolean,
     "shuffle_rate": _number,
+    "lost_answer_rate": _number,
     "parse_time_s": _range,
     "upload_limit": _integer,
     "upload_window_s": _number,

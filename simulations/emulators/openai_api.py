@@ -15,6 +15,13 @@ get no Retry-After, because waiting cannot help.
 With the plan's `shuffle_rate`, a 200's `data` items come in a random order
 (each keeps its `index`), drawn from the emulator's own "openai:order"
 generator, so the fault injector's draws are untouched.
+
+Every admitted request is billed in the emulator's `BillBook` (see `bills`):
+the ground truth of what OpenAI charged and which vectors reached the
+client. With the plan's `lost_answer_rate` the handler bills and then
+raises `AnswerLost`, so the core hangs the request: a timeout that cost
+money. It is drawn from a generator of its own ("openai:lost_answers"),
+once per admitted request whatever the rate.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, Final
 import orjson
 
 from providers.transport import HttpResponse
+from simulations.emulators.bills import BillBook
 from simulations.emulators.faults import OpenAIPlan
 from simulations.emulators.ids import Ids
 from simulations.emulators.openai_requests import (
@@ -38,13 +46,14 @@ from simulations.emulators.openai_requests import (
 )
 from simulations.emulators.ratelimit import MinuteBucket, go_duration
 from simulations.emulators.routing import (
+    AnswerLost,
     Incoming,
     Route,
     json_response,
     malform_generic,
     status_phrase,
 )
-from simulations.emulators.stats import Stats
+from simulations.emulators.stats import CORRELATION_HEADER, UNCORRELATED, Stats
 from simulations.emulators.vectors import embedding, to_base64
 
 ORGANIZATION: Final = "org-emulator"
@@ -93,14 +102,18 @@ class OpenAIApi:
         self._stats = stats
         self._plan = OpenAIPlan()
         self._order = random.Random(0)
+        self._lost = random.Random(0)
+        self.bills = BillBook()
         self._buckets: dict[str, tuple[MinuteBucket, MinuteBucket]] = {}
         self._charged: dict[int, int] = {}
         self.routes: Sequence[Route] = (Route("POST", "/v1/embeddings", self._embeddings),)
 
-    def configure(self, plan: OpenAIPlan, rng: random.Random) -> None:
-        """Adopt `plan`'s limits (every model's buckets start full again); `rng` shuffles."""
+    def configure(self, plan: OpenAIPlan, rng: random.Random, lost: random.Random) -> None:
+        """Adopt `plan`'s limits (every model's buckets start full again); `rng` shuffles,
+        `lost` draws the lost answers."""
         self._plan = plan
         self._order = rng
+        self._lost = lost
         self._buckets.clear()
 
     # -- the endpoint -------------------------------------------------------
@@ -117,6 +130,15 @@ class OpenAIApi:
         except OpenAIError as error:
             return json_response(error.status, error.document(), {**headers, **error.headers})
         self._charged[id(incoming)] = request.total_tokens
+        bill = self.bills.bill(
+            request,
+            at=now,
+            correlation_id=incoming.headers.get(CORRELATION_HEADER, UNCORRELATED),
+            request_id=headers["x-request-id"],
+        )
+        if self._lost.random() < self._plan.lost_answer_rate:
+            self.bills.lost(bill)
+            raise AnswerLost
         result = self._result(request)
         # One draw per 200 whatever the rate, so the same traffic replays the same orders.
         if self._order.random() < self._plan.shuffle_rate:
@@ -241,8 +263,14 @@ class OpenAIApi:
         return json_response(404, error.document(), self._headers(incoming.received_at, now))
 
     def malform(self, response: HttpResponse, kind: str) -> HttpResponse:
-        """Also `wrong_dims` (each vector one value short) and `missing_item` (last one gone)."""
+        """Also `wrong_dims` (each vector one value short) and `missing_item` (last one gone).
+
+        The request's bill (found by the answer's `x-request-id`) notes which
+        vectors still arrive intact: none, or a `missing_item` answer's others.
+        """
+        request_id = response.headers.get("x-request-id")
         if kind not in ("wrong_dims", "missing_item"):
+            self.bills.malformed(request_id, frozenset())
             return malform_generic(response, kind)
         document = orjson.loads(response.body)
         if kind == "missing_item":
@@ -255,4 +283,6 @@ class OpenAIApi:
                     if isinstance(vector, str)
                     else vector[:-1]
                 )
+        kept = {item["index"] for item in document["data"]} if kind == "missing_item" else set()
+        self.bills.malformed(request_id, frozenset(kept))
         return HttpResponse(response.status, response.headers, orjson.dumps(document))

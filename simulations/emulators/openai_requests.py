@@ -25,12 +25,16 @@ class EmbeddingModel:
     native_dims: int
     shortenable: bool
     """Whether `dimensions` may be given (text-embedding-3 and later)."""
+    usd_per_million_tokens: float
+    """OpenAI's list price, kept here rather than read from `providers.pricing`: what the
+    emulator bills is the ground truth a simulation judges our budget by, so it must not
+    come from the code under test."""
 
 
 MODELS: Final[Mapping[str, EmbeddingModel]] = {
-    "text-embedding-3-small": EmbeddingModel(1536, shortenable=True),
-    "text-embedding-3-large": EmbeddingModel(3072, shortenable=True),
-    "text-embedding-ada-002": EmbeddingModel(1536, shortenable=False),
+    "text-embedding-3-small": EmbeddingModel(1536, shortenable=True, usd_per_million_tokens=0.02),
+    "text-embedding-3-large": EmbeddingModel(3072, shortenable=True, usd_per_million_tokens=0.13),
+    "text-embedding-ada-002": EmbeddingModel(1536, shortenable=False, usd_per_million_tokens=0.10),
 }
 MAX_INPUTS: Final = 2048
 MAX_INPUT_TOKENS: Final = 8192
@@ -96,10 +100,16 @@ class EmbeddingRequest:
     encoding_format: str
     dimensions: int
     native_dims: int
+    usd_per_million_tokens: float
 
     @property
     def total_tokens(self) -> int:
         return sum(self.token_counts)
+
+    @property
+    def usd(self) -> float:
+        """What OpenAI bills for this request once it is admitted."""
+        return self.total_tokens * self.usd_per_million_tokens / 1_000_000
 
 
 @functools.cache
@@ -224,4 +234,5 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
         encoding_format=encoding_format,
         dimensions=dimensions,
         native_dims=model.native_dims,
+        usd_per_million_tokens=model.usd_per_million_tokens,
     )

@@ -16,7 +16,8 @@ from typing import Any, Final
 
 FAULT_KINDS: Final = ("latency", "outage", "error", "hang", "malformed", "shuffled", "lost_answer")
 """`shuffled` is OpenAI's `shuffle_rate`: 200s whose `data` came in a random order;
-`lost_answer` is LlamaParse's `lost_upload_answer_rate`: jobs made whose answer never left."""
+`lost_answer` is LlamaParse's `lost_upload_answer_rate` (jobs made whose answer never left)
+and OpenAI's `lost_answer_rate` (requests billed whose answer never left)."""
 WEBHOOK_EVENTS: Final = (
     "scheduled",
     "attempts",
