@@ -1,0 +1,194 @@
+"""Which correlation id and which defaults a guarded call carries, and how a guard is put together.
+
+tests/test_guard.py shows the pipeline's order; these pin what the call is
+known by (the id the provider reads and the breaker logs), what a call costs
+when the caller says nothing, and the guard's refusal of a mixed configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from resilience import (
+    BreakerPolicy,
+    Budget,
+    CircuitOpen,
+    Guard,
+    ProviderError,
+    RetryPolicy,
+    TokenBucket,
+    Transition,
+    correlation,
+)
+from resilience.limits import LocalLimits
+from resilience.testing import run_virtual
+from tests.ledgers import AwaitedLedger
+
+
+def tripping_guard(name: str = "p") -> tuple[Guard, list[Transition], list[str | None]]:
+    """A guard that trips on one failure, with its transitions and the ids the provider saw."""
+    guard = Guard(name, BreakerPolicy(failure_threshold=1), retry=RetryPolicy(max_attempts=1))
+    seen: list[Transition] = []
+    guard.breaker.subscribe(seen.append)
+    return guard, seen, []
+
+
+def failing(ids: list[str | None]) -> object:
+    async def provider() -> None:
+        ids.append(correlation.current())
+        raise ProviderError("down", status=503)
+
+    return provider
+
+
+def run_one(guard: Guard, provider: object, *, bound: str | None, explicit: str | None) -> None:
+    async def main() -> None:
+        if bound is None:
+            await guard.call(provider, correlation_id=explicit)  # type: ignore[arg-type]
+        else:
+            with correlation.bound(bound):
+                await guard.call(provider, correlation_id=explicit)  # type: ignore[arg-type]
+
+    with pytest.raises(ProviderError):
+        run_virtual(main())
+
+
+@pytest.mark.parametrize(
+    ("bound", "explicit", "provider_sees", "breaker_logs"),
+    [
+        (None, None, None, "p-1"),  # a fresh id names the guard's events alone
+        ("job-7", None, "job-7", "job-7"),  # the job's id, bound by the worker
+        ("job-7", "job-7", "job-7", "job-7"),
+        ("job-7", "job-9", "job-9", "job-9"),  # the caller's own id wins, and is bound
+        (None, "job-9", "job-9", "job-9"),
+    ],
+)
+def test_a_call_is_known_by_the_callers_id_else_the_bound_one_else_a_fresh_one(
+    bound: str | None, explicit: str | None, provider_sees: str | None, breaker_logs: str
+) -> None:
+    guard, seen, ids = tripping_guard()
+    run_one(guard, failing(ids), bound=bound, explicit=explicit)
+    assert ids == [provider_sees]
+    assert [t.correlation_id for t in seen] == [breaker_logs]
+
+
+def test_fresh_ids_count_up_per_guard() -> None:
+    guard = Guard("embed", BreakerPolicy(failure_threshold=1000, min_calls=1000))
+    assert [guard.new_correlation_id() for _ in range(3)] == ["embed-1", "embed-2", "embed-3"]
+
+
+def test_a_plain_call_takes_one_unit_and_costs_nothing() -> None:
+    async def ok() -> str:
+        return "ok"
+
+    async def main() -> list[object]:
+        tokens = TokenBucket(1.5, 0.001)
+        budget = Budget(daily_usd=0.5)
+        guard = Guard("p", tokens=tokens, budget=budget)
+        result = await guard.call(ok)
+        spent, _ = await budget.spent("day")
+        return [result, tokens.level(), spent]
+
+    assert run_virtual(main()) == ["ok", pytest.approx(0.5), 0.0]
+
+
+def test_a_decorated_call_takes_one_unit_and_costs_nothing() -> None:
+    async def main() -> list[object]:
+        tokens = TokenBucket(1.5, 0.001)
+        budget = Budget(daily_usd=0.5)
+        guard = Guard("p", tokens=tokens, budget=budget)
+
+        @guard
+        async def ok() -> str:
+            return "ok"
+
+        result = await ok()
+        spent, _ = await budget.spent("day")
+        return [result, tokens.level(), spent]
+
+    assert run_virtual(main()) == ["ok", pytest.approx(0.5), 0.0]
+
+
+def test_decorator_amounts_see_keyword_arguments() -> None:
+    async def main() -> float:
+        tokens = TokenBucket(100, 0.001)
+        guard = Guard("p", tokens=tokens)
+
+        @guard.protect(units=lambda *, n: float(n))
+        async def take(*, n: int) -> int:
+            return n
+
+        await take(n=30)
+        return tokens.level()
+
+    assert run_virtual(main()) == pytest.approx(70.0)
+
+
+def test_shared_limits_exclude_local_buckets_and_budget() -> None:
+    shared = LocalLimits("p")
+    for local in (
+        {"requests": TokenBucket(1, 1)},
+        {"tokens": TokenBucket(1, 1)},
+        {"budget": Budget(daily_usd=1.0)},
+    ):
+        with pytest.raises(
+            ValueError, match=r"^a guard with shared limits takes no local buckets or budget$"
+        ):
+            Guard("p", shared=shared, **local)  # type: ignore[arg-type]
+    guard = Guard("p", shared=shared)
+    assert (guard.shared, guard.limits, guard.requests, guard.tokens) == (
+        shared,
+        shared,
+        None,
+        None,
+    )
+
+
+def test_a_guard_keeps_its_parts_under_its_name() -> None:
+    requests, tokens = TokenBucket(1, 1), TokenBucket(2, 1)
+    guard = Guard("openai", requests=requests, tokens=tokens)
+    assert (guard.breaker.name, guard.requests, guard.tokens) == ("openai", requests, tokens)
+    assert repr(guard) == "Guard('openai', breaker='closed')"
+
+
+def test_a_refusal_at_the_door_and_after_the_wait_names_the_provider() -> None:
+    async def main() -> list[tuple[str, float]]:
+        budget = Budget(daily_usd=10.0, ledger=AwaitedLedger())
+        guard = Guard("openai", budget=budget, retry=RetryPolicy(max_attempts=1))
+
+        async def ok() -> str:
+            return "ok"
+
+        call = asyncio.ensure_future(guard.call(ok, cost=1.0))
+        await asyncio.sleep(0)  # awaiting its reservation
+        guard.breaker.force_open("tripped by others")
+        refusals = []
+        for pending in (call, guard.call(ok)):
+            with pytest.raises(CircuitOpen) as raised:
+                await pending
+            refusals.append((raised.value.provider, raised.value.retry_after_s))
+        return refusals
+
+    cooldown = BreakerPolicy().cooldown_s
+    assert run_virtual(main()) == [("openai", cooldown), ("openai", cooldown)]
+
+
+def test_a_reservation_refused_by_the_breaker_is_released_as_circuit_open() -> None:
+    async def main() -> dict[str, object]:
+        budget = Budget(daily_usd=10.0, ledger=AwaitedLedger())
+        guard = Guard("p", budget=budget, retry=RetryPolicy(max_attempts=1))
+
+        async def ok() -> str:
+            return "ok"
+
+        call = asyncio.ensure_future(guard.call(ok, cost=1.0))
+        await asyncio.sleep(0)
+        guard.breaker.force_open("tripped by others")
+        with pytest.raises(CircuitOpen):
+            await call
+        return budget.usage.summary()
+
+    usage = run_virtual(main())
+    assert usage["totals"]["errors"] == {"circuit_open": 1}  # type: ignore[index]
