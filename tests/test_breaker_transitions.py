@@ -16,7 +16,7 @@ import pytest
 
 from resilience import Breaker, BreakerPolicy, ProviderError, Transition
 from resilience.testing import run_virtual
-from tests.events import Events
+from tests.events import Events, logged_levels
 
 
 async def fail() -> None:
@@ -209,3 +209,30 @@ def test_policy_accepts_its_boundary_values() -> None:
         1.0,
         0.5,
     )
+
+
+def test_a_broken_subscriber_is_logged_with_its_name_and_the_breaker(events: Events) -> None:
+    def broken(change: Transition) -> None:
+        raise RuntimeError("metrics down")
+
+    breaker = Breaker("embed")
+    breaker.subscribe(broken)
+    with logged_levels() as levels:
+        breaker.force_open("test")
+    assert levels["breaker.subscriber_error"] == "ERROR"
+    (error,) = events.of("breaker.subscriber_error")
+    assert (error["provider"], error["error"]) == ("embed", "RuntimeError('metrics down')")
+    assert error["subscriber"].endswith("broken")
+
+
+def test_the_logged_failure_rate_is_rounded_to_four_places(events: Events) -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_rate=0.6, min_calls=3, window_s=60)
+
+    async def main() -> None:
+        breaker = Breaker("p", policy)
+        for fn in (fail, succeed, fail):
+            await outcome(breaker, fn, "j")
+
+    run_virtual(main())
+    (trip,) = events.of("breaker.transition")
+    assert (trip["calls"], trip["failures"], trip["failure_rate"]) == (3, 1, 0.6667)

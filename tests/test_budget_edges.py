@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from resilience import Budget, BudgetExceeded, ConfigError
+from resilience.ledger import InMemoryLedger, PeriodLimit
 from resilience.testing import run_virtual
 from resilience.usage import UsageLog
+from tests.events import logged_levels
 from tests.test_budget import FixedClock, alerts
 
 __all__ = ["alerts"]  # the fixture, used by name below
@@ -87,7 +89,9 @@ def test_a_refusal_names_every_limit_reached_and_alerts_for_the_job(
             await budget.reserve("openai", 2.0, correlation_id="job-1")
         return refused.value
 
-    refusal = run_virtual(main())
+    with logged_levels() as levels:
+        refusal = run_virtual(main())
+    assert levels["budget.alert"] == "WARNING"
     assert refusal.provider == "openai"
     assert refusal.detail == "global: hour usd 0 + 2 > 1; day usd 0 + 2 > 1"
     assert refusal.retry_after_s == pytest.approx(6 * 3600 + 30)  # to the end of the day
@@ -115,3 +119,20 @@ def test_period_keys_are_utc_whatever_the_machines_zone() -> None:
         return [period.key for period in reservation.periods]
 
     assert run_virtual(main()) == ["openai:hour:2026-11-28T17", "openai:day:2026-11-28"]
+
+
+def test_a_ledger_swept_empty_takes_new_keys_and_sweeps_again() -> None:
+    clock = FixedClock(T0)
+    ledger = InMemoryLedger(clock=clock)
+
+    async def main() -> list[object]:
+        limits = [PeriodLimit("k1", 1.0, None, T0 + 10)]
+        first = await ledger.try_add(limits, 0.5, 1)
+        clock.now += 20  # k1 expired
+        emptied = await ledger.totals("k1")  # swept: nothing left
+        later = [PeriodLimit("k2", 1.0, None, clock.now + 10)]
+        again = await ledger.try_add(later, 0.25, 1)
+        clock.now += 20
+        return [first, emptied, again, await ledger.totals("k2")]
+
+    assert run_virtual(main()) == [[(0.5, 1)], (0.0, 0), [(0.25, 1)], (0.0, 0)]

@@ -8,6 +8,9 @@ when the caller says nothing, and the guard's refusal of a mixed configuration.
 from __future__ import annotations
 
 import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -24,7 +27,12 @@ from resilience import (
 )
 from resilience.limits import LocalLimits
 from resilience.testing import run_virtual
+from tests.events import Events
 from tests.ledgers import AwaitedLedger
+
+
+def quiet() -> BreakerPolicy:
+    return BreakerPolicy(failure_threshold=1000, min_calls=1000)
 
 
 def tripping_guard(name: str = "p") -> tuple[Guard, list[Transition], list[str | None]]:
@@ -192,3 +200,68 @@ def test_a_reservation_refused_by_the_breaker_is_released_as_circuit_open() -> N
 
     usage = run_virtual(main())
     assert usage["totals"]["errors"] == {"circuit_open": 1}  # type: ignore[index]
+
+
+class Ceiling(random.Random):
+    """Full jitter's worst case: every wait is the top of its range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_each_retry_line_says_which_attempt_how_long_and_why(events: Events) -> None:
+    failures = [ProviderError("blip", status=502), ProviderError("slow down", status=429)]
+
+    async def flaky() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    retry = RetryPolicy(base_delay_s=1 / 3, rng=Ceiling())
+    guard = Guard("emb", BreakerPolicy(failure_threshold=1000, min_calls=1000), retry=retry)
+    assert run_virtual(guard.call(flaky)) == "ok"
+    assert [
+        (r["attempt"], r["wait_s"], r["error"], r["error_class"]) for r in events.of("guard.retry")
+    ] == [(1, 0.333333, "ProviderError", "failure"), (2, 0.666667, "ProviderError", "rate_limited")]
+
+
+@dataclass
+class Billed:
+    text: str
+    cost_usd: float
+    tokens: int
+
+
+def test_the_usage_log_gets_each_outcomes_class_and_the_tokens_billed() -> None:
+    async def main() -> dict[str, Any]:
+        budget = Budget(daily_usd=10.0)
+        guard = Guard("p", quiet(), retry=RetryPolicy(max_attempts=1), budget=budget)
+
+        async def billed() -> Billed:
+            return Billed("hi", cost_usd=0.25, tokens=7)
+
+        async def refused() -> None:
+            raise ProviderError("bad request", status=400)
+
+        async def hangs_up() -> None:
+            raise TimeoutError("read timed out")
+
+        async def hangs() -> None:
+            await asyncio.sleep(3600)
+
+        await guard.call(billed, cost=1.0)
+        with pytest.raises(ProviderError):
+            await guard.call(refused, cost=1.0)
+        with pytest.raises(TimeoutError):
+            await guard.call(hangs_up, cost=1.0)
+        cancelled = asyncio.ensure_future(guard.call(hangs, cost=1.0))
+        await asyncio.sleep(1)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        totals: dict[str, Any] = budget.usage.summary()["totals"]
+        return totals
+
+    totals = run_virtual(main())
+    assert totals["tokens"] == 7
+    assert totals["errors"] == {"caller": 1, "failure": 1, "cancelled": 1}

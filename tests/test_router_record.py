@@ -26,7 +26,7 @@ from resilience import (
 )
 from resilience.router import RoutedCall, fallback_reason
 from resilience.testing import run_virtual
-from tests.events import Events
+from tests.events import Events, logged_levels
 
 
 async def mock(text: str, *, tag: str = "") -> str:
@@ -134,7 +134,9 @@ def test_a_broken_subscriber_is_logged_with_its_name_and_provider(events: Events
 
     router = router_with(down, ServiceMode.MOCK)
     router.subscribe(broken)
-    assert run_virtual(router.call("embed", "a")).value == "mock:a"
+    with logged_levels() as levels:
+        assert run_virtual(router.call("embed", "a")).value == "mock:a"
+    assert levels["router.subscriber_error"] == "ERROR"
     (error,) = events.of("router.subscriber_error")
     assert (error["provider"], error["capability"], error["error"]) == (
         "openai",
