@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from resilience import Breaker, BreakerPolicy, ProviderError, Transition
+from resilience import Breaker, BreakerPolicy, CircuitOpen, ProviderError, Transition
 from resilience.testing import run_virtual
 from tests.events import Events, logged_levels
 
@@ -153,6 +153,7 @@ def test_a_transition_outside_a_loop_is_stamped_not_a_number() -> None:
     breaker.force_open("from a shell")
     (change,) = seen
     assert math.isnan(change.at)
+    assert change.correlation_id is None  # no call has run: no job to name
 
 
 def test_retry_after_counts_down_the_cooldown_to_zero() -> None:
@@ -236,3 +237,133 @@ def test_the_logged_failure_rate_is_rounded_to_four_places(events: Events) -> No
     run_virtual(main())
     (trip,) = events.of("breaker.transition")
     assert (trip["calls"], trip["failures"], trip["failure_rate"]) == (3, 1, 0.6667)
+
+
+def test_a_hung_probe_fails_with_the_limit_in_its_message() -> None:
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=10, probe_timeout_s=5)
+
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    async def main() -> str:
+        breaker = Breaker("p", policy)
+        await outcome(breaker, fail, "j")
+        await asyncio.sleep(10)
+        with pytest.raises(ProviderError) as raised:
+            await breaker.call(hangs)
+        return str(raised.value)
+
+    assert run_virtual(main()).startswith("p: probe exceeded 5")
+
+
+def test_a_closed_breaker_never_times_a_call_out() -> None:
+    async def slow() -> str:
+        await asyncio.sleep(60)  # twice the probe timeout
+        return "ok"
+
+    assert run_virtual(Breaker("p", BreakerPolicy(probe_timeout_s=30)).call(slow)) == "ok"
+
+
+def test_a_rejection_names_the_breaker() -> None:
+    async def main() -> str:
+        breaker = Breaker("embed")
+        breaker.force_open("test")
+        with pytest.raises(CircuitOpen) as raised:
+            await breaker.call(succeed)
+        return raised.value.provider
+
+    assert run_virtual(main()) == "embed"
+
+
+def test_retry_after_reaches_below_a_second_before_half_open() -> None:
+    async def main() -> float:
+        breaker = Breaker("p", BreakerPolicy(failure_threshold=1, cooldown_s=10))
+        await outcome(breaker, fail, "j")
+        await asyncio.sleep(9.5)
+        return breaker.retry_after_s()
+
+    assert run_virtual(main()) == 0.5
+
+
+def test_a_breaker_that_closed_counts_afresh_and_trips_again() -> None:
+    """After recovery the window is empty and the next trip is judged from zero."""
+    policy = BreakerPolicy(failure_threshold=100, failure_rate=1.0, min_calls=2, cooldown_s=10)
+
+    async def main() -> list[str]:
+        breaker = Breaker("p", policy)
+        for _ in range(2):
+            await outcome(breaker, fail, "j")
+        await asyncio.sleep(10)
+        await outcome(breaker, succeed, "probe")
+        states = [breaker.state]
+        await outcome(breaker, fail, "one")  # 1 call < min_calls: stays closed
+        states.append(breaker.state)
+        await outcome(breaker, fail, "two")  # 2 of 2 failed: trips again
+        states.append(breaker.state)
+        return states
+
+    assert run_virtual(main()) == ["closed", "closed", "open"]
+
+
+def test_the_window_forgets_an_old_success_so_new_failures_trip() -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_rate=1.0, min_calls=2, window_s=10)
+
+    async def main() -> str:
+        breaker = Breaker("p", policy)
+        await outcome(breaker, succeed, "old")
+        await asyncio.sleep(10)
+        await outcome(breaker, fail, "a")
+        await outcome(breaker, fail, "b")  # 2 of 2 within the window
+        return breaker.state
+
+    assert run_virtual(main()) == "open"
+
+
+def test_a_forced_close_of_a_cooling_breaker_leaves_it_usable() -> None:
+    async def main() -> list[str]:
+        breaker = Breaker("p", BreakerPolicy(failure_threshold=1, cooldown_s=10))
+        await outcome(breaker, fail, "j")  # open, its half-open timer set
+        breaker.force_closed("operator")  # cancels the timer
+        await outcome(breaker, fail, "k")  # trips again: a new timer
+        states = [breaker.state]
+        await asyncio.sleep(10)
+        states.append(breaker.state)
+        return states
+
+    assert run_virtual(main()) == ["open", "half_open"]
+
+
+def test_with_two_successes_needed_one_probe_at_a_time_still_holds() -> None:
+    policy = BreakerPolicy(
+        failure_threshold=1, cooldown_s=10, half_open_max_calls=1, success_threshold=2
+    )
+
+    async def slow() -> str:
+        await asyncio.sleep(1)
+        return "ok"
+
+    async def main() -> list[str]:
+        breaker = Breaker("p", policy)
+        await outcome(breaker, fail, "j")
+        await asyncio.sleep(10)
+        await breaker.call(succeed)  # one of two successes: still half-open
+        results = await asyncio.gather(
+            breaker.call(slow), breaker.call(slow), return_exceptions=True
+        )
+        return [type(r).__name__ for r in results]
+
+    assert run_virtual(main()) == ["str", "CircuitOpen"]
+
+
+def test_a_probe_answered_with_a_caller_error_still_proves_the_provider_is_up() -> None:
+    async def bad_request() -> None:
+        raise ProviderError("bad request", status=400)
+
+    async def main() -> str:
+        breaker = Breaker("p", BreakerPolicy(failure_threshold=1, cooldown_s=10))
+        await outcome(breaker, fail, "j")
+        await asyncio.sleep(10)
+        await outcome(breaker, bad_request, "probe")
+        return breaker.state
+
+    assert run_virtual(main()) == "closed"

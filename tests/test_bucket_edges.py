@@ -40,12 +40,52 @@ def test_the_whole_capacity_can_be_taken_at_once_and_no_more() -> None:
 
 
 def test_the_default_is_one_unit() -> None:
-    async def main() -> list[float]:
-        bucket = TokenBucket(3, 1)
+    async def main() -> list[object]:
+        bucket = TokenBucket(2, 1)
         await bucket.acquire()
-        return [bucket.level(), bucket.estimate_wait(), bucket.try_acquire() and bucket.level()]
+        return [bucket.level(), bucket.estimate_wait(), bucket.try_acquire(), bucket.level()]
 
-    assert run_virtual(main()) == [2.0, 0.0, 1.0]
+    assert run_virtual(main()) == [1.0, 0.0, True, 0.0]
+
+
+def test_estimates_late_in_the_run_are_relative_to_now() -> None:
+    async def main() -> list[float]:
+        bucket = TokenBucket(1, 1)
+        await asyncio.sleep(100)
+        full = bucket.estimate_wait(1)
+        bucket.try_acquire(1)
+        await asyncio.sleep(0.5)
+        return [full, bucket.estimate_wait(1)]
+
+    assert run_virtual(main()) == [0.0, 0.5]
+
+
+def test_a_queued_waiter_is_not_overtaken_by_a_smaller_call() -> None:
+    async def main() -> list[bool]:
+        bucket = TokenBucket(2, 1)
+        bucket.try_acquire(2)
+        waiter = asyncio.ensure_future(bucket.acquire(2))
+        await asyncio.sleep(1)  # one unit back, the waiter needs two
+        overtaken = bucket.try_acquire(1)
+        await waiter
+        return [overtaken, waiter.done()]
+
+    assert run_virtual(main()) == [False, True]
+
+
+def test_units_granted_to_a_waiter_cancelled_before_it_ran_are_given_back() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(1, 1)
+        bucket.try_acquire(1)
+        waiter = asyncio.ensure_future(bucket.acquire(1))
+        await asyncio.sleep(0)  # queued; the bucket's grant is timed for t=1
+        loop.call_at(1.0, waiter.cancel)  # same instant, after the grant
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return bucket.level()
+
+    assert run_virtual(main()) == 1.0
 
 
 def test_a_wait_of_exactly_max_wait_is_waited_for() -> None:
@@ -84,10 +124,10 @@ def test_a_paused_bucket_refuses_even_with_nobody_queued() -> None:
 
 def test_a_cancelled_waiter_leaves_the_queue_and_its_units_unreserved() -> None:
     async def main() -> list[float]:
-        bucket = TokenBucket(1, 1)
-        bucket.try_acquire(1)
+        bucket = TokenBucket(2, 1)
+        bucket.try_acquire(2)
         first = asyncio.ensure_future(bucket.acquire(1))
-        second = asyncio.ensure_future(bucket.acquire(1))
+        second = asyncio.ensure_future(bucket.acquire(2))
         await asyncio.sleep(0.1)
         behind_two = bucket.estimate_wait(1)
         second.cancel()
@@ -97,7 +137,7 @@ def test_a_cancelled_waiter_leaves_the_queue_and_its_units_unreserved() -> None:
         return [behind_two, behind_one, bucket.estimate_wait(1)]
 
     waits = run_virtual(main())
-    assert waits == [pytest.approx(2.9), pytest.approx(1.9), pytest.approx(1.0)]
+    assert waits == [pytest.approx(3.9), pytest.approx(1.9), pytest.approx(1.0)]
 
 
 def test_a_server_at_exactly_its_level_changes_nothing_and_zero_reset_does_not_pause() -> None:
@@ -105,10 +145,12 @@ def test_a_server_at_exactly_its_level_changes_nothing_and_zero_reset_does_not_p
         bucket = TokenBucket(5, 1)
         bucket.sync(5, None)
         full = bucket.level()
+        bucket.sync(1, 30.0)  # one left: no pause
+        one_left = [bucket.paused_until, bucket.level()]
         bucket.sync(0, 0.0)
-        return [full, bucket.paused_until, bucket.level()]
+        return [full, *one_left, bucket.paused_until, bucket.level()]
 
-    assert run_virtual(main()) == [5.0, 0.0, 0.0]
+    assert run_virtual(main()) == [5.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_a_server_at_zero_pauses_until_its_reset() -> None:

@@ -20,6 +20,7 @@ from resilience.ledger import InMemoryLedger, PeriodLimit
 from resilience.testing import run_virtual
 from resilience.usage import UsageLog
 from tests.events import logged_levels
+from tests.ledgers import AwaitedLedger
 from tests.test_budget import FixedClock, alerts
 
 __all__ = ["alerts"]  # the fixture, used by name below
@@ -136,3 +137,69 @@ def test_a_ledger_swept_empty_takes_new_keys_and_sweeps_again() -> None:
         return [first, emptied, again, await ledger.totals("k2")]
 
     assert run_virtual(main()) == [[(0.5, 1)], (0.0, 0), [(0.25, 1)], (0.0, 0)]
+
+
+def test_a_budget_without_alert_levels_never_alerts(alerts: list[dict[str, Any]]) -> None:
+    budget = Budget(daily_usd=1.0, clock=FixedClock(T0), alert_levels=())
+
+    async def main() -> None:
+        await budget.reserve("openai", 1.0)
+
+    run_virtual(main())
+    assert alerts == []
+
+
+@pytest.mark.parametrize(
+    ("limits", "cost", "requests", "kind"),
+    [({"daily_usd": 10.0}, 5.0, 1, "usd"), ({"daily_requests": 10}, 0.0, 5, "requests")],
+)
+def test_one_limit_alone_alerts_at_exactly_its_level(
+    alerts: list[dict[str, Any]], limits: dict[str, float], cost: float, requests: int, kind: str
+) -> None:
+    budget = Budget(clock=FixedClock(T0), **limits)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await budget.reserve("openai", cost, requests=requests)
+
+    run_virtual(main())
+    assert [(a["limit_kind"], a["threshold"]) for a in alerts] == [(kind, 0.5)]
+
+
+@pytest.mark.parametrize("awaited", [False, True])
+def test_alerts_name_the_provider_and_job_on_either_ledger(
+    alerts: list[dict[str, Any]], awaited: bool
+) -> None:
+    ledger = AwaitedLedger() if awaited else None
+    budget = Budget(daily_usd=10.0, clock=FixedClock(T0), ledger=ledger)
+
+    async def main() -> None:
+        await budget.reserve("openai", 5.0, correlation_id="job-1")  # 50 %
+        reservation = await budget.reserve("openai", 1.0, correlation_id="job-2")
+        await budget.settle(reservation, 3.0)  # 80 %, reached on settling
+
+    run_virtual(main())
+    assert [(a["provider"], a["threshold"], a["correlation_id"]) for a in alerts] == [
+        ("openai", 0.5, "job-1"),
+        ("openai", 0.8, "job-2"),
+    ]
+
+
+def test_a_reservation_may_carry_no_requests() -> None:
+    budget = Budget(daily_requests=1, clock=FixedClock(T0))
+
+    async def main() -> tuple[float, int]:
+        await budget.reserve("openai", 0.5, requests=0)
+        return await budget.spent("day")
+
+    assert run_virtual(main()) == (0.5, 0)
+
+
+def test_a_refusal_leaves_out_a_limit_the_call_fits_exactly() -> None:
+    budget = Budget(daily_usd=2.0, hourly_usd=1.0, clock=FixedClock(T0))
+
+    async def main() -> str:
+        with pytest.raises(BudgetExceeded) as refused:
+            await budget.reserve("openai", 2.0)
+        return refused.value.detail
+
+    assert run_virtual(main()) == "global: hour usd 0 + 2 > 1"

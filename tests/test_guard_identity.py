@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from resilience import (
+    Breaker,
     BreakerPolicy,
     Budget,
     CircuitOpen,
@@ -265,3 +266,81 @@ def test_the_usage_log_gets_each_outcomes_class_and_the_tokens_billed() -> None:
     totals = run_virtual(main())
     assert totals["tokens"] == 7
     assert totals["errors"] == {"caller": 1, "failure": 1, "cancelled": 1}
+
+
+def test_a_guard_uses_the_breaker_it_is_given_and_charges_under_its_name() -> None:
+    breaker = Breaker("shared-embed")
+    assert Guard("p", breaker).breaker is breaker
+
+    async def ok() -> str:
+        return "ok"
+
+    async def main() -> list[str]:
+        budget = Budget(daily_usd=1.0)
+        await Guard("openai", budget=budget).call(ok, cost=0.1)
+        return list(budget.usage.summary()["providers"])
+
+    assert run_virtual(main()) == ["openai"]
+
+
+def test_a_call_under_its_own_id_still_takes_one_unit_by_default() -> None:
+    async def ok() -> str:
+        return "ok"
+
+    async def main() -> float:
+        tokens = TokenBucket(1.5, 0.001)
+        await Guard("p", tokens=tokens).call(ok, correlation_id="job-9")
+        return tokens.level()
+
+    assert run_virtual(main()) == pytest.approx(0.5)
+
+
+def test_a_slow_call_is_timed_from_its_start_not_from_its_wait_for_a_bucket() -> None:
+    policy = BreakerPolicy(failure_threshold=1, min_calls=100, slow_call_s=5)
+
+    def takes(seconds: float) -> Any:
+        async def call() -> str:
+            await asyncio.sleep(seconds)
+            return "ok"
+
+        return call
+
+    async def main() -> list[str]:
+        requests = TokenBucket(1, 0.1)
+        guard = Guard("p", policy, requests=requests, retry=RetryPolicy(max_attempts=1))
+        requests.try_acquire(1)
+        await guard.call(takes(1))  # waited 10 s for the bucket, then 1 s: not slow
+        return [guard.breaker.state]
+
+    assert run_virtual(main()) == ["closed"]
+
+    async def slow_one() -> str:  # 6 s: slow, trips the breaker
+        guard = Guard("q", policy)
+        await guard.call(takes(6))
+        return guard.breaker.state
+
+    assert run_virtual(slow_one()) == "open"
+
+
+def test_a_closed_guard_never_times_a_long_call_out() -> None:
+    async def long() -> str:
+        await asyncio.sleep(60)
+        return "ok"
+
+    guard = Guard("p", BreakerPolicy(probe_timeout_s=30), retry=RetryPolicy(max_attempts=1))
+    assert run_virtual(guard.call(long)) == "ok"
+
+
+def test_the_probe_that_closes_the_breaker_names_its_job() -> None:
+    async def ok() -> str:
+        return "ok"
+
+    async def main() -> list[str | None]:
+        guard, seen, ids = tripping_guard()
+        with pytest.raises(ProviderError):
+            await guard.call(failing(ids), correlation_id="job-1")  # type: ignore[arg-type]
+        await asyncio.sleep(guard.breaker.policy.cooldown_s)
+        await guard.call(ok, correlation_id="job-2")
+        return [t.correlation_id for t in seen if t.trigger == "close"]
+
+    assert run_virtual(main()) == ["job-2"]

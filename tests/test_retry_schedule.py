@@ -9,12 +9,13 @@ ceiling, min(max_delay_s, base_delay_s * 2**(n-1)), and the edges of
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
 import pytest
 
-from resilience import ProviderError, RetryPolicy
+from resilience import BreakerPolicy, Guard, ProviderError, RetryPolicy
 from resilience.testing import run_virtual
 
 
@@ -98,3 +99,19 @@ def test_policy_accepts_its_boundary_values() -> None:
         max_attempts=1, base_delay_s=0.0, max_delay_s=0.0, max_elapsed_s=0.5, retry_after_cap_s=0
     )
     assert (policy.max_attempts, policy.max_elapsed_s, policy.retry_after_cap_s) == (1, 0.5, 0)
+
+
+def test_backoff_itself_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """The guard writes its own `guard.retry` line; backoff's logger would repeat it untyped."""
+    failures = [down()]
+
+    async def flaky() -> str:
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    retry = RetryPolicy(base_delay_s=0.0, rng=Ceiling())
+    guard = Guard("p", BreakerPolicy(failure_threshold=1000, min_calls=1000), retry=retry)
+    with caplog.at_level(logging.DEBUG, logger="backoff"):
+        assert run_virtual(guard.call(flaky)) == "ok"
+    assert [r for r in caplog.records if r.name == "backoff"] == []
