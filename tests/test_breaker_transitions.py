@@ -367,3 +367,19 @@ def test_a_probe_answered_with_a_caller_error_still_proves_the_provider_is_up() 
         return breaker.state
 
     assert run_virtual(main()) == "closed"
+
+
+def test_forgetting_one_old_call_keeps_the_newer_ones_counted() -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_rate=1.0, min_calls=1, window_s=10)
+
+    async def main() -> str:
+        breaker = Breaker("p", policy)
+        await outcome(breaker, succeed, "old")
+        await asyncio.sleep(5)
+        await outcome(breaker, succeed, "a")
+        await outcome(breaker, succeed, "b")
+        await asyncio.sleep(5)
+        await outcome(breaker, fail, "c")  # "old" leaves: 1 failure in 3 calls
+        return breaker.state
+
+    assert run_virtual(main()) == "closed"

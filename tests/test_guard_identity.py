@@ -344,3 +344,23 @@ def test_the_probe_that_closes_the_breaker_names_its_job() -> None:
         return [t.correlation_id for t in seen if t.trigger == "close"]
 
     assert run_virtual(main()) == ["job-2"]
+
+
+@pytest.mark.parametrize("awaited", [False, True])
+def test_tokens_are_recorded_only_when_the_result_reports_them(awaited: bool) -> None:
+    async def plain() -> str:
+        return "no token count"
+
+    async def billed() -> Billed:
+        return Billed("hi", cost_usd=0.25, tokens=7)
+
+    async def main() -> list[int]:
+        budget = Budget(daily_usd=10.0, ledger=AwaitedLedger() if awaited else None)
+        guard = Guard("p", quiet(), budget=budget)
+        seen = []
+        for fn in (plain, billed):
+            await guard.call(fn, cost=1.0)
+            seen.append(budget.usage.summary()["totals"]["tokens"])
+        return seen
+
+    assert run_virtual(main()) == [0, 7]
