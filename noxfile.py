@@ -73,6 +73,22 @@ def mutants(session: nox.Session) -> None:
     session.run("python", "-m", "simulations.mutants")
 
 
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """mutmut over the resilience core and the job machine; not part of CI.
+
+    Scheduled weekly and before a release rather than on every push: a full run
+    takes about 9 minutes on two shared cores. The files and the tests that judge
+    them are `[tool.mutmut]` in pyproject.toml; the survivors and what became of
+    each are in the README. mutmut runs each mutant only against the tests that
+    call the mutated function, forked from one warm process. `-- --max-children N`
+    overrides the two workers; `mutmut browse` inspects `mutants/` afterwards.
+    """
+    install(session)
+    session.run("mutmut", "run", *(session.posargs or ["--max-children", "2"]))
+    session.run("mutmut", "results")
+
+
 INTEGRATION_SERVERS = {
     "PostgreSQL": (
         "tests.postgres",
