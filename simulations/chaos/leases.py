@@ -92,6 +92,12 @@ class LeaseJudge:
             f"(wall {wall:.3f}) when {state}"
         )
 
+    def jumped_from(self, job_id: str, client: str, at: float) -> bool:
+        """Had a jump lapsed process `client`'s lease on `job_id` by loop time `at`?"""
+        events = self.by_job.get(job_id, [])
+        upto = events[: bisect.bisect_right(self.times.get(job_id, []), at)]
+        return self._lapsed_by_jump(upto, f"p{client}", at)
+
     def _lapsed_by_jump(self, events: Sequence[LeaseEvent], owner: str, at: float) -> bool:
         """Did a jump lapse `owner`'s live lease, with no grant to it since, by `at`?"""
         mine = [i for i, event in enumerate(events) if event.owner == owner]
@@ -134,17 +140,22 @@ def lease_problems(
         else:
             covered[job_id].append(call)
     for job_id, made in covered.items():
-        problems += _overlaps(job_id, made)
+        problems += _overlaps(job_id, made, judge)
     return problems
 
 
-def _overlaps(job_id: str, made: Sequence[Call]) -> list[str]:
-    """Calls by two processes for `job_id` in flight at once (in order of start)."""
+def _overlaps(job_id: str, made: Sequence[Call], judge: LeaseJudge) -> list[str]:
+    """Calls by two processes for `job_id` in flight at once (in order of start), save
+    where a jump had lapsed the earlier caller's lease when the later call began."""
     problems = []
     latest: dict[str, Call] = {}  # per process, its call that ends last so far
     for call in made:
         for client, other in latest.items():
-            if client != call.client and other.ended > call.started:
+            if (
+                client != call.client
+                and other.ended > call.started
+                and not judge.jumped_from(job_id, client, call.started)
+            ):
                 problems.append(
                     f"p{other.client} and p{call.client} both called for {job_id}: "
                     f"{other.route} from {other.started:g} s to {other.ended:g} s, "
