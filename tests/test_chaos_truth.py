@@ -158,6 +158,18 @@ def test_overlapping_calls_of_two_processes_for_one_job_are_named() -> None:
     assert "p0 and p1 both called for job-a" in both
 
 
+def test_a_jump_that_lapsed_the_first_caller_s_lease_excuses_the_overlap() -> None:
+    jumped = EPOCH + 3600.0
+    history = [lease(0.0, "p0"), lease(12.0, "p1", epoch=jumped)]  # taken over after the jump
+    jobs = {"job-a": "job-a"}
+    still_running = [call(5.0, 30.0), call(12.0, 14.0, client="1")]
+    judge = LeaseJudge(history, [(0.0, EPOCH), (10.0, jumped)])
+    assert lease_problems(still_running, jobs, judge) == []
+    # Without the jump the same takeover is a second worker on a leased job.
+    unjumped = LeaseJudge([lease(0.0, "p0"), lease(12.0, "p1")], [(0.0, EPOCH)])
+    assert lease_problems(still_running, jobs, unjumped)
+
+
 def test_llamaparse_reads_need_no_lease() -> None:
     judge = LeaseJudge([], [(0.0, EPOCH)])
     poll = Call("0", "llamaparse", "job-a", LIST, 1.0, 2.0)
