@@ -165,6 +165,9 @@ def test_a_jump_that_lapsed_the_first_caller_s_lease_excuses_the_overlap() -> No
     still_running = [call(5.0, 30.0), call(12.0, 14.0, client="1")]
     judge = LeaseJudge(history, [(0.0, EPOCH), (10.0, jumped)])
     assert lease_problems(still_running, jobs, judge) == []
+    # The old holder, still running after the jump, calls again while the new one does.
+    old_holder_late = [call(12.0, 20.0, client="1"), call(13.0, 14.0)]
+    assert lease_problems(old_holder_late, jobs, judge) == []
     # Without the jump the same takeover is a second worker on a leased job.
     unjumped = LeaseJudge([lease(0.0, "p0"), lease(12.0, "p1")], [(0.0, EPOCH)])
     assert lease_problems(still_running, jobs, unjumped)

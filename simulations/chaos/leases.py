@@ -146,7 +146,7 @@ def lease_problems(
 
 def _overlaps(job_id: str, made: Sequence[Call], judge: LeaseJudge) -> list[str]:
     """Calls by two processes for `job_id` in flight at once (in order of start), save
-    where a jump had lapsed the earlier caller's lease when the later call began."""
+    where a jump had lapsed either caller's lease when the later call began."""
     problems = []
     latest: dict[str, Call] = {}  # per process, its call that ends last so far
     for call in made:
@@ -155,6 +155,7 @@ def _overlaps(job_id: str, made: Sequence[Call], judge: LeaseJudge) -> list[str]
                 client != call.client
                 and other.ended > call.started
                 and not judge.jumped_from(job_id, client, call.started)
+                and not judge.jumped_from(job_id, call.client, call.started)
             ):
                 problems.append(
                     f"p{other.client} and p{call.client} both called for {job_id}: "
