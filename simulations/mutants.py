@@ -271,7 +271,7 @@ MUTANTS: Final = (
         "providers/llamaparse/client.py",
         (
             Edit(
-                "LlamaParse.submit",
+                "LlamaParse.send",
                 "sent_at = self._unanswered.get(filename) if name else None",
                 "sent_at = None",
             ),
