@@ -711,6 +711,40 @@ def test_a_step_longer_than_the_lease_keeps_it_by_renewing(tmp_path: Path) -> No
     scenario(tmp_path, environment("mock"), body, mock_parser=MockParser(latency_s=20.0))
 
 
+def test_a_lease_a_clock_jump_lapsed_is_kept_once_the_worker_takes_it_back(
+    tmp_path: Path,
+) -> None:
+    """After a wall clock jump lapses the lease under a running step, the worker's next
+    lease takes the job back; the step's heartbeat must keep that lease too."""
+
+    async def body(rig: Rig) -> None:
+        ids = await rig.upload_samples()
+        jumped = [0.0]
+
+        def clock() -> float:
+            return wall_time() + jumped[0]
+
+        worker = rig.worker(lease_s=6.0, clock=clock)
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop().create_task(worker.run(stop, idle_sleep_s=1.0))
+        await asyncio.sleep(3.0)  # each parse takes 20 s
+        jumped[0] = 3600.0  # past every lease: they lapse under the running parses
+        await asyncio.sleep(3.0)  # the worker's next lease has taken them back
+        # Renewed every lease_s / 3, a held lease never has less than that left; taken
+        # back by lease after lease but never renewed, it runs down to nothing each time.
+        least = worker.lease_s
+        for _ in range(56):  # while the parses still run
+            await asyncio.sleep(0.25)
+            for job in await rig.jobs(ids):
+                if job.lease_owner == "w1" and job.lease_expires_at is not None:
+                    least = min(least, job.lease_expires_at - clock())
+        stop.set()
+        await running
+        assert least > worker.lease_s / 3
+
+    scenario(tmp_path, environment("mock"), body, mock_parser=MockParser(latency_s=20.0))
+
+
 def test_budget_spend_survives_a_restart_in_the_sqlite_ledger(tmp_path: Path) -> None:
     environ = {"SERVICE_MODE": "mock", "BREAKWATER_OPENAI_DAILY_BUDGET_USD": "1.0"}
 

@@ -270,7 +270,11 @@ class Worker:
                     job_id, self.owner, now=self.clock(), lease_s=self.lease_s
                 )
             except StaleJob:
-                return
+                # Lapsed (a stalled process, a wall clock jump) or taken. This worker's
+                # next lease may take the job back while this walk still runs, and that
+                # lease must be renewed too; if another worker took it, the walk's next
+                # write fails and ends it.
+                continue
 
     async def _walk(self, job: Job) -> None:
         if job.state is JobState.WAITING:
