@@ -46,9 +46,6 @@ COVERAGE: Final = (
     *FEATURE_COVERAGE,
 )
 
-JOBS_PER_S_TARGET: Final = 1000.0
-SIM_HOURS_PER_S_TARGET: Final = 1.0
-
 
 @dataclass(slots=True)
 class RunStats:
@@ -116,9 +113,6 @@ class RunStats:
         jobs_per_s = self.jobs / wall
         hours_per_s = self.simulated_s / 3600 / wall
 
-        def verdict(value: float, target: float) -> str:
-            return "met" if value >= target else "NOT met"
-
         lines = [
             "chaos simulation statistics",
             f"  examples run        {self.examples}, in {max(self.shards, 1)} process(es)",
@@ -127,11 +121,9 @@ class RunStats:
             f"  invariant checks    {self.invariant_checks}",
             f"  wall time           {self.wall_s:.1f} s, first example start to last end",
             f"  simulated/wall time {self.simulated_s / wall:,.0f}x",
-            f"  jobs per wall s     {jobs_per_s:,.0f} "
-            f"(target >= {JOBS_PER_S_TARGET:,.0f}: {verdict(jobs_per_s, JOBS_PER_S_TARGET)})",
-            f"  sim hours per wall s {hours_per_s:,.2f} "
-            f"(target >= {SIM_HOURS_PER_S_TARGET:g}: "
-            f"{verdict(hours_per_s, SIM_HOURS_PER_S_TARGET)})",
+            # Printed, not judged: the simulation is judged by what it catches (mutants).
+            f"  jobs per wall s     {jobs_per_s:,.0f}",
+            f"  sim hours per wall s {hours_per_s:,.2f}",
             "  faults injected     "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"),
             "  breaker transitions "
