@@ -143,11 +143,6 @@ MUTANTS: Final = (
             ),
         ),
     ),
-    Mutant(
-        "the day's budget is keyed by the hour",
-        "resilience/budget.py",
-        (Edit("_KEY_FORMAT", '"day": "%Y-%m-%d"', '"day": "%Y-%m-%dT%H"'),),
-    ),
     # -- the router and backfill -----------------------------------------------
     Mutant(
         "an open breaker's mock is labelled real",
